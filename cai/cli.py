@@ -1,0 +1,154 @@
+"""The `cai` command: parses options and hands each command to one function. Nothing else.
+
+User mistakes (`CaiError`) print as one line on stderr with exit code 2; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cai import config as cfgmod
+from cai.errors import CaiError
+
+
+def cmd_constitution_check(args) -> int:
+    from cai.constitution import ConstitutionError, load
+
+    failed = False
+    for path in args.files:
+        try:
+            c = load(path)
+            print(f"{path}: ok ({len(c.critique_revision)} critique/revision, "
+                  f"{len(c.preference)} preference, {len(c.examples)} examples)")
+        except ConstitutionError as e:
+            failed = True
+            for problem in e.problems:
+                print(problem, file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_constitution_show(args) -> int:
+    import textwrap
+
+    from cai.constitution import load
+
+    c = load(args.file)
+    print(f"{c.name}: {c.description}\n")
+    rows = [("critique_revision", p.id, f"critique: {p.critique}\nrevision: {p.revision}")
+            for p in c.critique_revision]
+    rows += [("preference", p.id, p.question) for p in c.preference]
+    width = max(len(r[1]) for r in rows)
+    section = None
+    for kind, pid, text in rows:
+        if kind != section:
+            section = kind
+            print(f"== {kind} ==")
+        lines = [w for part in text.split("\n") for w in textwrap.wrap(part, 100 - width)]
+        print(f"{pid:<{width}}  {lines[0]}")
+        for line in lines[1:]:
+            print(f"{'':<{width}}  {line}")
+    print(f"\n{len(c.examples)} few-shot examples")
+    return 0
+
+
+def cmd_constitution_import(args) -> int:
+    from cai.constitution import import_json, parse, to_yaml
+
+    data = import_json(args.file, name=args.name)
+    text = to_yaml(data)
+    parse(text, args.out)  # what we write must load back
+    Path(args.out).write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}: {len(data['critique_revision'])} principles, "
+          f"{len(data.get('examples', []))} examples")
+    return 0
+
+
+def cmd_constitution_try(args) -> int:
+    from cai.constitution import load, sample_principles
+    from cai.critique import Conversations, strip_boilerplate
+    from cai.generation import SamplingParams, make_generator
+    from cai.prompts import Templates
+
+    c = load(args.file)
+    principle = c.get("critique_revision", args.principle) if args.principle else \
+        sample_principles(c.principles("critique_revision"), args.prompt, 1, args.seed)[0]
+    convs = Conversations(c, Templates(args.prompts_dir), args.few_shot, args.seed)
+    gen = make_generator("hf", args.model)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7, seed=args.seed)
+    answer = gen.chat([[{"role": "user", "content": args.prompt}]], params)[0]
+    critique = gen.chat([convs.critique("try", principle, args.prompt, answer)], params)[0]
+    revision = gen.chat([convs.revision("try", principle, args.prompt, answer, critique)],
+                        params)[0]
+    for title, text in (("prompt", args.prompt), ("answer", answer),
+                        (f"critique [{principle.id}]", critique),
+                        ("revision", strip_boilerplate(revision))):
+        print(f"--- {title}\n{text}\n")
+    return 0
+
+
+def cmd_revise(args) -> int:
+    from cai.critique import ReviseConfig, run
+
+    cfg = cfgmod.load(ReviseConfig, args.config, cfgmod.overrides(args, ReviseConfig))
+    stats = run(cfg)
+    print(f"cai revise: wrote {stats['written']} records to {Path(cfg.out) / 'data.jsonl'}"
+          + (f", skipped {stats['skipped']} (see skipped.jsonl)" if stats["skipped"] else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cai.critique import ReviseConfig
+
+    parser = argparse.ArgumentParser(prog="cai", description="Constitutional AI toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    con = sub.add_parser("constitution", help="check, show, import or try a constitution")
+    con_sub = con.add_subparsers(dest="action", required=True)
+    p = con_sub.add_parser("check", help="validate files; one line per problem, exit 2 if any")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_constitution_check)
+    p = con_sub.add_parser("show", help="the principles as a table")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_constitution_show)
+    p = con_sub.add_parser("import", help="convert the public CAI JSON layout to our YAML")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", required=True, help="YAML file to write")
+    p.add_argument("--name", help="constitution name (default: from the file name)")
+    p.set_defaults(func=cmd_constitution_import)
+    p = con_sub.add_parser("try", help="one live critique-revision round, printed")
+    p.add_argument("file")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--principle", help="critique_revision id (default: one drawn at random)")
+    p.add_argument("--model", help="model (default: smollm2-135m-instruct)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--few-shot", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompts-dir")
+    p.set_defaults(func=cmd_constitution_try)
+
+    p = sub.add_parser("revise", help="SL-CAI: critique and revise answers to a prompt set")
+    p.add_argument("--config", help="YAML file with any of the options below")
+    cfgmod.add_arguments(p, ReviseConfig)
+    p.set_defaults(func=cmd_revise)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CaiError as e:
+        for line in str(e).splitlines() or ["error"]:
+            print(f"cai: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cai: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

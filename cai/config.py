@@ -1,0 +1,146 @@
+"""Job configs: YAML files and `--key value` overrides into typed dataclasses.
+
+Unknown keys fail loudly with the file and key named (and a did-you-mean); values are checked
+against the field's type. The resolved config is what jobs write into their manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from cai.errors import CaiError
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CaiError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise CaiError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise CaiError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML "
+                       f"({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CaiError(f"{path}: expected a mapping of option names to values")
+    return data
+
+
+def _coerce(value, hint, where: str):
+    """`value` checked (and, for CLI strings, converted) against a type hint."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if hint is typing.Any or hint is None:
+        return value
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(hint) or (typing.Any,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise CaiError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, inner, where) for v in value]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise CaiError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise CaiError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise CaiError(f"{where}: expected a number, got {value!r}")
+        try:
+            converted = hint(value)
+        except (TypeError, ValueError):
+            raise CaiError(f"{where}: expected {'an integer' if hint is int else 'a number'}, "
+                           f"got {value!r}") from None
+        if hint is int and isinstance(value, float) and value != converted:
+            raise CaiError(f"{where}: expected an integer, got {value!r}")
+        return converted
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise CaiError(f"{where}: expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def build(cls, values: dict, source: str):
+    """An instance of dataclass `cls` from `values`; unknown keys and bad types name `source`."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            match = difflib.get_close_matches(str(key), names, n=1)
+            raise CaiError(f"{source}: unknown key '{key}'"
+                           + (f" (did you mean '{match[0]}'?)" if match else ""))
+        kwargs[key] = _coerce(value, hints[key], f"{source}: '{key}'")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+                   and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        raise CaiError(f"{source}: missing {', '.join(missing) or e}") from None
+
+
+def load(cls, config_file: str | None, overrides: dict):
+    """Config file values, then non-None CLI overrides on top."""
+    values = read_yaml(config_file) if config_file else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build(cls, values, config_file or "options")
+
+
+def as_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def opt(default=None, help: str = "", factory=None):
+    """A config field with its help text (shown by `--help` and kept next to the default)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def add_arguments(parser, cls, skip=()) -> None:
+    """One `--field-name` option per dataclass field; values stay None unless given."""
+    import argparse
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or typing.get_origin(hints[f.name]) is dict or hints[f.name] is dict:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = f.metadata.get("help", "")
+        if default not in (None, "", []):
+            text += f" (default: {default})"
+        if hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=text,
+                                metavar=f.name.upper())
+
+
+def overrides(args, cls) -> dict:
+    """The options a user gave on the command line, by field name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}

@@ -1,0 +1,121 @@
+"""The transformers engine: batched generation on CPU or one GPU.
+
+Prompts are sorted by length and cut into batches so each batch pads little; batches are left
+padded (generation appends on the right) and the results are put back in input order.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from cai.errors import CaiError
+from cai.generation.base import Conversation, GenerationStats, SamplingParams
+from cai.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
+
+
+class HFGenerator:
+    def __init__(self, model: str | None = None, dtype: str = "bfloat16", batch_size: int = 8,
+                 device: str | None = None, trust_remote_code: bool = False, model_obj=None,
+                 tokenizer=None):
+        self.name = str(model or DEFAULT_MODEL)
+        self.tokenizer = tokenizer or load_tokenizer(model)
+        self.model = model_obj if model_obj is not None else \
+            load_causal_lm(model, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        if batch_size < 1:
+            raise CaiError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
+        self.stats = GenerationStats()
+        eos = self.model.generation_config.eos_token_id
+        eos = list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos:
+            eos.append(self.tokenizer.eos_token_id)
+        self.eos_token_ids = eos
+
+    # ----------------------------------------------------------------------------------------
+
+    def encode(self, conversation: Conversation) -> list[int]:
+        """Token ids of a conversation rendered with the chat template, ready for the assistant."""
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False,
+                                                  add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_tokens(self, conversations: list[Conversation]) -> list[int]:
+        return [len(self.encode(c)) for c in conversations]
+
+    def _batches(self, sequences: list[list[int]]):
+        """Index batches, longest first, so each batch holds sequences of similar length."""
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        for start in range(0, len(order), self.batch_size):
+            yield order[start:start + self.batch_size]
+
+    def _pad(self, sequences: list[list[int]], left: bool):
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[row, cols] = torch.tensor(seq)
+            mask[row, cols] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.inference_mode()
+    def chat(self, conversations: list[Conversation], params: SamplingParams) -> list[str]:
+        if not conversations:
+            return []
+        start = time.perf_counter()
+        encoded = [self.encode(c) for c in conversations]
+        out: list[str] = [""] * len(encoded)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sample = params.temperature > 0
+        for batch in self._batches(encoded):
+            ids, mask = self._pad([encoded[i] for i in batch], left=True)
+            generated = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
+                do_sample=sample, temperature=params.temperature if sample else None,
+                top_p=params.top_p if sample else None, top_k=None,
+                eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id)
+            for row, i in enumerate(batch):
+                tokens = generated[row, ids.shape[1]:].tolist()
+                cut = next((j for j, t in enumerate(tokens) if t in self.eos_token_ids), None)
+                kept = tokens if cut is None else tokens[:cut]
+                self.stats.generated_tokens += len(kept) + (cut is not None)
+                out[i] = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        self.stats.generation_seconds += time.perf_counter() - start
+        self.stats.calls += 1
+        return out
+
+    @torch.inference_mode()
+    def choice_logprobs(self, conversations: list[Conversation],
+                        choices: list[str]) -> list[list[float]]:
+        """log P(choice | prompt) = sum over the choice's tokens of log-softmax at each step."""
+        start = time.perf_counter()
+        choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+        if any(not c for c in choice_ids):
+            raise CaiError(f"choices must be non-empty text, got {choices!r}")
+        prompts = [self.encode(c) for c in conversations]
+        rows = [(p, k) for p in range(len(prompts)) for k in range(len(choices))]
+        sequences = [prompts[p] + choice_ids[k] for p, k in rows]
+        result = [[0.0] * len(choices) for _ in prompts]
+        for batch in self._batches(sequences):
+            ids, mask = self._pad([sequences[i] for i in batch], left=False)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            logps = torch.log_softmax(logits.float(), dim=-1)
+            for row, i in enumerate(batch):
+                p, k = rows[i]
+                n, targets = len(prompts[p]), choice_ids[k]
+                # The token at position t is predicted by the logits at t - 1.
+                steps = torch.arange(n - 1, n - 1 + len(targets), device=logps.device)
+                picked = logps[row, steps, torch.tensor(targets, device=logps.device)]
+                result[p][k] = picked.sum().item()
+        self.stats.generation_seconds += time.perf_counter() - start
+        return result
+
+    def close(self) -> None:
+        pass

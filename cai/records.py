@@ -1,0 +1,266 @@
+"""Datasets on disk: prompt files in, resumable JSONL records and a manifest out.
+
+Every job writes `OUT/data.jsonl` (one JSON object a line, loadable with
+`datasets.load_dataset("json", data_files=...)`) and `OUT/manifest.json`. Records are appended
+in batches and fsynced; a restarted job first cuts off any half-written last line, then skips
+the ids already on disk, so a kill at any moment loses at most the batch in flight and never
+leaves a duplicate or a broken line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import time
+import zlib
+from pathlib import Path
+
+from cai.errors import CaiError
+
+DATA = "data.jsonl"
+SKIPPED = "skipped.jsonl"
+MANIFEST = "manifest.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt sets
+
+
+def load_prompts(spec: str, column: str = "prompt", split: str = "train") -> list[dict]:
+    """Prompts as `[{"id", "prompt", ...}]` from `.jsonl`, `.txt` or `dataset:NAME_OR_DIR`.
+
+    `.jsonl` lines need `id` and `prompt` (other fields are kept); `.txt` has one prompt a line,
+    ids `<stem>-<line>`; `dataset:` goes through `datasets.load_dataset` (a hub name or a local
+    folder) and reads `column`, with ids from an `id` column when there is one.
+    Every problem is collected and reported with its file and line.
+    """
+    if spec.startswith("dataset:"):
+        return _from_datasets(spec[len("dataset:"):], column, split)
+    path = Path(spec)
+    if not path.is_file():
+        raise CaiError(f"{path}: prompt file not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise CaiError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    problems, items, seen = [], [], {}
+    if path.suffix == ".txt":
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                items.append(({"id": f"{path.stem}-{n}", "prompt": line.strip()}, n))
+    elif path.suffix in (".jsonl", ".json"):
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append((n, f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})"))
+                continue
+            if not isinstance(obj, dict):
+                problems.append((n, f"{path}:{n}: expected a JSON object with 'id' and 'prompt'"))
+                continue
+            for key in ("id", "prompt"):
+                if key not in obj:
+                    problems.append((n, f"{path}:{n}: missing '{key}'"))
+                elif not isinstance(obj[key], (str, int)) or isinstance(obj[key], bool) or \
+                        (key == "prompt" and not isinstance(obj[key], str)):
+                    problems.append((n, f"{path}:{n}: '{key}' must be text"))
+            if isinstance(obj.get("prompt"), str) and not obj["prompt"].strip():
+                problems.append((n, f"{path}:{n}: empty prompt"))
+            if "id" in obj and "prompt" in obj:
+                obj["id"] = str(obj["id"])
+                items.append((obj, n))
+    else:
+        raise CaiError(f"{path}: unknown prompt file type '{path.suffix}' "
+                       "(use .jsonl with id/prompt, .txt one per line, or dataset:NAME)")
+    for obj, n in items:
+        if obj["id"] in seen:
+            problems.append((n, f"{path}:{n}: duplicate id '{obj['id']}' "
+                             f"(first at line {seen[obj['id']]})"))
+        seen.setdefault(obj["id"], n)
+    if problems:
+        problems = [text for _, text in sorted(problems)]
+        more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise CaiError("\n".join(problems[:20]) + more)
+    if not items:
+        raise CaiError(f"{path}: no prompts in the file")
+    return [obj for obj, _ in items]
+
+
+def _from_datasets(name: str, column: str, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # datasets raises many types for a missing name or offline hub
+        raise CaiError(f"dataset:{name}: cannot load ({type(e).__name__}: {e})".splitlines()[0]) \
+            from None
+    if column not in ds.column_names:
+        raise CaiError(f"dataset:{name}: no column '{column}' (columns: {', '.join(ds.column_names)})")
+    out, seen = [], set()
+    for i, row in enumerate(ds):
+        pid = str(row["id"]) if "id" in row else f"{Path(name).name}-{i}"
+        text = row[column]
+        if not isinstance(text, str) or not text.strip():
+            raise CaiError(f"dataset:{name}: row {i} has an empty or non-text '{column}'")
+        if pid in seen:
+            raise CaiError(f"dataset:{name}: row {i}: duplicate id '{pid}'")
+        seen.add(pid)
+        out.append({"id": pid, "prompt": text})
+    return out
+
+
+def select_shard(items: list[dict], shard: str | None) -> list[dict]:
+    """The deterministic part `I/N` (0-based I) of `items`, chosen by a hash of each id.
+
+    Hashing ids (not positions) keeps each prompt in the same shard when the file grows.
+    """
+    if not shard:
+        return items
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        if not (n >= 1 and 0 <= i < n):
+            raise ValueError
+    except ValueError:
+        raise CaiError(f"--shard '{shard}': expected I/N with 0 <= I < N, e.g. 0/4") from None
+    return [it for it in items if zlib.crc32(it["id"].encode()) % n == i]
+
+
+# --------------------------------------------------------------------------------------------
+# Output records
+
+
+def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
+    """All complete records of a JSONL file. With `repair`, a torn last line is cut off on disk.
+
+    A line is complete when it ends in a newline and parses; only the last line can be torn,
+    since writes are whole lines appended in order.
+    """
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records, good_end, start = [], 0, 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        if end < 0:
+            break
+        line = data[start:end]
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if end + 1 < len(data):  # a bad line in the middle is not ours to drop
+                    line_no = data[:start].count(b"\n") + 1
+                    raise CaiError(f"{path}:{line_no}: not valid JSON; fix or remove the line "
+                                   "before resuming") from None
+                break
+        good_end = start = end + 1
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return records
+
+
+class JsonlWriter:
+    """Appends whole lines and fsyncs after each batch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, records: list[dict]) -> None:
+        if not records:
+            return
+        self.file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def done_ids(out: Path) -> set[str]:
+    """Ids already written (records and recorded skips), repairing a torn last line first."""
+    ids = set()
+    for name in (DATA, SKIPPED):
+        ids.update(str(r["id"]) for r in read_jsonl(out / name, repair=True))
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in ("cai", "torch", "transformers", "peft", "datasets", "vllm"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Manifest:
+    """`OUT/manifest.json`: what produced the records, so resuming mixes no two different runs.
+
+    `identity` holds everything that determines the records (inputs' hashes, model, settings);
+    a rerun into the same folder must match it, key by key.
+    """
+
+    def __init__(self, out: Path, job: str, identity: dict, config: dict):
+        self.path = out / MANIFEST
+        self.data = {"job": job, "identity": identity, "config": config,
+                     "versions": package_versions(), "runs": []}
+        if self.path.exists():
+            old = json.loads(self.path.read_text())
+            if old.get("job") != job:
+                raise CaiError(f"{out}: holds the output of 'cai {old.get('job')}', not '{job}'; "
+                               "use another --out")
+            changed = sorted(k for k in set(identity) | set(old.get("identity", {}))
+                             if identity.get(k) != old["identity"].get(k))
+            if changed:
+                raise CaiError(f"{out}: holds a run with different {', '.join(changed)}; "
+                               "use another --out folder (or delete this one) to start over")
+            self.data["runs"] = old.get("runs", [])
+            self.data["totals"] = old.get("totals", {})
+        self.started = time.time()
+
+    def save(self, **fields) -> None:
+        self.data.update(fields)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path)
+
+    def add_run(self, **stats) -> None:
+        """Record one (possibly resumed) run's stats and add its counters into `totals`."""
+        stats = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 "wall_seconds": round(time.time() - self.started, 2), **stats}
+        self.data["runs"].append(stats)
+        totals = self.data.setdefault("totals", {})
+        for k, v in stats.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                totals[k] = round(totals.get(k, 0) + v, 4)
+        self.save()

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from cai.errors import CaiError
+from cai.generation import SamplingParams, make_generator
+
+CONVS = [[{"role": "user", "content": "Hello there, how are you today?"}],
+         [{"role": "user", "content": "Hi"}],
+         [{"role": "user", "content": "Tell me a long story about a dragon and a knight."}]]
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_model):
+    return make_generator("hf", str(tiny_model), dtype="float32", batch_size=2)
+
+
+def test_chat_returns_one_answer_per_conversation_in_order(gen):
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    together = gen.chat(CONVS, params)
+    alone = [gen.chat([c], params)[0] for c in CONVS]
+    assert len(together) == 3 and all(isinstance(t, str) for t in together)
+    assert together == alone  # greedy: batching and left padding change nothing
+    assert gen.stats.generated_tokens > 0 and gen.stats.generation_seconds > 0
+
+
+def test_seeded_sampling_is_reproducible(gen):
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)
+    assert gen.chat(CONVS, params) == gen.chat(CONVS, params)
+    other = gen.chat(CONVS, SamplingParams(max_new_tokens=12, temperature=1.0, seed=4))
+    assert other != gen.chat(CONVS, params)
+
+
+def test_choice_logprobs_match_a_full_forward(gen):
+    choices = ["(A)", "(B)", " maybe"]
+    got = gen.choice_logprobs(CONVS, choices)
+    tok, model = gen.tokenizer, gen.model
+    for conv, row in zip(CONVS, got):
+        prompt = gen.encode(conv)
+        for choice, value in zip(choices, row):
+            ids = tok(choice, add_special_tokens=False)["input_ids"]
+            full = torch.tensor([prompt + ids])
+            with torch.no_grad():
+                logps = torch.log_softmax(model(full).logits[0].float(), -1)
+            expected = sum(logps[len(prompt) - 1 + j, t].item() for j, t in enumerate(ids))
+            assert value == pytest.approx(expected, abs=1e-4)
+            assert value < 0
+
+
+def test_prompt_tokens_and_context(gen):
+    counts = gen.prompt_tokens(CONVS)
+    assert counts[1] < counts[0] < counts[2]
+    assert gen.context_length == 4096
+
+
+def test_bad_engine_and_params():
+    with pytest.raises(CaiError, match="unknown engine 'tpu'"):
+        make_generator("tpu")
+    with pytest.raises(CaiError, match="top_p"):
+        SamplingParams(top_p=0)

@@ -1,0 +1,61 @@
+import pytest
+
+from cai.constitution import Principle, load
+from cai.errors import CaiError
+from cai.prompts import DEFAULT_DIR, Templates
+
+P = Principle(id="x", critique="Critique it.", revision="Revise it.", question="Which?")
+VARIABLES = dict(principle=P, prompt="the prompt", response="the answer", critique="the critique",
+                 conversation=[{"role": "user", "content": "hello"}], response_a="A text",
+                 response_b="B text", question="Which is kinder?", reasoning="because")
+
+
+def test_every_shipped_template_renders():
+    t = Templates()
+    names = sorted(p.name for p in DEFAULT_DIR.glob("*.j2"))
+    assert {"critique.j2", "revision.j2"} <= set(names)
+    for name in names:
+        text = t.render(name, **VARIABLES)
+        assert text and "{{" not in text and "{%" not in text
+
+
+def test_critique_and_revision_carry_the_principle():
+    t = Templates()
+    assert t.render("critique.j2", **VARIABLES) == "Critique it."
+    revision = t.render("revision.j2", **VARIABLES)
+    assert revision.startswith("Revise it.") and "the prompt" in revision
+
+
+def test_missing_variable_is_an_error_not_blank():
+    with pytest.raises(CaiError, match="revision.j2: 'critique' is undefined|'prompt' is undefined"):
+        Templates().render("revision.j2", principle=P)
+
+
+def test_user_folder_overrides_and_falls_back(tmp_path):
+    (tmp_path / "critique.j2").write_text("Mine: {{ principle.critique | upper }}")
+    t = Templates(tmp_path)
+    assert t.render("critique.j2", **VARIABLES) == "Mine: CRITIQUE IT."
+    assert t.render("revision.j2", **VARIABLES).startswith("Revise it.")  # shipped fallback
+
+
+def test_sandbox_blocks_python_internals(tmp_path):
+    (tmp_path / "critique.j2").write_text("{{ principle.__class__.__init__.__globals__ }}")
+    with pytest.raises(Exception, match="unsafe|access"):
+        Templates(tmp_path).render("critique.j2", **VARIABLES)
+
+
+def test_template_errors_name_the_file(tmp_path):
+    (tmp_path / "critique.j2").write_text("{% if %}")
+    with pytest.raises(CaiError, match="critique.j2:1: template syntax error"):
+        Templates(tmp_path).render("critique.j2", **VARIABLES)
+    with pytest.raises(CaiError, match="is not a folder"):
+        Templates(tmp_path / "missing")
+
+
+def test_default_examples_render_through_templates():
+    c = load()
+    t = Templates()
+    for ex in c.examples:
+        critique, revision = c.example_requests(ex)
+        shown = Principle(id="e", critique=critique, revision=revision)
+        assert t.render("critique.j2", principle=shown, prompt=ex.prompt, response=ex.response)

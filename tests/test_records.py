@@ -1,0 +1,107 @@
+import json
+
+import pytest
+
+from cai import records
+from cai.errors import CaiError
+
+
+def write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_jsonl_and_txt_prompts(tmp_path):
+    jl = write(tmp_path / "p.jsonl", ['{"id": "a", "prompt": "hi", "category": "x"}',
+                                      "", '{"id": 7, "prompt": "yo"}'])
+    assert records.load_prompts(str(jl)) == [
+        {"id": "a", "prompt": "hi", "category": "x"}, {"id": "7", "prompt": "yo"}]
+    txt = write(tmp_path / "q.txt", ["first one", "", "  second  "])
+    assert records.load_prompts(str(txt)) == [{"id": "q-1", "prompt": "first one"},
+                                              {"id": "q-3", "prompt": "second"}]
+
+
+def test_every_bad_line_is_named(tmp_path):
+    path = write(tmp_path / "bad.jsonl", [
+        '{"id": "a", "prompt": "ok"}',
+        '{"id": "b", "prompt": ',
+        '{"id": "c", "prompt": "   "}',
+        '{"id": "a", "prompt": "again"}',
+        '{"prompt": "no id"}',
+        '["a list"]',
+        '{"id": "d", "prompt": 5}',
+    ])
+    with pytest.raises(CaiError) as e:
+        records.load_prompts(str(path))
+    assert str(e.value).splitlines() == [
+        f"{path}:2: not valid JSON (Expecting value at column 23)",
+        f"{path}:3: empty prompt",
+        f"{path}:4: duplicate id 'a' (first at line 1)",
+        f"{path}:5: missing 'id'",
+        f"{path}:6: expected a JSON object with 'id' and 'prompt'",
+        f"{path}:7: 'prompt' must be text",
+    ]
+
+
+def test_missing_and_unknown_files(tmp_path):
+    with pytest.raises(CaiError, match="prompt file not found"):
+        records.load_prompts(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(CaiError, match="unknown prompt file type '.csv'"):
+        records.load_prompts(str(write(tmp_path / "p.csv", ["a"])))
+    with pytest.raises(CaiError, match="no prompts"):
+        records.load_prompts(str(write(tmp_path / "e.jsonl", [""])))
+
+
+def test_datasets_loader_on_a_local_folder(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    write(folder / "train.jsonl", ['{"question": "what?"}', '{"question": "why?"}'])
+    items = records.load_prompts(f"dataset:{folder}", column="question")
+    assert items == [{"id": "ds-0", "prompt": "what?"}, {"id": "ds-1", "prompt": "why?"}]
+    with pytest.raises(CaiError, match="no column 'prompt'"):
+        records.load_prompts(f"dataset:{folder}")
+
+
+def test_shards_partition_the_ids():
+    items = [{"id": f"x{i}", "prompt": "p"} for i in range(100)]
+    shards = [records.select_shard(items, f"{i}/3") for i in range(3)]
+    ids = [it["id"] for s in shards for it in s]
+    assert sorted(ids) == sorted(it["id"] for it in items)
+    assert all(len(s) > 15 for s in shards)
+    assert records.select_shard(items, "1/3") == shards[1]  # deterministic
+    for bad in ("3/3", "a/b", "1", "-1/2"):
+        with pytest.raises(CaiError, match="expected I/N"):
+            records.select_shard(items, bad)
+
+
+def test_torn_last_line_is_cut_on_resume(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{"id": "b"}\n{"id": "c", "resp')
+    assert [r["id"] for r in records.read_jsonl(path)] == ["a", "b"]
+    assert path.read_bytes().endswith(b"resp")  # reading alone changes nothing
+    assert records.done_ids(tmp_path) == {"a", "b"}
+    assert path.read_bytes() == b'{"id": "a"}\n{"id": "b"}\n'
+    with records.JsonlWriter(path) as w:
+        w.write([{"id": "c"}])
+    assert [r["id"] for r in records.read_jsonl(path)] == ["a", "b", "c"]
+
+
+def test_a_broken_line_in_the_middle_is_an_error(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{broken\n{"id": "c"}\n')
+    with pytest.raises(CaiError, match="data.jsonl:2: not valid JSON"):
+        records.read_jsonl(path, repair=True)
+
+
+def test_manifest_refuses_to_mix_runs(tmp_path):
+    m = records.Manifest(tmp_path, "revise", {"model": "a", "seed": 0}, {})
+    m.add_run(written=3, generated_tokens=10)
+    m2 = records.Manifest(tmp_path, "revise", {"model": "a", "seed": 0}, {})
+    m2.add_run(written=2, generated_tokens=5)
+    saved = json.loads((tmp_path / "manifest.json").read_text())
+    assert saved["totals"]["written"] == 5 and len(saved["runs"]) == 2
+    assert "torch" in saved["versions"]
+    with pytest.raises(CaiError, match="different model, seed"):
+        records.Manifest(tmp_path, "revise", {"model": "b", "seed": 1}, {})
+    with pytest.raises(CaiError, match="holds the output of 'cai revise'"):
+        records.Manifest(tmp_path, "label", {}, {})
