@@ -99,6 +99,60 @@ def cmd_revise(args) -> int:
     return 0
 
 
+def cmd_label(args) -> int:
+    from cai.feedback import LabelConfig, run, run_check
+
+    cfg = cfgmod.load(LabelConfig, args.config, cfgmod.overrides(args, LabelConfig))
+    if cfg.check:
+        s = run_check(cfg)
+        print(f"cai label --check: {s['pairs']} pairs, accuracy {s['accuracy']:.3f}, "
+              f"ECE {s['ece']:.3f}, Brier {s['brier']:.3f}, position bias "
+              f"{s['position_bias_rate'] if s['position_bias_rate'] is not None else 'n/a'}, "
+              f"by kind {s['accuracy_by_kind']}"
+              + (f" (details in {Path(cfg.out) / 'check.json'})" if cfg.out else ""))
+        return 0
+    stats = run(cfg)
+    print(f"cai label: wrote {stats['written']} preference records to "
+          f"{Path(cfg.out) / 'data.jsonl'}"
+          + (f", dropped {stats['dropped']} under the margin" if stats["dropped"] else "")
+          + (f", skipped {stats['skipped']} (see skipped.jsonl)" if stats["skipped"] else ""))
+    return 0
+
+
+def cmd_train_sft(args) -> int:
+    import os
+
+    from cai.train import sft
+    from cai.train.config import parse_overrides
+
+    rest = [a for a in args.overrides if a != "--resume"]
+    resume = args.resume or len(rest) != len(args.overrides)
+    cfg = sft.load_config(args.config, parse_overrides(rest))
+    metrics = sft.train(cfg, resume=resume)
+    if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
+        print(f"cai train sft: {metrics.get('train_loss', float('nan')):.4f} mean train loss"
+              + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
+              + f"; model in {cfg.output_dir}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from cai.models import export
+
+    out = export(args.adapter, args.out, merge=args.merge, base=args.base, dtype=args.dtype)
+    print(f"cai export: wrote {'merged model' if args.merge else 'adapter'} to {out}")
+    return 0
+
+
+def cmd_records_merge(args) -> int:
+    from cai.records import merge
+
+    stats = merge([Path(f) for f in args.folders], Path(args.out))
+    print(f"merged {stats['shards']} shards into {args.out}: {stats['records']} records"
+          + (f", {stats['skipped']} skipped" if stats["skipped"] else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cai.critique import ReviseConfig
 
@@ -133,6 +187,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with any of the options below")
     cfgmod.add_arguments(p, ReviseConfig)
     p.set_defaults(func=cmd_revise)
+
+    rec = sub.add_parser("records", help="work with job output folders")
+    rec_sub = rec.add_subparsers(dest="action", required=True)
+    p = rec_sub.add_parser("merge", help="join the folders of --shard I/N runs into one")
+    p.add_argument("folders", nargs="+")
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(func=cmd_records_merge)
+
+    from cai.feedback import LabelConfig
+
+    p = sub.add_parser("label", help="RL-CAI: AI preference labels from the constitution")
+    p.add_argument("--config", help="YAML file with any of the options below")
+    cfgmod.add_arguments(p, LabelConfig)
+    p.set_defaults(func=cmd_label)
+
+    train = sub.add_parser("train", help="fine-tune a model (LoRA, QLoRA or full)")
+    train_sub = train.add_subparsers(dest="algo", required=True)
+    p = train_sub.add_parser("sft", help="supervised fine-tuning on conversations (revisions)",
+                             description="Overrides: --section.key value (e.g. --data.path FILE "
+                             "--training.max_steps 2 --training.output_dir DIR), or --key value "
+                             "when one section has that key.")
+    p.add_argument("config", help="YAML: model, data, lora, quantization, sft, training sections")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in training.output_dir")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key value ...")
+    p.set_defaults(func=cmd_train_sft)
+
+    p = sub.add_parser("export", help="an adapter as a standalone folder (merged with --merge)")
+    p.add_argument("--adapter", required=True, help="adapter folder (a training output_dir)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--merge", action="store_true",
+                   help="fold the adapter into the unquantized base: a full model folder")
+    p.add_argument("--base", help="base model (default: the one the adapter names)")
+    p.add_argument("--dtype", help="merged weights' dtype (default: the base's)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

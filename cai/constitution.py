@@ -3,7 +3,8 @@
 A constitution has two lists of principles (Bai et al. 2022, arXiv:2212.08073):
 `critique_revision` principles drive the supervised stage (a critique request and a revision
 request each), `preference` principles drive AI feedback (a comparison question each). Optional
-`examples` are few-shot demonstrations of one critique/revision round.
+`examples` are few-shot demonstrations of one critique/revision round, optional
+`preference_examples` few-shot demonstrations of one labelling answer, (A) or (B).
 
 Validation collects every problem, each with the file and line, before anything runs.
 """
@@ -26,13 +27,16 @@ from cai.errors import CaiError
 DEFAULT_PATH = ROOT / "constitutions" / "default.yaml"
 ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
-TOP_KEYS = ("name", "description", "critique_revision", "preference", "examples")
+TOP_KEYS = ("name", "description", "critique_revision", "preference", "examples",
+            "preference_examples")
 # For each list section: (required fields, optional fields).
 SECTION_FIELDS = {
     "critique_revision": (("id", "critique", "revision"), ()),
     "preference": (("id", "question"), ()),
     "examples": (("prompt", "response", "critique", "revision"),
                  ("principle", "critique_request", "revision_request")),
+    "preference_examples": (("prompt", "response_a", "response_b", "answer"),
+                            ("question", "reasoning")),
 }
 
 
@@ -65,12 +69,29 @@ class Example:
 
 
 @dataclass(frozen=True)
+class PreferenceExample:
+    """A few-shot demonstration of AI feedback: two responses and the right answer, "A" or "B".
+
+    `question` defaults to the question being asked; `reasoning` is shown in chain-of-thought
+    mode, which uses only the examples that have it.
+    """
+
+    prompt: str
+    response_a: str
+    response_b: str
+    answer: str
+    question: str = ""
+    reasoning: str = ""
+
+
+@dataclass(frozen=True)
 class Constitution:
     name: str
     description: str = ""
     critique_revision: tuple[Principle, ...] = ()
     preference: tuple[Principle, ...] = ()
     examples: tuple[Example, ...] = ()
+    preference_examples: tuple[PreferenceExample, ...] = ()
     path: str = ""
     sha256: str = field(default="", compare=False)
 
@@ -219,6 +240,10 @@ def parse(text: str, path: str = "<string>", sha256: str = "") -> Constitution:
             problems.append(_problem(path, ex["_node"], f"examples[{i}].principle "
                                      f"'{ex['principle']}' is not a critique_revision id"
                                      + _did_you_mean(ex["principle"], sorted(known - {None}))))
+    for i, ex in enumerate(sections["preference_examples"]):
+        if ex.get("answer") and ex["answer"] not in ("A", "B"):
+            problems.append(_problem(path, ex["_node"], f"preference_examples[{i}].answer must be "
+                                     f"A or B, got '{ex['answer']}'"))
     if problems:
         raise ConstitutionError(problems)
 
@@ -229,6 +254,8 @@ def parse(text: str, path: str = "<string>", sha256: str = "") -> Constitution:
                         critique_revision=build(Principle, sections["critique_revision"]),
                         preference=build(Principle, sections["preference"]),
                         examples=build(Example, sections["examples"]),
+                        preference_examples=build(PreferenceExample,
+                                                  sections["preference_examples"]),
                         path=str(path), sha256=sha256)
 
 

@@ -25,14 +25,14 @@ from cai import records
 from cai.config import as_dict, opt
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.errors import CaiError
-from cai.generation import SamplingParams, make_generator
+from cai.generation import EngineConfig, SamplingParams, engine_kwargs, make_generator
 from cai.prompts import Templates
 
 TEMPLATES = ("critique.j2", "revision.j2")
 
 
 @dataclass
-class ReviseConfig:
+class ReviseConfig(EngineConfig):
     """Options of `cai revise` (also the keys of its `--config` YAML)."""
 
     prompts: str = opt("", ".jsonl (id, prompt), .txt (one per line) or dataset:NAME_OR_DIR")
@@ -43,11 +43,6 @@ class ReviseConfig:
     few_shot: int = opt(2, "demonstrations from the constitution in front of each request")
     limit: int | None = opt(None, "only the first N prompts (after sharding)")
     shard: str | None = opt(None, "I/N: this machine's deterministic share of the prompts")
-    model: str | None = opt(None, "embedded name, local folder or hub id "
-                                  "(default: smollm2-135m-instruct)")
-    engine: str = opt("hf", "generation engine: hf, vllm or openai")
-    dtype: str = opt("bfloat16", "hf engine weights (bf16 generates ~1.8x faster than fp32 on CPU)")
-    batch_size: int = opt(8, "sequences per forward pass (hf engine)")
     chunk_size: int = opt(32, "prompts per engine call and per append to data.jsonl")
     max_new_tokens: int = opt(256, "longest answer, critique or revision, in tokens")
     temperature: float = opt(0.7, "sampling temperature (paper: 1.0; lower keeps a 135M model "
@@ -56,7 +51,6 @@ class ReviseConfig:
     seed: int = opt(0, "seed for principles, few-shot choice and sampling")
     prompts_dir: str | None = opt(None, "folder with your own critique.j2 / revision.j2")
     prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
-    engine_options: dict = opt(help="extra engine options (config file only)", factory=dict)
 
     def __post_init__(self):
         if not self.prompts:
@@ -171,8 +165,11 @@ def too_long(generator, convs: Conversations, items, principles, cfg) -> dict[st
 
 
 def revise_chunk(generator, convs: Conversations, items, principles, cfg, model_name,
-                 constitution_name) -> list[dict]:
-    """Initial answers then `rounds` critique-revision rounds for a chunk of prompts."""
+                 constitution_name, on_step=lambda step: None) -> list[dict]:
+    """Initial answers then `rounds` critique-revision rounds for a chunk of prompts.
+
+    `on_step(label)` is called before each engine call, for progress display.
+    """
     seed = zlib.crc32(f"{cfg.seed}:{items[0]['id']}".encode())
 
     def params(step: int) -> SamplingParams:
@@ -180,14 +177,17 @@ def revise_chunk(generator, convs: Conversations, items, principles, cfg, model_
                               top_p=cfg.top_p, seed=seed + step)
 
     prompts = [it["prompt"] for it in items]
+    on_step("answer")
     latest = generator.chat([[{"role": "user", "content": p}] for p in prompts], params(0))
     initial = list(latest)
     drawn = [sample_principles(principles, it["id"], cfg.rounds, cfg.seed) for it in items]
     rounds = [[] for _ in items]
     for r in range(cfg.rounds):
         chosen = [d[r] for d in drawn]
+        on_step(f"round {r + 1}/{cfg.rounds} critique")
         critiques = generator.chat([convs.critique(it["id"], p, it["prompt"], a)
                                     for it, p, a in zip(items, chosen, latest)], params(2 * r + 1))
+        on_step(f"round {r + 1}/{cfg.rounds} revision")
         revisions = generator.chat([convs.revision(it["id"], p, it["prompt"], a, c)
                                     for it, p, a, c in zip(items, chosen, latest, critiques)],
                                    params(2 * r + 2))
@@ -252,14 +252,17 @@ def run(cfg: ReviseConfig, generator=None) -> dict:
     bar = tqdm(total=len(todo), desc="revise", unit="prompt", dynamic_ncols=True)
     try:
         with records.JsonlWriter(out / records.DATA) as writer:
+            def show(step: str) -> None:
+                stats = generator.stats
+                rate = stats.generated_tokens / max(stats.generation_seconds, 1e-9)
+                bar.set_postfix_str(f"{step}, {rate:.1f} tok/s")
+
             for start in range(0, len(todo), cfg.chunk_size):
                 chunk = todo[start:start + cfg.chunk_size]
                 writer.write(revise_chunk(generator, convs, chunk, principles, cfg, model_name,
-                                          constitution.name))
+                                          constitution.name, on_step=show))
                 written += len(chunk)
                 bar.update(len(chunk))
-                stats = generator.stats
-                bar.set_postfix(tok_s=f"{stats.generated_tokens / max(stats.generation_seconds, 1e-9):.1f}")
     finally:
         bar.close()
         run_stats = {"written": written, "skipped": len(skips),
@@ -269,12 +272,3 @@ def run(cfg: ReviseConfig, generator=None) -> dict:
     complete = len(records.done_ids(out)) >= len(items)
     manifest.save(status="complete" if complete else "partial")
     return run_stats
-
-
-def engine_kwargs(cfg) -> dict:
-    """Engine options from a job config: dtype and batch size for hf, the rest passed through."""
-    kwargs = dict(cfg.engine_options)
-    if cfg.engine == "hf":
-        kwargs.setdefault("dtype", cfg.dtype)
-        kwargs.setdefault("batch_size", cfg.batch_size)
-    return kwargs

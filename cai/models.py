@@ -122,3 +122,162 @@ def load_causal_lm(name=None, dtype: str = "float32", trust_remote_code: bool = 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True,
                                                  trust_remote_code=trust_remote_code)
     return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Training: LoRA / QLoRA wrapping, merge and export (Hu et al. 2021; Dettmers et al. 2023)
+
+
+def is_bitsandbytes_available() -> bool:
+    try:
+        return importlib.util.find_spec("bitsandbytes") is not None
+    except ValueError:  # present in sys.modules as None: blocked
+        return False
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise CaiError(f"dtype '{dtype}': not a torch dtype (use float32, bfloat16 or float16)")
+    return value
+
+
+def load_for_training(name=None, *, dtype: str = "float32", attn_implementation: str | None = None,
+                      trust_remote_code: bool = False, load_in_4bit: bool = False,
+                      quant_type: str = "nf4", double_quant: bool = True,
+                      compute_dtype: str = "bfloat16"):
+    """A causal LM to train, in train mode; with `load_in_4bit`, QLoRA's quantized base.
+
+    QLoRA (Dettmers et al. 2023): the linear layers' weights are stored in 4-bit NormalFloat
+    (`quant_type="nf4"`), the quantization constants quantized again (`double_quant`), and the
+    matmuls run in `compute_dtype`; everything else stays in `dtype`.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = _torch_dtype(dtype)
+    if torch.bfloat16 in (torch_dtype, _torch_dtype(compute_dtype) if load_in_4bit else None):
+        torch.set_flush_denormal(True)  # bf16 on CPU crawls through denormals otherwise
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if load_in_4bit:
+        if not is_bitsandbytes_available():
+            raise CaiError("quantization.load_in_4bit (QLoRA) needs bitsandbytes: "
+                           "pip install 'cai[qlora]'")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+            bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=_torch_dtype(compute_dtype))
+        kwargs["device_map"] = _local_device()
+    model = AutoModelForCausalLM.from_pretrained(resolve(name), use_safetensors=True, **kwargs)
+    if load_in_4bit:
+        _keep_4bit_layout(model)
+    return model.train()
+
+
+def _local_device():
+    """This process's device: its GPU under accelerate/torchrun, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}
+
+
+def _keep_4bit_layout(model) -> None:
+    """bitsandbytes on CPU repacks 4-bit weights for AVX512-bf16 kernels on the first no-grad
+    forward (e.g. `generate`), after which LoRA gradients through the layer come out None."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules,
+             modules_to_save=None, gradient_checkpointing: bool = False):
+    """`model` wrapped in a fresh peft LoRA adapter (B = 0 at init, so it starts as the base).
+
+    A 4-bit model is first prepared for k-bit training (norms and embeddings in float32, input
+    gradients on), as QLoRA needs.
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    targets = list(target_modules) if not isinstance(target_modules, str) else [target_modules]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                        target_modules="all-linear" if targets == ["all-linear"] else targets,
+                        modules_to_save=modules_to_save or None)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # e.g. a target module name the model does not have
+        raise CaiError(f"lora: {str(e).splitlines()[0]}") from None
+
+
+def export(adapter: str | os.PathLike, out: str | os.PathLike, *, merge: bool,
+           base: str | None = None, dtype: str | None = None) -> Path:
+    """A trained adapter folder as a standalone folder that transformers and vLLM load.
+
+    With `merge`, the base model is loaded unquantized (also after QLoRA training), W + (alpha/r)
+    B A is folded into each adapted layer, and the result is saved as safetensors with the
+    tokenizer and chat template; without it, the adapter is copied with the tokenizer.
+    """
+    import json
+
+    adapter, out = Path(adapter), Path(out)
+    config_file = adapter / "adapter_config.json"
+    if not config_file.is_file():
+        if (adapter / "config.json").is_file():
+            raise CaiError(f"{adapter}: a full model (no adapter to merge); load it as is")
+        raise CaiError(f"{adapter}: not an adapter folder (no adapter_config.json)")
+    if out.resolve() == adapter.resolve():
+        raise CaiError("--out must differ from --adapter")
+    if out.exists() and any(out.iterdir()):
+        raise CaiError(f"{out}: exists and is not empty; remove it or choose another --out")
+    base = base or json.loads(config_file.read_text())["base_model_name_or_path"]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        adapter if (adapter / "tokenizer_config.json").is_file() else resolve(base))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        if merge:
+            from peft import PeftModel
+
+            model = load_causal_lm(base, dtype="float32")
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            target = dtype or _saved_dtype(resolve(base))
+            model = model.to(_torch_dtype(target))
+            model.config.use_cache = True
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            for f in adapter.iterdir():
+                if f.name.startswith("adapter_") or f.name in ("README.md", "cai_config.yaml"):
+                    shutil.copy(f, tmp / f.name)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _saved_dtype(folder: Path) -> str:
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"

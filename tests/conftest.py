@@ -79,11 +79,27 @@ def prompts_file(tmp_path) -> Path:
     return path
 
 
-def run_cai(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
-    """`cai ...` in a subprocess, as a user runs it."""
+def run_cai(*args) -> subprocess.CompletedProcess:
+    """`cai ...` in this process (no interpreter start-up), output captured.
+
+    An exception other than a user error propagates, so a bug still fails the test loudly.
+    """
+    import contextlib
+    import io
+
+    from cai.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def run_cai_process(*args, timeout=600) -> subprocess.CompletedProcess:
+    """`cai ...` in a subprocess, exactly as a user runs it (exit code, no traceback)."""
     return subprocess.run([sys.executable, "-m", "cai.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 def read_records(path: Path) -> list[dict]:

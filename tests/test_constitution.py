@@ -5,7 +5,7 @@ import yaml
 
 from cai import constitution as C
 from cai.errors import CaiError
-from conftest import ROOT, run_cai
+from conftest import ROOT, run_cai, run_cai_process
 
 SHIPPED = sorted((ROOT / "constitutions").glob("*.yaml"))
 
@@ -63,7 +63,7 @@ def test_unknown_top_level_key():
         "c.yaml:9: unknown key 'exampels' in the constitution (did you mean 'examples'?)"]
     assert problems(GOOD + "rules: []\n") == [
         "c.yaml:9: unknown key 'rules' in the constitution (allowed: name, description, "
-        "critique_revision, preference, examples)"]
+        "critique_revision, preference, examples, preference_examples)"]
 
 
 def test_every_problem_is_reported_at_once():
@@ -100,6 +100,27 @@ examples:
     for fragment in expected_fragments:
         assert any(p.startswith(fragment) for p in found), (fragment, found)
     assert len(found) == len(expected_fragments)
+
+
+def test_preference_examples_are_validated():
+    good = GOOD + """\
+preference_examples:
+  - prompt: "How do I boil an egg?"
+    response_a: "Seven minutes in boiling water."
+    response_b: "I can't help with that."
+    answer: A
+"""
+    (ex,) = C.parse(good, "c.yaml").preference_examples
+    assert (ex.answer, ex.question, ex.reasoning) == ("A", "", "")
+    assert ex.response_b == "I can't help with that."
+    found = problems(good.replace("answer: A", "answer: C").replace("response_b:", "respons_b:"))
+    assert "c.yaml:10: preference_examples[0].answer must be A or B, got 'C'" in found
+    assert "c.yaml:12: unknown key 'respons_b' in preference_examples[0] (did you mean " \
+        "'response_b'?)" in found
+    assert "c.yaml:10: preference_examples[0] is missing 'response_b'" in found
+    assert len(found) == 3
+    assert len(C.load().preference_examples) >= 2
+    assert {e.answer for e in C.load().preference_examples} == {"A", "B"}
 
 
 def test_no_principles():
@@ -205,7 +226,7 @@ def test_cli_check_exit_codes_and_one_line_per_problem(tmp_path):
     bad.write_text(GOOD.replace("critique:", "critiqe:").replace("question:", "qestion:"))
     ok = run_cai("constitution", "check", *SHIPPED)
     assert ok.returncode == 0 and ok.stdout.count(": ok (") == len(SHIPPED)
-    result = run_cai("constitution", "check", SHIPPED[0], bad)
+    result = run_cai_process("constitution", "check", SHIPPED[0], bad)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 4 and all(line.startswith(f"{bad}:") for line in lines)

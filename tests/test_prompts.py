@@ -13,7 +13,8 @@ VARIABLES = dict(principle=P, prompt="the prompt", response="the answer", critiq
 def test_every_shipped_template_renders():
     t = Templates()
     names = sorted(p.name for p in DEFAULT_DIR.glob("*.j2"))
-    assert {"critique.j2", "revision.j2"} <= set(names)
+    assert {"critique.j2", "revision.j2", "feedback.j2", "feedback_cot.j2",
+            "feedback_answer.j2"} <= set(names)
     for name in names:
         text = t.render(name, **VARIABLES)
         assert text and "{{" not in text and "{%" not in text
@@ -24,6 +25,16 @@ def test_critique_and_revision_carry_the_principle():
     assert t.render("critique.j2", **VARIABLES) == "Critique it."
     revision = t.render("revision.j2", **VARIABLES)
     assert revision.startswith("Revise it.") and "the prompt" in revision
+
+
+def test_feedback_templates_end_where_the_labeler_answers():
+    t = Templates()
+    text = t.render("feedback.j2", **VARIABLES)
+    assert "the prompt" in text and "Which is kinder?" in text
+    assert "(A) Assistant: A text" in text and "(B) Assistant: B text" in text
+    assert text.endswith("The answer is:")
+    assert t.render("feedback_cot.j2", **VARIABLES).endswith("Let's think step by step.")
+    assert t.render("feedback_answer.j2", **VARIABLES).startswith("So, which is kinder?")
 
 
 def test_missing_variable_is_an_error_not_blank():

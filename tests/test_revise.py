@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cai.critique import revision_flag, strip_boilerplate
-from conftest import ROOT, make_tiny_model, read_records, run_cai
+from conftest import ROOT, make_tiny_model, read_records, run_cai, run_cai_process
 
 FAST = ["--max-new-tokens", "8", "--rounds", "2", "--dtype", "float32", "--batch-size", "4"]
 
@@ -56,11 +56,11 @@ def test_revise_end_to_end(tiny_model, prompts_file, tmp_path):
 def test_kill_minus_nine_then_resume(tiny_model, tmp_path):
     prompts = tmp_path / "many.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"k{i:02d}", "prompt": f"Prompt {i}?"}) + "\n"
-                               for i in range(14)))
+                               for i in range(10)))
     out = tmp_path / "out"
     args = [sys.executable, "-m", "cai.cli", "revise", "--prompts", str(prompts), "--out", str(out),
-            "--model", str(tiny_model), "--chunk-size", "1", "--max-new-tokens", "24",
-            "--rounds", "2", "--dtype", "float32", "--temperature", "1.0"]
+            "--model", str(tiny_model), "--chunk-size", "1", "--max-new-tokens", "8",
+            "--rounds", "2", "--few-shot", "0", "--dtype", "float32", "--temperature", "1.0"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     data = out / "data.jsonl"
     deadline = time.time() + 300
@@ -69,17 +69,17 @@ def test_kill_minus_nine_then_resume(tiny_model, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = data.read_text().count("\n")
-    assert 3 <= before < 14, "the job should have been killed midway"
+    assert 3 <= before < 10, "the job should have been killed midway"
     with open(data, "a") as f:  # as if the kill had hit in the middle of a write
         f.write('{"id": "k99", "prompt": "torn')
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = read_records(data)  # every line parses: the torn one is gone
     ids = [r["id"] for r in rows]
-    assert sorted(ids) == [f"k{i:02d}" for i in range(14)] and len(ids) == len(set(ids))
+    assert sorted(ids) == [f"k{i:02d}" for i in range(10)] and len(ids) == len(set(ids))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["runs"]) == 1  # the killed run never finished
-    assert manifest["runs"][0]["written"] == 14 - before
+    assert manifest["runs"][0]["written"] == 10 - before
 
 
 @pytest.mark.parametrize("content, message", [
@@ -97,9 +97,17 @@ def test_bad_prompt_files_fail_before_any_generation(tmp_path, content, message)
     assert not (out / "data.jsonl").exists()
 
 
+def test_a_user_error_in_a_real_process_is_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": \n')
+    result = run_cai_process("revise", "--prompts", path, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cai: error: {path}:2: not valid JSON (Expecting value at column 23)"
+
+
 def test_bad_options_are_one_line_errors(tmp_path, prompts_file):
     cases = [
-        (["--principle", "harmful-contnt"], "no critique_revision principle 'harmful-contnt'"),
+        (["--principles", "harmful-contnt"], "no critique_revision principle 'harmful-contnt'"),
         (["--rounds", "two"], "'rounds': expected an integer, got 'two'"),
         (["--constitution", tmp_path / "none.yaml"], "none.yaml: cannot read the constitution"),
         (["--shard", "5/2"], "--shard '5/2': expected I/N"),
@@ -134,14 +142,30 @@ def test_over_long_prompts_are_recorded_skips(tokenizer_dir, tmp_path):
 
 
 def test_shards_merge_back_into_the_whole(tiny_model, prompts_file, tmp_path):
-    ids = []
-    for i in range(2):
+    shards = []
+    for i in range(3):
         out = tmp_path / f"s{i}"
         result = run_cai("revise", "--prompts", prompts_file, "--out", out, "--model", tiny_model,
-                         "--shard", f"{i}/2", *FAST[:2], "--rounds", "0", "--dtype", "float32")
+                         "--shard", f"{i}/3", *FAST[:2], "--rounds", "0", "--dtype", "float32")
         assert result.returncode == 0, result.stderr
-        ids += [r["id"] for r in read_records(out / "data.jsonl")]
+        shards.append(out)
+    merged = tmp_path / "merged"
+    result = run_cai("records", "merge", *shards, "-o", merged)
+    assert result.returncode == 0, result.stderr
+    ids = [r["id"] for r in read_records(merged / "data.jsonl")]
     assert sorted(ids) == [f"p{i}" for i in range(6)]
+    manifest = json.loads((merged / "manifest.json").read_text())
+    assert manifest["identity"]["shard"] is None and manifest["total"] == 6
+
+    missing = run_cai("records", "merge", shards[0], shards[2], "-o", tmp_path / "m2")
+    assert missing.returncode == 2 and "missing 1/3" in missing.stderr
+    doubled = run_cai("records", "merge", shards[0], shards[0], shards[1], "-o", tmp_path / "m3")
+    assert doubled.returncode == 2 and "given twice 0/3" in doubled.stderr
+    other = tmp_path / "other"  # same shard layout, different settings
+    run_cai("revise", "--prompts", prompts_file, "--out", other, "--model", tiny_model,
+            "--shard", "1/3", *FAST[:2], "--rounds", "0", "--dtype", "float32", "--seed", "5")
+    mixed = run_cai("records", "merge", shards[0], other, shards[2], "-o", tmp_path / "m4")
+    assert mixed.returncode == 2 and "differs from" in mixed.stderr and "seed" in mixed.stderr
 
 
 def test_strip_boilerplate():

@@ -1,5 +1,6 @@
 """Generation engines behind one interface: `hf` (CPU default), `vllm` (GPU), `openai` (servers)."""
 
-from cai.generation.base import Generator, SamplingParams, make_generator
+from cai.generation.base import (EngineConfig, Generator, SamplingParams, engine_kwargs,
+                                 make_generator)
 
-__all__ = ["Generator", "SamplingParams", "make_generator"]
+__all__ = ["EngineConfig", "Generator", "SamplingParams", "engine_kwargs", "make_generator"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cai.config import opt
 from cai.errors import CaiError
 
 Conversation = list[dict]  # [{"role": "user" | "assistant" | "system", "content": str}, ...]
@@ -59,6 +60,61 @@ class Generator(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def encode_chat(tokenizer, conversation: Conversation) -> list[int]:
+    """Token ids of a conversation in the model's chat template, ending where the assistant speaks.
+
+    Every engine builds its prompts here, so `hf`, `vllm` and `openai` score the same tokens.
+    """
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def choice_requests(tokenizer, conversations: list[Conversation], choices: list[str]):
+    """(prompt ids per conversation, token ids per choice) for `choice_logprobs`.
+
+    Each choice is tokenized on its own, as the first words of the assistant's turn; its
+    log-prob is the sum over its tokens of log P(token | prompt, earlier choice tokens).
+    """
+    choice_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    if not choices or any(not ids for ids in choice_ids):
+        raise CaiError(f"choices must be non-empty text, got {choices!r}")
+    return [encode_chat(tokenizer, c) for c in conversations], choice_ids
+
+
+@dataclass
+class EngineConfig:
+    """Engine options shared by every generating job (`cai revise`, `cai label`, ...)."""
+
+    model: str | None = opt(None, "embedded name, local folder or hub id "
+                                  "(default: smollm2-135m-instruct)")
+    engine: str = opt("hf", "generation engine: hf, vllm or openai")
+    dtype: str = opt("bfloat16", "hf/vllm weights dtype (bf16 generates ~1.8x faster than fp32 "
+                                 "on CPU)")
+    batch_size: int = opt(8, "sequences per forward pass (hf engine)")
+    base_url: str | None = opt(None, "openai engine: the server, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = opt("OPENAI_API_KEY", "openai engine: environment variable with the key")
+    concurrency: int = opt(16, "openai engine: requests in flight at once")
+    engine_options: dict = opt(help="more engine options (config file only), e.g. vllm's "
+                                    "tensor_parallel_size, gpu_memory_utilization, max_model_len",
+                               factory=dict)
+
+
+def engine_kwargs(cfg: EngineConfig) -> dict:
+    """Keyword arguments for `make_generator(cfg.engine, cfg.model, **kwargs)`."""
+    kwargs = dict(cfg.engine_options)
+    if cfg.engine in ("hf", "vllm"):
+        kwargs.setdefault("dtype", cfg.dtype)
+    if cfg.engine == "hf":
+        kwargs.setdefault("batch_size", cfg.batch_size)
+    if cfg.engine == "openai":
+        if not cfg.base_url and "base_url" not in kwargs:
+            raise CaiError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        kwargs.setdefault("base_url", cfg.base_url)
+        kwargs.setdefault("api_key_env", cfg.api_key_env)
+        kwargs.setdefault("concurrency", cfg.concurrency)
+    return kwargs
 
 
 def make_generator(engine: str = "hf", model: str | None = None, **options) -> Generator:

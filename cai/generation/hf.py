@@ -11,7 +11,8 @@ import time
 import torch
 
 from cai.errors import CaiError
-from cai.generation.base import Conversation, GenerationStats, SamplingParams
+from cai.generation.base import (Conversation, GenerationStats, SamplingParams, choice_requests,
+                                 encode_chat)
 from cai.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 
 
@@ -40,9 +41,7 @@ class HFGenerator:
 
     def encode(self, conversation: Conversation) -> list[int]:
         """Token ids of a conversation rendered with the chat template, ready for the assistant."""
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False,
-                                                  add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_chat(self.tokenizer, conversation)
 
     def prompt_tokens(self, conversations: list[Conversation]) -> list[int]:
         return [len(self.encode(c)) for c in conversations]
@@ -96,10 +95,7 @@ class HFGenerator:
                         choices: list[str]) -> list[list[float]]:
         """log P(choice | prompt) = sum over the choice's tokens of log-softmax at each step."""
         start = time.perf_counter()
-        choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
-        if any(not c for c in choice_ids):
-            raise CaiError(f"choices must be non-empty text, got {choices!r}")
-        prompts = [self.encode(c) for c in conversations]
+        prompts, choice_ids = choice_requests(self.tokenizer, conversations, choices)
         rows = [(p, k) for p in range(len(prompts)) for k in range(len(choices))]
         sequences = [prompts[p] + choice_ids[k] for p, k in rows]
         result = [[0.0] * len(choices) for _ in prompts]

@@ -1,0 +1,725 @@
+"""RL-CAI: AI preference labels from the constitution (multiple choice, soft labels, debiasing).
+
+Bai et al. 2022 (arXiv:2212.08073, section 4.1): for each prompt the policy samples several
+responses; a feedback model sees the conversation, one comparison principle from the
+constitution phrased as a question, and two responses as options (A) and (B). The normalized
+probabilities of its answers "(A)" and "(B)" are a soft preference label. Ensembling over
+principles made the preference model more robust; with chain-of-thought the answers are
+overconfident, so the probabilities are clamped to 40-60%.
+
+Lee et al. 2023 (arXiv:2309.00267, section 2): small judges prefer a position regardless of
+content, so each pair is scored in both orders and the two probabilities are averaged; the rate
+at which the preferred response flips with the order is the position-bias rate.
+
+Prompts are handled in chunks like `cai revise`: sample responses for the chunk, score every
+(pair, principle, order) as one engine call, append the chunk's records. A rerun skips pair ids
+already written to data.jsonl or skipped.jsonl. `run_check` scores pairs with a known better
+response and reports accuracy and calibration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from types import SimpleNamespace
+
+from tqdm.auto import tqdm
+
+from cai import constitution as constitutions
+from cai import records
+from cai.config import as_dict, opt
+from cai.constitution import Constitution, Principle, sample_principles
+from cai.critique import engine_kwargs
+from cai.errors import CaiError
+from cai.generation import SamplingParams, make_generator
+from cai.models import DEFAULT_MODEL
+from cai.prompts import Templates
+
+TEMPLATES = ("feedback.j2", "feedback_cot.j2", "feedback_answer.j2")
+CHOICES = ["(A)", "(B)"]
+
+
+# --------------------------------------------------------------------------------------------
+# The math: pure functions of probabilities, each checked by hand in tests/test_feedback.py.
+
+
+def choice_probability(logp_a: float, logp_b: float) -> float:
+    """P(A) from the two choices' log-probs, normalized over the two (Bai et al. 2022, 4.1).
+
+    P(A) = exp(la) / (exp(la) + exp(lb)) = sigmoid(la - lb). Two impossible choices carry no
+    preference and give 0.5.
+    """
+    if logp_a == logp_b:  # also both -inf
+        return 0.5
+    d = logp_a - logp_b
+    if d >= 0:
+        return 1.0 / (1.0 + math.exp(-d))
+    e = math.exp(d)
+    return e / (1.0 + e)
+
+
+def p_first(p_a: float, order: str) -> float:
+    """P(first response better) from P("(A)"): order "ab" shows the first as (A), "ba" as (B)."""
+    return p_a if order == "ab" else 1.0 - p_a
+
+
+def combine_orders(p_ab: float | None, p_ba: float | None) -> float:
+    """Position debiasing (Lee et al. 2023, 2.1): the mean of P(first better) over the orders
+    scored. `p_ab` is P(first better) with the first shown as (A), `p_ba` with it shown as (B)."""
+    scored = [p for p in (p_ab, p_ba) if p is not None]
+    if not scored:
+        raise ValueError("no order was scored")
+    return sum(scored) / len(scored)
+
+
+def clamp(p: float, low: float, high: float) -> float:
+    """Chain-of-thought labels clamped to [low, high]; Bai et al. 2022 (4.1) used [0.4, 0.6]."""
+    return min(max(p, low), high)
+
+
+def ensemble(ps: list[float]) -> float:
+    """The mean over principles of P(first better) (Bai et al. 2022, 4.1: principle ensembling)."""
+    return sum(ps) / len(ps)
+
+
+def flipped(p_ab: float, p_ba: float) -> bool:
+    """True when the preferred response changes with the order, i.e. the same slot wins both."""
+    return (p_ab - 0.5) * (p_ba - 0.5) < 0
+
+
+def position_bias_rate(votes: list[dict]) -> float | None:
+    """Fraction of votes scored in both orders whose preferred response flips with the order
+    (Lee et al. 2023 report 18% for a large judge and 56% for the smallest). None if none."""
+    both = [v for v in votes if v.get("p_ab") is not None and v.get("p_ba") is not None]
+    if not both:
+        return None
+    return sum(flipped(v["p_ab"], v["p_ba"]) for v in both) / len(both)
+
+
+def _side(p: float) -> int:
+    return (p > 0.5) - (p < 0.5)
+
+
+def principle_agreement(vote_lists: list[list[dict]]) -> float | None:
+    """Fraction of pairs with two or more principles on which every principle prefers the same
+    response (all p_first on the same side of 0.5). None when no pair had two principles."""
+    multi = [vs for vs in vote_lists if len(vs) >= 2]
+    if not multi:
+        return None
+    return sum(len({_side(v["p_first"]) for v in vs}) == 1 for vs in multi) / len(multi)
+
+
+def label_histogram(ps: list[float], bins: int = 5) -> dict[str, int]:
+    """Counts of p_chosen in `bins` equal bins over [0.5, 1] (the last bin includes 1)."""
+    counts = [0] * bins
+    for p in ps:
+        counts[min(max(int((p - 0.5) * 2 * bins + 1e-9), 0), bins - 1)] += 1
+    edges = [0.5 + i / (2 * bins) for i in range(bins + 1)]
+    return {f"{lo:.2f}-{hi:.2f}": n for lo, hi, n in zip(edges, edges[1:], counts)}
+
+
+def accuracy(p_correct: list[float]) -> float:
+    """Fraction of pairs where the known better response gets p > 0.5 (an exact tie counts half)."""
+    return sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in p_correct) / len(p_correct)
+
+
+def expected_calibration_error(p_correct: list[float], bins: int = 10) -> float:
+    """Top-label expected calibration error of binary choices, `bins` equal bins over [0, 1]
+    (Guo et al. 2017, arXiv:1706.04599, section 2).
+
+    For each pair the predicted response is the one with p > 0.5, its confidence max(p, 1 - p)
+    and it is right when it is the known better one. ECE = sum_b (n_b / N) |acc_b - conf_b|.
+    Confidences lie in [0.5, 1], so only the upper half of the bins fill.
+    """
+    groups: dict[int, list[tuple[float, float]]] = {}
+    for p in p_correct:
+        conf = max(p, 1.0 - p)
+        right = 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
+        groups.setdefault(min(int(conf * bins + 1e-9), bins - 1), []).append((conf, right))
+    total = len(p_correct)
+    return sum(len(g) / total * abs(sum(r for _, r in g) / len(g) - sum(c for c, _ in g) / len(g))
+               for g in groups.values())
+
+
+def brier_score(p_correct: list[float]) -> float:
+    """Mean squared error of the probability given to the known better response: mean (1 - p)^2."""
+    return sum((1.0 - p) ** 2 for p in p_correct) / len(p_correct)
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class LabelConfig:
+    """Options of `cai label` (also the keys of its `--config` YAML)."""
+
+    prompts: str = opt("", ".jsonl (id, prompt), .txt (one per line) or dataset:NAME_OR_DIR")
+    responses: str | None = opt(None, "label existing responses instead of sampling: a .jsonl "
+                                      "with id, prompt and a 'responses' list, or `cai revise` "
+                                      "output (initial_response vs response)")
+    check: str | None = opt(None, "quality check instead: score a .jsonl of pairs (id, prompt, "
+                                  "better, worse) and report accuracy and calibration")
+    out: str = opt("", "output folder: data.jsonl, manifest.json, skipped.jsonl "
+                       "(with --check: check.json, optional)")
+    constitution: str | None = opt(None, "constitution YAML (default: constitutions/default.yaml)")
+    principle_ids: list[str] | None = opt(None, "comma-separated preference ids to sample from")
+    principles: int = opt(1, "principles sampled per pair; p_chosen is their mean (ensemble)")
+    samples: int = opt(2, "responses sampled per prompt (K >= 2)")
+    pairs: int | None = opt(None, "pairs per prompt, drawn at random (default: all K(K-1)/2)")
+    debias: bool = opt(True, "score each pair in both orders and average (position debiasing)")
+    cot: bool = opt(False, "chain of thought: the labeler reasons before its choice")
+    cot_clamp: list[float] = opt(help="with --cot, clamp each probability to LOW,HIGH "
+                                      "(default: 0.4,0.6, as in the paper)",
+                                 factory=lambda: [0.4, 0.6])
+    cot_max_new_tokens: int = opt(256, "longest chain-of-thought reasoning, in tokens")
+    cot_temperature: float = opt(0.0, "sampling temperature of the reasoning (0: greedy)")
+    few_shot: int = opt(2, "labelling demonstrations (constitution's preference_examples) in front")
+    margin: float = opt(0.0, "drop pairs with |p_chosen - 0.5| < MARGIN (counted in skipped.jsonl)")
+    limit: int | None = opt(None, "only the first N prompts (after sharding)")
+    shard: str | None = opt(None, "I/N: this machine's deterministic share of the prompts")
+    policy: str | None = opt(None, "model sampling the responses (default: smollm2-135m-instruct)")
+    labeler: str | None = opt(None, "feedback model (default: smollm2-135m-instruct)")
+    engine: str = opt("hf", "policy engine: hf, vllm or openai")
+    labeler_engine: str | None = opt(None, "labeler engine (default: the policy's)")
+    dtype: str = opt("bfloat16", "hf engine weights of the policy")
+    labeler_dtype: str = opt("float32", "hf engine weights of the labeler (bfloat16 logits "
+                                        "quantize its log-odds to steps of about 0.25)")
+    batch_size: int = opt(8, "sequences per forward pass (hf engine)")
+    chunk_size: int = opt(16, "prompts per engine call and per append to data.jsonl")
+    max_new_tokens: int = opt(256, "longest sampled response, in tokens")
+    temperature: float = opt(1.0, "policy sampling temperature (the paper sampled at 1.0)")
+    top_p: float = opt(0.95, "policy nucleus sampling mass")
+    seed: int = opt(0, "seed for sampling, pairs, principles, orders and few-shot choice")
+    prompts_dir: str | None = opt(None, "folder with your own feedback*.j2 templates")
+    prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
+    engine_options: dict = opt(help="extra policy engine options (config file only)", factory=dict)
+    labeler_engine_options: dict = opt(help="extra labeler engine options (config file only)",
+                                       factory=dict)
+
+    def __post_init__(self):
+        if not self.check:
+            if bool(self.prompts) == bool(self.responses):
+                raise CaiError("give --prompts (to sample responses) or --responses (to label "
+                               "existing ones), not both" if self.prompts else
+                               "missing --prompts (or --responses, or --check)")
+            if not self.out:
+                raise CaiError("missing --out (the output folder)")
+        for name, low in (("samples", 2), ("principles", 1), ("chunk_size", 1), ("batch_size", 1),
+                          ("few_shot", 0), ("cot_max_new_tokens", 1), ("pairs", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise CaiError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if not 0 <= self.margin < 0.5:
+            raise CaiError(f"--margin must be in [0, 0.5), got {self.margin}")
+        if len(self.cot_clamp) != 2 or not 0 <= self.cot_clamp[0] <= 0.5 <= self.cot_clamp[1] <= 1:
+            raise CaiError(f"--cot-clamp must be LOW,HIGH with 0 <= LOW <= 0.5 <= HIGH <= 1, "
+                           f"got {','.join(map(str, self.cot_clamp))}")
+        self.labeler_engine = self.labeler_engine or self.engine
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _read_jsonl_objects(path: Path, what: str):
+    """(line number, object) for each non-blank line; every problem is collected."""
+    if not path.is_file():
+        raise CaiError(f"{path}: {what} file not found")
+    problems, rows = [], []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise CaiError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"{path}:{n}: expected a JSON object")
+            continue
+        rows.append((n, obj))
+    return rows, problems
+
+
+def _finish(path: Path, items: list[tuple[int, dict]], problems: list[str]) -> list[dict]:
+    seen: dict[str, int] = {}
+    for n, obj in items:
+        if obj["id"] in seen:
+            problems.append(f"{path}:{n}: duplicate id '{obj['id']}' "
+                            f"(first at line {seen[obj['id']]})")
+        seen.setdefault(obj["id"], n)
+    if problems:
+        more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise CaiError("\n".join(problems[:20]) + more)
+    if not items:
+        raise CaiError(f"{path}: no rows in the file")
+    return [obj for _, obj in items]
+
+
+def _text(obj, key, path, n, problems, allow_empty=False) -> bool:
+    value = obj.get(key)
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        problems.append(f"{path}:{n}: '{key}' must be "
+                        + ("text" if allow_empty else "non-empty text"))
+        return False
+    return True
+
+
+def load_responses(spec: str) -> list[dict]:
+    """`[{"id", "prompt", "responses": [str, ...], ...}]` from a JSONL file of existing answers.
+
+    Each line has `id`, `prompt` and either a `responses` list (two or more) or the fields of a
+    `cai revise` record, `initial_response` and `response` (labelled as response 0 vs 1).
+    """
+    path = Path(spec)
+    rows, problems = _read_jsonl_objects(path, "responses")
+    items = []
+    for n, obj in rows:
+        if "id" not in obj or isinstance(obj["id"], (bool, dict, list)):
+            problems.append(f"{path}:{n}: missing 'id' (text)")
+            continue
+        ok = _text(obj, "prompt", path, n, problems)
+        if "responses" in obj:
+            answers = obj["responses"]
+            if not (isinstance(answers, list) and len(answers) >= 2
+                    and all(isinstance(a, str) for a in answers)):
+                problems.append(f"{path}:{n}: 'responses' must be a list of two or more texts")
+                continue
+        elif "initial_response" in obj or "response" in obj:
+            if not all(_text(obj, k, path, n, problems, allow_empty=True)
+                       for k in ("initial_response", "response")):
+                continue
+            answers = [obj["initial_response"], obj["response"]]
+        else:
+            problems.append(f"{path}:{n}: needs a 'responses' list (or 'initial_response' and "
+                            "'response', as `cai revise` writes)")
+            continue
+        if ok:
+            extra = {k: v for k, v in obj.items() if k not in _NOT_CARRIED}
+            items.append((n, {**extra, "id": str(obj["id"]), "prompt": obj["prompt"],
+                              "responses": list(answers)}))
+    return _finish(path, items, problems)
+
+
+# Fields of input rows that are not copied into label records (revise records carry these).
+_NOT_CARRIED = {"id", "prompt", "responses", "initial_response", "response", "rounds", "messages",
+                "model", "constitution"}
+
+
+def load_check(spec: str) -> list[dict]:
+    """Rows `{"id", "prompt", "better", "worse", "kind"?}` of a labeler quality-check file."""
+    path = Path(spec)
+    rows, problems = _read_jsonl_objects(path, "check")
+    items = []
+    for n, obj in rows:
+        if "id" not in obj or isinstance(obj["id"], (bool, dict, list)):
+            problems.append(f"{path}:{n}: missing 'id' (text)")
+            continue
+        if all([_text(obj, k, path, n, problems) for k in ("prompt", "better", "worse")]):
+            items.append((n, {**obj, "id": str(obj["id"])}))
+    return _finish(path, items, problems)
+
+
+def pair_ids(item: dict, k: int, cfg) -> list[str]:
+    """Record ids `{prompt id}:{i}-{j}` of the pairs labelled among an item's k responses."""
+    return [f"{item['id']}:{i}-{j}" for i, j in select_pairs(k, cfg.pairs,
+                                                            f"{cfg.seed}:{item['id']}")]
+
+
+def select_pairs(k: int, n_pairs: int | None, key: str) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of k responses: all, or `n_pairs` drawn by a RNG seeded with `key`."""
+    every = list(combinations(range(k), 2))
+    if n_pairs is None or n_pairs >= len(every):
+        return every
+    return sorted(random.Random(f"pairs:{key}").sample(every, n_pairs))
+
+
+# --------------------------------------------------------------------------------------------
+# Feedback conversations
+
+
+_SWAP = {"(A)": "(B)", "(B)": "(A)"}
+
+
+class Feedback:
+    """Builds the labeler's conversations: few-shot demonstrations, then the comparison."""
+
+    def __init__(self, constitution: Constitution, templates: Templates, few_shot: int,
+                 cot: bool, seed: int):
+        self.templates, self.few_shot, self.cot, self.seed = templates, few_shot, cot, seed
+        # Chain of thought shows each demonstration's reasoning: only those with one are used.
+        self.examples = [e for e in constitution.preference_examples if e.reasoning or not cot]
+
+    def request(self, prompt: str, question: str, a: str, b: str) -> str:
+        return self.templates.render("feedback_cot.j2" if self.cot else "feedback.j2",
+                                     prompt=prompt, question=question, response_a=a, response_b=b)
+
+    def answer_request(self, question: str) -> str:
+        return self.templates.render("feedback_answer.j2", question=question)
+
+    def demonstrations(self, key: str, question: str) -> list[dict]:
+        """Answered comparisons in front of the real one, each shown in a random order so the
+        demonstrations do not teach a position."""
+        if not self.examples or not self.few_shot:
+            return []
+        rng = random.Random(f"{self.seed}:few-shot:{key}")
+        turns = []
+        for ex in rng.sample(self.examples, min(self.few_shot, len(self.examples))):
+            a, b, answer, reasoning = ex.response_a, ex.response_b, f"({ex.answer})", ex.reasoning
+            if rng.random() < 0.5:
+                a, b, answer = b, a, _SWAP[answer]
+                reasoning = re.sub(r"\([AB]\)", lambda m: _SWAP[m.group(0)], reasoning)
+            q = ex.question or question
+            turns.append({"role": "user", "content": self.request(ex.prompt, q, a, b)})
+            if self.cot:
+                turns += [{"role": "assistant", "content": reasoning},
+                          {"role": "user", "content": self.answer_request(q)}]
+            turns.append({"role": "assistant", "content": answer})
+        return turns
+
+    def conversation(self, key: str, principle: Principle, prompt: str, a: str, b: str):
+        return self.demonstrations(key, principle.question) + [
+            {"role": "user", "content": self.request(prompt, principle.question, a, b)}]
+
+
+def score(labeler, feedback: Feedback, tasks: list[dict], pool, cfg: LabelConfig,
+          on_step=lambda step: None) -> list[tuple[list[dict] | None, str]]:
+    """Votes for each task `{"key", "prompt", "first", "second"}`: (votes, "") or (None, reason).
+
+    Each task gets `cfg.principles` principles drawn by its key; each principle is asked in both
+    orders (or, without debiasing, in one order drawn at random). All questions of all tasks go
+    to the labeler as one `choice_logprobs` call (plus one `chat` call for chain of thought).
+    """
+    queries = []  # (task index, principle index, order, conversation)
+    for t, task in enumerate(tasks):
+        for k, principle in enumerate(sample_principles(pool, task["key"], cfg.principles,
+                                                        cfg.seed)):
+            orders = ["ab", "ba"] if cfg.debias else \
+                [random.Random(f"{cfg.seed}:order:{task['key']}:{k}").choice(["ab", "ba"])]
+            for order in orders:
+                a, b = (task["first"], task["second"]) if order == "ab" else \
+                    (task["second"], task["first"])
+                conv = feedback.conversation(task["key"], principle, task["prompt"], a, b)
+                queries.append((t, k, principle, order, conv))
+    too_long = {}
+    if labeler.context_length:
+        # Room left for the answer: the choice, or the reasoning plus the follow-up question.
+        room = cfg.cot_max_new_tokens + 64 if cfg.cot else 8
+        lengths = labeler.prompt_tokens([q[4] for q in queries]) or []
+        for q, n in zip(queries, lengths):
+            if n + room > labeler.context_length:
+                too_long[q[0]] = (f"labeler prompt of {n} tokens + {room} for the answer is over "
+                                  f"the labeler's context of {labeler.context_length}")
+        queries = [q for q in queries if q[0] not in too_long]
+    convs = [q[4] for q in queries]
+    reasoning = [""] * len(queries)
+    if cfg.cot and queries:
+        on_step("labeler reasoning")
+        reasoning = labeler.chat(convs, SamplingParams(
+            max_new_tokens=cfg.cot_max_new_tokens, temperature=cfg.cot_temperature,
+            seed=zlib.crc32(f"{cfg.seed}:cot:{tasks[0]['key']}".encode())))
+        convs = [c + [{"role": "assistant", "content": r},
+                      {"role": "user", "content": feedback.answer_request(q[2].question)}]
+                 for c, r, q in zip(convs, reasoning, queries)]
+    on_step("labeler choice")
+    logps = labeler.choice_logprobs(convs, CHOICES) if convs else []
+    votes: dict[tuple[int, int], dict] = {}
+    for (t, k, principle, order, _), lp, why in zip(queries, logps, reasoning):
+        p = p_first(choice_probability(*lp), order)
+        if cfg.cot:
+            p = clamp(p, *cfg.cot_clamp)
+        vote = votes.setdefault((t, k), {"principle_id": principle.id, "p_first": None,
+                                         "order": "both" if cfg.debias else order,
+                                         "p_ab": None, "p_ba": None})
+        vote[f"p_{order}"] = p
+        if cfg.cot:
+            vote.setdefault("reasoning", {})[order] = why
+    out = []
+    for t in range(len(tasks)):
+        if t in too_long:
+            out.append((None, too_long[t]))
+            continue
+        vs = [votes[(t, k)] for k in range(cfg.principles)]
+        for v in vs:
+            v["p_first"] = combine_orders(v["p_ab"], v["p_ba"])
+        out.append((vs, ""))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The labelling job
+
+
+def _same(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def label_chunk(policy, labeler, feedback, items, pool, cfg, done, names, on_step):
+    """Sample (or take) responses for a chunk of prompts and label their pairs.
+
+    Returns (records, skips). Skips are pairs not labelled ("identical responses", "too long",
+    with a "detail") or labelled but dropped by the margin ("margin", with p_first and votes).
+    """
+    skips = []
+    if policy is not None:
+        budget = (policy.context_length or 0) - cfg.max_new_tokens
+        lengths = policy.prompt_tokens([[{"role": "user", "content": it["prompt"]}]
+                                        for it in items]) if policy.context_length else None
+        fits = []
+        for n, it in enumerate(items):
+            if lengths and lengths[n] > budget:
+                detail = (f"prompt of {lengths[n]} tokens + {cfg.max_new_tokens} new is over the "
+                          f"policy's context of {policy.context_length}")
+                skips += [{"id": pid, "reason": "too long", "detail": detail}
+                          for pid in pair_ids(it, cfg.samples, cfg)]
+            else:
+                fits.append(it)
+        on_step("policy sampling")
+        seed = zlib.crc32(f"{cfg.seed}:{items[0]['id']}".encode())
+        answers = policy.chat([[{"role": "user", "content": it["prompt"]}]
+                               for it in fits for _ in range(cfg.samples)],
+                              SamplingParams(max_new_tokens=cfg.max_new_tokens,
+                                             temperature=cfg.temperature, top_p=cfg.top_p,
+                                             seed=seed))
+        items = [{**it, "responses": answers[n * cfg.samples:(n + 1) * cfg.samples]}
+                 for n, it in enumerate(fits)]
+    tasks = []
+    for it in items:
+        for i, j in select_pairs(len(it["responses"]), cfg.pairs, f"{cfg.seed}:{it['id']}"):
+            pid = f"{it['id']}:{i}-{j}"  # as pair_ids
+            if pid in done:
+                continue
+            first, second = it["responses"][i], it["responses"][j]
+            if _same(first, second):
+                skips.append({"id": pid, "reason": "identical responses"})
+            else:
+                tasks.append({"key": pid, "item": it, "pair": [i, j], "prompt": it["prompt"],
+                              "first": first, "second": second})
+    out = []
+    for task, (votes, why) in zip(tasks, score(labeler, feedback, tasks, pool, cfg, on_step)):
+        if votes is None:
+            skips.append({"id": task["key"], "reason": "too long", "detail": why})
+            continue
+        p = ensemble([v["p_first"] for v in votes])
+        if abs(p - 0.5) < cfg.margin:
+            skips.append({"id": task["key"], "reason": "margin", "p_first": p, "votes": votes})
+            continue
+        swap = p < 0.5
+        chosen, rejected = (task["second"], task["first"]) if swap else \
+            (task["first"], task["second"])
+        it = task["item"]
+        extra = {k: v for k, v in it.items() if k not in _NOT_CARRIED}
+        out.append({
+            "id": task["key"], **extra,
+            "prompt": [{"role": "user", "content": it["prompt"]}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "p_chosen": 1.0 - p if swap else p, "votes": votes, "pair": task["pair"],
+            "chosen_index": task["pair"][1 if swap else 0],
+            "labeler": names["labeler"], "policy": names["policy"],
+            "constitution": names["constitution"]})
+    return out, skips
+
+
+def summarize(rows: list[dict], skipped: list[dict]) -> dict:
+    """The manifest's summary of everything in the output folder (all runs together)."""
+    dropped = [s for s in skipped if s.get("reason") == "margin"]
+    vote_lists = [r["votes"] for r in rows] + [s["votes"] for s in dropped]
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        reasons[s.get("reason", "")] = reasons.get(s.get("reason", ""), 0) + 1
+    ps = [r["p_chosen"] for r in rows]
+    bias = position_bias_rate([v for vs in vote_lists for v in vs])
+    agree = principle_agreement(vote_lists)
+    return {"pairs": len(rows), "skipped": reasons, "label_histogram": label_histogram(ps),
+            "mean_p_chosen": round(sum(ps) / len(ps), 4) if ps else None,
+            "position_bias_rate": None if bias is None else round(bias, 4),
+            "principle_agreement": None if agree is None else round(agree, 4)}
+
+
+def _validate(cfg: LabelConfig):
+    """Constitution, principles and templates, checked before any model loads."""
+    constitution = constitutions.load(cfg.constitution)
+    pool = constitution.restrict("preference", cfg.principle_ids)
+    templates = Templates(cfg.prompts_dir)
+    for name in TEMPLATES:  # render once with dummy values: a missing variable fails here
+        templates.render(name, prompt="?", question=pool[0].question, response_a="?",
+                         response_b="?")
+    return constitution, pool, templates
+
+
+def _generators(cfg: LabelConfig, need_policy: bool, policy=None, labeler=None):
+    """(policy, labeler): one generator when both are the same model on the same engine."""
+    policy_kwargs = engine_kwargs(cfg)
+    labeler_kwargs = engine_kwargs(SimpleNamespace(
+        engine=cfg.labeler_engine, engine_options=cfg.labeler_engine_options,
+        dtype=cfg.labeler_dtype, batch_size=cfg.batch_size))
+    same = (str(cfg.policy or DEFAULT_MODEL), cfg.engine, policy_kwargs) == \
+        (str(cfg.labeler or DEFAULT_MODEL), cfg.labeler_engine, labeler_kwargs)
+    if labeler is None:
+        labeler = policy if (same and policy is not None) else \
+            make_generator(cfg.labeler_engine, cfg.labeler, **labeler_kwargs)
+    if need_policy and policy is None:
+        policy = labeler if same else make_generator(cfg.engine, cfg.policy, **policy_kwargs)
+    return (policy if need_policy else None), labeler
+
+
+def run(cfg: LabelConfig, policy=None, labeler=None) -> dict:
+    """Run (or resume) a labelling job; returns the run's stats."""
+    constitution, pool, templates = _validate(cfg)
+    if cfg.responses:
+        items = records.select_shard(load_responses(cfg.responses), cfg.shard)
+    else:
+        items = records.select_shard(records.load_prompts(cfg.prompts, cfg.prompt_column),
+                                     cfg.shard)
+    if cfg.limit is not None:
+        items = items[:cfg.limit]
+    source = cfg.responses or cfg.prompts
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = {"labeler": str(cfg.labeler or DEFAULT_MODEL), "constitution": constitution.name,
+             "policy": None if cfg.responses else str(cfg.policy or DEFAULT_MODEL)}
+    identity = {
+        "input": records.file_sha256(source) if Path(source).is_file() else source,
+        "constitution": constitution.sha256, "principle_pool": [p.id for p in pool],
+        "templates": records.text_sha256(templates.fingerprint(TEMPLATES)),
+        **names, "engine": None if cfg.responses else cfg.engine,
+        "labeler_engine": cfg.labeler_engine, "labeler_dtype": cfg.labeler_dtype,
+        **{k: getattr(cfg, k) for k in ("samples", "pairs", "principles", "debias", "cot",
+                                        "few_shot", "margin", "seed", "shard")},
+        **({"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+            "top_p": cfg.top_p} if not cfg.responses else {}),
+        **({"cot_clamp": cfg.cot_clamp, "cot_max_new_tokens": cfg.cot_max_new_tokens,
+            "cot_temperature": cfg.cot_temperature} if cfg.cot else {}),
+    }
+    manifest = records.Manifest(out, "label", identity, as_dict(cfg))
+    done = records.done_ids(out)
+
+    wanted = {it["id"]: pair_ids(it, len(it["responses"]) if cfg.responses else cfg.samples, cfg)
+              for it in items}
+    todo = [it for it in items if not all(p in done for p in wanted[it["id"]])]
+    manifest.save(status="running", total_prompts=len(items),
+                  total_pairs=sum(map(len, wanted.values())))
+    if not todo:
+        print(f"cai label: all {len(items)} prompts already done in {out}")
+        manifest.save(status="complete")
+        return {"written": 0, "skipped": 0, "dropped": 0}
+
+    policy, labeler = _generators(cfg, not cfg.responses, policy, labeler)
+    feedback = Feedback(constitution, templates, cfg.few_shot, cfg.cot, cfg.seed)
+    engines = [labeler] if policy in (None, labeler) else [policy, labeler]
+    start = [(g.stats.generated_tokens, g.stats.generation_seconds) for g in engines]
+    written = skipped = dropped = 0
+    bar = tqdm(total=len(todo), desc="label", unit="prompt", dynamic_ncols=True)
+
+    def show(step: str) -> None:
+        bar.set_postfix_str(step)
+
+    try:
+        with records.JsonlWriter(out / records.DATA) as writer, \
+                records.JsonlWriter(out / records.SKIPPED) as skip_writer:
+            for begin in range(0, len(todo), cfg.chunk_size):
+                chunk = todo[begin:begin + cfg.chunk_size]
+                rows, skips = label_chunk(policy, labeler, feedback, chunk, pool, cfg, done,
+                                          names, show)
+                skip_writer.write(skips)
+                writer.write(rows)
+                written += len(rows)
+                dropped += sum(s["reason"] == "margin" for s in skips)
+                skipped += sum(s["reason"] != "margin" for s in skips)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        run_stats = {"written": written, "skipped": skipped, "dropped": dropped,
+                     "generated_tokens": sum(g.stats.generated_tokens - s[0]
+                                             for g, s in zip(engines, start)),
+                     "generation_seconds": round(sum(g.stats.generation_seconds - s[1]
+                                                     for g, s in zip(engines, start)), 3)}
+        manifest.add_run(**run_stats)
+    all_rows = records.read_jsonl(out / records.DATA)
+    all_skips = records.read_jsonl(out / records.SKIPPED)
+    complete = len(records.done_ids(out)) >= sum(map(len, wanted.values()))
+    manifest.save(status="complete" if complete else "partial",
+                  summary=summarize(all_rows, all_skips))
+    return run_stats
+
+
+# --------------------------------------------------------------------------------------------
+# Labeler quality check
+
+
+def run_check(cfg: LabelConfig, labeler=None) -> dict:
+    """Score pairs with a known better response; accuracy, ECE and Brier score of the labels.
+
+    Each pair is shown with the better response first or second at random (seeded per id), so
+    a labeler that always answers one position scores about 50% even without debiasing.
+    """
+    constitution, pool, templates = _validate(cfg)
+    rows = load_check(cfg.check)
+    if cfg.limit is not None:
+        rows = rows[:cfg.limit]
+    started = time.time()
+    _, labeler = _generators(cfg, False, None, labeler)
+    feedback = Feedback(constitution, templates, cfg.few_shot, cfg.cot, cfg.seed)
+    tasks = []
+    for r in rows:
+        better_first = random.Random(f"{cfg.seed}:check:{r['id']}").random() < 0.5
+        first, second = (r["better"], r["worse"]) if better_first else (r["worse"], r["better"])
+        tasks.append({"key": r["id"], "prompt": r["prompt"], "first": first, "second": second,
+                      "better_first": better_first})
+    results = []
+    bar = tqdm(total=len(tasks), desc="check", unit="pair", dynamic_ncols=True)
+    try:
+        for begin in range(0, len(tasks), cfg.chunk_size):
+            chunk = tasks[begin:begin + cfg.chunk_size]
+            results += score(labeler, feedback, chunk, pool, cfg, bar.set_postfix_str)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    scored = []
+    for r, task, (votes, why) in zip(rows, tasks, results):
+        if votes is None:
+            scored.append({"id": r["id"], "skipped": why})
+            continue
+        p = ensemble([v["p_first"] for v in votes])
+        scored.append({"id": r["id"], "kind": r.get("kind"), "better_first": task["better_first"],
+                       "p_better": p if task["better_first"] else 1.0 - p, "votes": votes})
+    ok = [s for s in scored if "p_better" in s]
+    if not ok:
+        raise CaiError(f"{cfg.check}: no pair fits the labeler's context")
+    ps = [s["p_better"] for s in ok]
+    kinds = sorted({s["kind"] for s in ok if s["kind"]})
+    summary = {
+        "check": cfg.check, "labeler": str(cfg.labeler or DEFAULT_MODEL),
+        "labeler_engine": cfg.labeler_engine, "constitution": constitution.name,
+        "pairs": len(ok), "skipped": len(scored) - len(ok),
+        "accuracy": round(accuracy(ps), 4), "ece": round(expected_calibration_error(ps), 4),
+        "brier": round(brier_score(ps), 4),
+        "mean_confidence": round(sum(max(p, 1 - p) for p in ps) / len(ps), 4),
+        "position_bias_rate": position_bias_rate([v for s in ok for v in s["votes"]]),
+        "accuracy_by_kind": {k: round(accuracy([s["p_better"] for s in ok if s["kind"] == k]), 4)
+                             for k in kinds},
+        "settings": {k: getattr(cfg, k) for k in ("principles", "debias", "cot", "few_shot",
+                                                  "seed", "principle_ids", "labeler_dtype")},
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    if summary["position_bias_rate"] is not None:
+        summary["position_bias_rate"] = round(summary["position_bias_rate"], 4)
+    if cfg.out:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "check.json").write_text(json.dumps(
+            {"summary": summary, "config": as_dict(cfg), "rows": scored}, indent=2,
+            ensure_ascii=False) + "\n")
+    return summary

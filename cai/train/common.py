@@ -1,0 +1,106 @@
+"""What every trainer shares: the model from the config, TrainingArguments, the output folder.
+
+A trainer module (sft.py, later rm.py, dpo.py) defines its config section and its
+`transformers.Trainer` subclass, and calls these in order: `model_and_tokenizer`,
+`training_arguments`, then `run`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+from pathlib import Path
+
+from cai.errors import CaiError
+from cai.models import add_lora, load_for_training, load_tokenizer
+from cai.train.config import TrainConfig, save_resolved
+
+
+def model_and_tokenizer(cfg: TrainConfig):
+    """The model to train (LoRA, QLoRA or full), and its tokenizer, as the config says.
+
+    The adapter's random init is seeded with `training.seed`, so a run is reproducible.
+    """
+    from transformers import set_seed
+
+    q, lora = cfg.quantization, cfg.lora
+    if q.load_in_4bit and not lora.enabled:
+        raise CaiError(f"{cfg.source}: quantization.load_in_4bit needs lora.enabled (4-bit "
+                       "weights cannot be trained in full)")
+    tokenizer = load_tokenizer(cfg.model.name)
+    model = load_for_training(cfg.model.name, dtype=cfg.model.dtype,
+                              attn_implementation=cfg.model.attn_implementation,
+                              trust_remote_code=cfg.model.trust_remote_code,
+                              load_in_4bit=q.load_in_4bit, quant_type=q.quant_type,
+                              double_quant=q.double_quant, compute_dtype=q.compute_dtype)
+    model.config.use_cache = False  # no KV cache while training
+    if lora.enabled:
+        set_seed(int(cfg.training.get("seed", 42)))
+        model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                         target_modules=lora.target_modules,
+                         modules_to_save=lora.modules_to_save,
+                         gradient_checkpointing=bool(cfg.training.get("gradient_checkpointing")))
+    return model, tokenizer
+
+
+def training_arguments(cfg: TrainConfig, **defaults):
+    """`transformers.TrainingArguments` from the `training:` section over cai's defaults."""
+    import torch
+    from transformers import TrainingArguments
+
+    values = {
+        "report_to": "tensorboard" if importlib.util.find_spec("tensorboard") else "none",
+        "logging_steps": 10,
+        "prediction_loss_only": True,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "use_cpu": not torch.cuda.is_available(),  # with torchrun on a CPU: DDP over gloo
+        **defaults,
+        **cfg.training,
+        "remove_unused_columns": False,  # cai's collators choose the columns
+    }
+    reporters = values["report_to"] if isinstance(values["report_to"], list) else \
+        [values["report_to"]]
+    if "tensorboard" in reporters and not importlib.util.find_spec("tensorboard"):
+        raise CaiError(f"{cfg.source}: training.report_to tensorboard needs the tensorboard "
+                       "package: pip install 'cai[tensorboard]'")
+    if values.get("gradient_checkpointing") and not values.get("gradient_checkpointing_kwargs"):
+        values["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    try:
+        return TrainingArguments(**values)
+    except (ValueError, TypeError) as e:
+        raise CaiError(f"{cfg.source}: training: {str(e).splitlines()[0]}") from None
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    found = [p for p in folder.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def check_output(cfg: TrainConfig, resume: bool) -> None:
+    """Refuse to mix runs: an output folder with checkpoints needs --resume, and --resume one."""
+    found = checkpoints(cfg.output_dir) if cfg.output_dir.is_dir() else []
+    if resume and not found:
+        raise CaiError(f"--resume: no checkpoint-* in {cfg.output_dir} to continue from")
+    if found and not resume:
+        raise CaiError(f"{cfg.output_dir}: holds checkpoints of an earlier run; pass --resume to "
+                       "continue it, or choose another --training.output_dir")
+
+
+def run(trainer, cfg: TrainConfig, resume: bool) -> dict:
+    """Train (or continue), save the final model/adapter, tokenizer and state; return metrics."""
+    if trainer.args.process_index == 0:
+        save_resolved(cfg, cfg.output_dir)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.perf_counter() - start
+    trainer.save_model(str(cfg.output_dir))
+    trainer.save_state()
+    metrics = dict(result.metrics)
+    tokens = getattr(trainer, "tokens_seen", 0)
+    if tokens:
+        metrics["train_tokens"] = tokens
+        metrics["train_tokens_per_second"] = round(tokens / max(seconds, 1e-9), 2)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    return metrics

@@ -1,0 +1,278 @@
+"""Training job configs, shared by every trainer (sft, and later rm, dpo, ppo).
+
+A config is YAML with typed sections, each a dataclass below, plus the algorithm's own section
+and a `training:` mapping handed straight to `transformers.TrainingArguments`:
+
+    model:        {name, dtype, attn_implementation, trust_remote_code}
+    data:         {path, max_length, packing, ...}
+    lora:         {enabled, r, alpha, dropout, target_modules}
+    quantization: {load_in_4bit, quant_type, double_quant, compute_dtype}
+    sft:          the algorithm's options
+    training:     any TrainingArguments field (output_dir, learning_rate, max_steps, ...)
+
+Command-line overrides are `--section.key value` (or `--key value` when only one section has
+that key). Unknown keys fail with the file, line and key named; the resolved config is written
+to `OUTPUT_DIR/cai_config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cai.config import _coerce, opt, read_yaml
+from cai.errors import CaiError
+
+RESOLVED = "cai_config.yaml"
+
+
+@dataclass
+class ModelSection:
+    name: str | None = opt(None, "embedded name, local folder or hub id "
+                                 "(default: smollm2-135m-instruct)")
+    dtype: str = opt("float32", "dtype of the trainable weights: float32, bfloat16 or float16 "
+                                "(with QLoRA: of the layers that stay unquantized)")
+    attn_implementation: str | None = opt(None, "sdpa, eager, flash_attention_2, ... "
+                                                "(default: transformers' choice)")
+    trust_remote_code: bool = opt(False, "run model code from the hub")
+
+
+@dataclass
+class DataSection:
+    path: str = opt("", ".jsonl file, a `cai revise` output folder (its data.jsonl), or "
+                        "dataset:NAME_OR_DIR for the datasets library")
+    split: str = opt("train", "split, for dataset: sources")
+    messages_column: str = opt("messages", "column holding the conversation "
+                                           "([{role, content}, ...])")
+    eval_path: str | None = opt(None, "held-out conversations, same formats as path")
+    eval_fraction: float = opt(0.0, "hold out this fraction of path for evaluation instead")
+    limit: int | None = opt(None, "only the first N conversations")
+    max_length: int = opt(1024, "longest example in tokens (and the packed row length)")
+    truncation: str = opt("cut", "longer examples: 'cut' keeps the first max_length tokens, "
+                                 "'drop' skips them")
+    packing: bool = opt(False, "pack several examples into each row of max_length tokens "
+                               "(attention stays within each example)")
+    group_by_length: bool = opt(True, "without packing: batch examples of similar length")
+    seed: int = opt(0, "seed of the eval split and of the packing order")
+
+    def __post_init__(self):
+        if self.truncation not in ("cut", "drop"):
+            raise CaiError(f"data.truncation must be 'cut' or 'drop', got '{self.truncation}'")
+        if self.max_length < 2:
+            raise CaiError(f"data.max_length is too small: {self.max_length}")
+        if not 0 <= self.eval_fraction < 1:
+            raise CaiError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = opt(True, "train a LoRA adapter (false: full fine-tuning)")
+    r: int = opt(16, "rank")
+    alpha: int = opt(32, "scale numerator: the update is (alpha / r) B A")
+    dropout: float = opt(0.05, "dropout on the adapter's input")
+    target_modules: list[str] = opt(help="module names, or all-linear",
+                                    factory=lambda: ["all-linear"])
+    modules_to_save: list[str] | None = opt(None, "modules trained in full next to the adapter")
+
+
+@dataclass
+class QuantizationSection:
+    load_in_4bit: bool = opt(False, "QLoRA: base weights in 4-bit (needs bitsandbytes)")
+    quant_type: str = opt("nf4", "nf4 (QLoRA's NormalFloat) or fp4")
+    double_quant: bool = opt(True, "quantize the quantization constants too")
+    compute_dtype: str = opt("bfloat16", "dtype of the 4-bit layers' matmuls")
+
+    def __post_init__(self):
+        if self.quant_type not in ("nf4", "fp4"):
+            raise CaiError(f"quantization.quant_type must be nf4 or fp4, got '{self.quant_type}'")
+
+
+COMMON = {"model": ModelSection, "data": DataSection, "lora": LoraSection,
+          "quantization": QuantizationSection}
+
+
+@dataclass
+class TrainConfig:
+    """One trainer's resolved config: the typed sections and the TrainingArguments values."""
+
+    algo: str
+    model: ModelSection
+    data: DataSection
+    lora: LoraSection
+    quantization: QuantizationSection
+    options: typing.Any  # the algorithm's own section (e.g. SFTSection)
+    training: dict = field(default_factory=dict)
+    source: str = "options"
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training["output_dir"])
+
+    def as_dict(self) -> dict:
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in COMMON}
+        out[self.algo] = dataclasses.asdict(self.options)
+        out["training"] = dict(self.training)
+        return out
+
+
+def training_fields() -> dict:
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
+    """`--a.b value`, `--a.b=value` and a bare `--flag` (= true) into (key, value) pairs."""
+    pairs, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise CaiError(f"unexpected argument '{arg}' (overrides look like --section.key value)")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, i = argv[i + 1], i + 1
+            else:
+                value = "true"
+        pairs.append((key.replace("-", "_"), value))
+        i += 1
+    return pairs
+
+
+def load(path: str | None, overrides: list[tuple[str, str]], algo: str, algo_cls) -> TrainConfig:
+    """The config in `path` (may be None) with `overrides` applied, validated."""
+    raw = read_yaml(path) if path else {}
+    source = str(path or "options")
+    lines = _key_lines(path) if path else {}
+    sections = {**COMMON, algo: algo_cls}
+    tfields = training_fields()
+
+    def where(*keys) -> str:
+        line = lines.get(keys)
+        return f"{source}:{line}" if line else source
+
+    values: dict[str, dict] = {}
+    for name, body in raw.items():
+        if name not in sections and name != "training":
+            match = difflib.get_close_matches(str(name), [*sections, "training"], n=1)
+            raise CaiError(f"{where(name)}: unknown section '{name}'"
+                           + (f" (did you mean '{match[0]}'?)" if match else "")
+                           + f"; sections: {', '.join([*sections, 'training'])}")
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise CaiError(f"{where(name)}: section '{name}' must be a mapping of keys to values")
+        values[name] = dict(body)
+
+    for key, value in overrides:
+        section, dot, name = key.partition(".")
+        if not dot:  # a bare key: the one section that has it
+            name = section
+            owners = [s for s, cls in sections.items() if name in _field_names(cls)]
+            owners += ["training"] if name in tfields else []
+            if len(owners) != 1:
+                raise CaiError(f"--{name}: " + (f"ambiguous, say --{owners[0]}.{name} or "
+                                                f"--{owners[1]}.{name}" if owners else
+                                                "no such option in any section"))
+            section = owners[0]
+        if section not in sections and section != "training":
+            raise CaiError(f"--{key}: unknown section '{section}'; sections: "
+                           f"{', '.join([*sections, 'training'])}")
+        values.setdefault(section, {})[name] = value
+
+    built = {}
+    for name, cls in sections.items():
+        body = values.get(name, {})
+        for key in body:
+            if key not in _field_names(cls):
+                match = difflib.get_close_matches(str(key), _field_names(cls), n=1)
+                raise CaiError(f"{where(name, key)}: unknown key '{name}.{key}'"
+                               + (f" (did you mean '{name}.{match[0]}'?)" if match else ""))
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: _coerce(v, hints[k], f"{where(name, k)}: '{name}.{k}'")
+                  for k, v in body.items()}
+        built[name] = cls(**kwargs)
+
+    training = {}
+    for key, value in values.get("training", {}).items():
+        if key not in tfields:
+            match = difflib.get_close_matches(str(key), list(tfields), n=1)
+            raise CaiError(f"{where('training', key)}: unknown key 'training.{key}' (not a "
+                           f"transformers.TrainingArguments field"
+                           + (f"; did you mean 'training.{match[0]}'?)" if match else ")"))
+        training[key] = _coerce_training(value, tfields[key], f"{where('training', key)}: "
+                                                              f"'training.{key}'")
+    if not training.get("output_dir"):
+        raise CaiError(f"{source}: missing training.output_dir (the run's folder)")
+    if not built["data"].path:
+        raise CaiError(f"{source}: missing data.path (a .jsonl, a `cai revise` folder or "
+                       "dataset:NAME)")
+    return TrainConfig(algo=algo, options=built.pop(algo), training=training, source=source,
+                       **built)
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _coerce_training(value, hint, where: str):
+    """A TrainingArguments value: command-line strings become the field's number/bool/mapping."""
+    if not isinstance(value, str):
+        if isinstance(value, float) and _accepts(hint, int) and not _accepts(hint, float) \
+                and value.is_integer():
+            return int(value)
+        return value
+    text = value.strip()
+    if _accepts(hint, bool) and text.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return text.lower() in ("true", "yes", "1")
+    if _accepts(hint, int) or _accepts(hint, float):
+        for kind in (int, float) if _accepts(hint, float) else (int,):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        if not _accepts(hint, str):
+            raise CaiError(f"{where}: expected a number, got {value!r}")
+    if (_accepts(hint, dict) or _accepts(hint, list)) and text[:1] in "{[":
+        return yaml.safe_load(text)
+    return value
+
+
+def _accepts(hint, kind) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, kind) for a in typing.get_args(hint))
+    return hint is kind or origin is kind
+
+
+def _key_lines(path) -> dict[tuple, int]:
+    """1-based line of each top-level key and each section's key: {(section,): n, (s, k): n}."""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    out = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, body in node.value:
+            out[(key.value,)] = key.start_mark.line + 1
+            if isinstance(body, yaml.MappingNode):
+                for sub, _ in body.value:
+                    out[(key.value, sub.value)] = sub.start_mark.line + 1
+    return out
+
+
+def save_resolved(cfg: TrainConfig, folder: Path) -> Path:
+    """Write the resolved config (every default filled in) where the run writes its outputs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RESOLVED
+    text = f"# resolved config of `cai train {cfg.algo}` (from {cfg.source})\n"
+    text += yaml.safe_dump(cfg.as_dict(), sort_keys=False, default_flow_style=False)
+    path.write_text(text, encoding="utf-8")
+    return path
