@@ -100,7 +100,8 @@ def cmd_revise(args) -> int:
 
 
 def cmd_label(args) -> int:
-    from cai.feedback import LabelConfig, run, run_check
+    from cai.feedback import LabelConfig, run
+    from cai.label_check import run_check
 
     cfg = cfgmod.load(LabelConfig, args.config, cfgmod.overrides(args, LabelConfig))
     if cfg.check:

@@ -20,15 +20,12 @@ response and reports accuracy and calibration.
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
-import time
 import zlib
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from types import SimpleNamespace
 
 from tqdm.auto import tqdm
 
@@ -36,121 +33,14 @@ from cai import constitution as constitutions
 from cai import records
 from cai.config import as_dict, opt
 from cai.constitution import Constitution, Principle, sample_principles
-from cai.critique import engine_kwargs
 from cai.errors import CaiError
-from cai.generation import SamplingParams, make_generator
+from cai.generation import EngineConfig, SamplingParams, engine_kwargs, make_generator
 from cai.models import DEFAULT_MODEL
+from cai.labels import (choice_probability, p_first, combine_orders, clamp, ensemble, position_bias_rate, principle_agreement, label_histogram)
 from cai.prompts import Templates
 
 TEMPLATES = ("feedback.j2", "feedback_cot.j2", "feedback_answer.j2")
 CHOICES = ["(A)", "(B)"]
-
-
-# --------------------------------------------------------------------------------------------
-# The math: pure functions of probabilities, each checked by hand in tests/test_feedback.py.
-
-
-def choice_probability(logp_a: float, logp_b: float) -> float:
-    """P(A) from the two choices' log-probs, normalized over the two (Bai et al. 2022, 4.1).
-
-    P(A) = exp(la) / (exp(la) + exp(lb)) = sigmoid(la - lb). Two impossible choices carry no
-    preference and give 0.5.
-    """
-    if logp_a == logp_b:  # also both -inf
-        return 0.5
-    d = logp_a - logp_b
-    if d >= 0:
-        return 1.0 / (1.0 + math.exp(-d))
-    e = math.exp(d)
-    return e / (1.0 + e)
-
-
-def p_first(p_a: float, order: str) -> float:
-    """P(first response better) from P("(A)"): order "ab" shows the first as (A), "ba" as (B)."""
-    return p_a if order == "ab" else 1.0 - p_a
-
-
-def combine_orders(p_ab: float | None, p_ba: float | None) -> float:
-    """Position debiasing (Lee et al. 2023, 2.1): the mean of P(first better) over the orders
-    scored. `p_ab` is P(first better) with the first shown as (A), `p_ba` with it shown as (B)."""
-    scored = [p for p in (p_ab, p_ba) if p is not None]
-    if not scored:
-        raise ValueError("no order was scored")
-    return sum(scored) / len(scored)
-
-
-def clamp(p: float, low: float, high: float) -> float:
-    """Chain-of-thought labels clamped to [low, high]; Bai et al. 2022 (4.1) used [0.4, 0.6]."""
-    return min(max(p, low), high)
-
-
-def ensemble(ps: list[float]) -> float:
-    """The mean over principles of P(first better) (Bai et al. 2022, 4.1: principle ensembling)."""
-    return sum(ps) / len(ps)
-
-
-def flipped(p_ab: float, p_ba: float) -> bool:
-    """True when the preferred response changes with the order, i.e. the same slot wins both."""
-    return (p_ab - 0.5) * (p_ba - 0.5) < 0
-
-
-def position_bias_rate(votes: list[dict]) -> float | None:
-    """Fraction of votes scored in both orders whose preferred response flips with the order
-    (Lee et al. 2023 report 18% for a large judge and 56% for the smallest). None if none."""
-    both = [v for v in votes if v.get("p_ab") is not None and v.get("p_ba") is not None]
-    if not both:
-        return None
-    return sum(flipped(v["p_ab"], v["p_ba"]) for v in both) / len(both)
-
-
-def _side(p: float) -> int:
-    return (p > 0.5) - (p < 0.5)
-
-
-def principle_agreement(vote_lists: list[list[dict]]) -> float | None:
-    """Fraction of pairs with two or more principles on which every principle prefers the same
-    response (all p_first on the same side of 0.5). None when no pair had two principles."""
-    multi = [vs for vs in vote_lists if len(vs) >= 2]
-    if not multi:
-        return None
-    return sum(len({_side(v["p_first"]) for v in vs}) == 1 for vs in multi) / len(multi)
-
-
-def label_histogram(ps: list[float], bins: int = 5) -> dict[str, int]:
-    """Counts of p_chosen in `bins` equal bins over [0.5, 1] (the last bin includes 1)."""
-    counts = [0] * bins
-    for p in ps:
-        counts[min(max(int((p - 0.5) * 2 * bins + 1e-9), 0), bins - 1)] += 1
-    edges = [0.5 + i / (2 * bins) for i in range(bins + 1)]
-    return {f"{lo:.2f}-{hi:.2f}": n for lo, hi, n in zip(edges, edges[1:], counts)}
-
-
-def accuracy(p_correct: list[float]) -> float:
-    """Fraction of pairs where the known better response gets p > 0.5 (an exact tie counts half)."""
-    return sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in p_correct) / len(p_correct)
-
-
-def expected_calibration_error(p_correct: list[float], bins: int = 10) -> float:
-    """Top-label expected calibration error of binary choices, `bins` equal bins over [0, 1]
-    (Guo et al. 2017, arXiv:1706.04599, section 2).
-
-    For each pair the predicted response is the one with p > 0.5, its confidence max(p, 1 - p)
-    and it is right when it is the known better one. ECE = sum_b (n_b / N) |acc_b - conf_b|.
-    Confidences lie in [0.5, 1], so only the upper half of the bins fill.
-    """
-    groups: dict[int, list[tuple[float, float]]] = {}
-    for p in p_correct:
-        conf = max(p, 1.0 - p)
-        right = 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
-        groups.setdefault(min(int(conf * bins + 1e-9), bins - 1), []).append((conf, right))
-    total = len(p_correct)
-    return sum(len(g) / total * abs(sum(r for _, r in g) / len(g) - sum(c for c, _ in g) / len(g))
-               for g in groups.values())
-
-
-def brier_score(p_correct: list[float]) -> float:
-    """Mean squared error of the probability given to the known better response: mean (1 - p)^2."""
-    return sum((1.0 - p) ** 2 for p in p_correct) / len(p_correct)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,10 +79,18 @@ class LabelConfig:
     labeler: str | None = opt(None, "feedback model (default: smollm2-135m-instruct)")
     engine: str = opt("hf", "policy engine: hf, vllm or openai")
     labeler_engine: str | None = opt(None, "labeler engine (default: the policy's)")
-    dtype: str = opt("bfloat16", "hf engine weights of the policy")
-    labeler_dtype: str = opt("float32", "hf engine weights of the labeler (bfloat16 logits "
+    dtype: str = opt("bfloat16", "hf/vllm weights of the policy")
+    labeler_dtype: str = opt("float32", "hf/vllm weights of the labeler (bfloat16 logits "
                                         "quantize its log-odds to steps of about 0.25)")
     batch_size: int = opt(8, "sequences per forward pass (hf engine)")
+    base_url: str | None = opt(None, "openai engine: the policy's server, e.g. "
+                                     "http://127.0.0.1:8000/v1")
+    labeler_base_url: str | None = opt(None, "openai engine: the labeler's server "
+                                             "(default: --base-url)")
+    api_key_env: str = opt("OPENAI_API_KEY", "openai engine: environment variable with the key")
+    labeler_api_key_env: str | None = opt(None, "openai engine: the labeler's key variable "
+                                                "(default: --api-key-env)")
+    concurrency: int = opt(16, "openai engine: requests in flight at once")
     chunk_size: int = opt(16, "prompts per engine call and per append to data.jsonl")
     max_new_tokens: int = opt(256, "longest sampled response, in tokens")
     temperature: float = opt(1.0, "policy sampling temperature (the paper sampled at 1.0)")
@@ -402,7 +300,7 @@ def score(labeler, feedback: Feedback, tasks: list[dict], pool, cfg: LabelConfig
     orders (or, without debiasing, in one order drawn at random). All questions of all tasks go
     to the labeler as one `choice_logprobs` call (plus one `chat` call for chain of thought).
     """
-    queries = []  # (task index, principle index, order, conversation)
+    queries = []  # (task index, principle index, principle, order, conversation)
     for t, task in enumerate(tasks):
         for k, principle in enumerate(sample_principles(pool, task["key"], cfg.principles,
                                                         cfg.seed)):
@@ -483,7 +381,7 @@ def label_chunk(policy, labeler, feedback, items, pool, cfg, done, names, on_ste
                 detail = (f"prompt of {lengths[n]} tokens + {cfg.max_new_tokens} new is over the "
                           f"policy's context of {policy.context_length}")
                 skips += [{"id": pid, "reason": "too long", "detail": detail}
-                          for pid in pair_ids(it, cfg.samples, cfg)]
+                          for pid in pair_ids(it, cfg.samples, cfg) if pid not in done]
             else:
                 fits.append(it)
         on_step("policy sampling")
@@ -492,7 +390,7 @@ def label_chunk(policy, labeler, feedback, items, pool, cfg, done, names, on_ste
                                for it in fits for _ in range(cfg.samples)],
                               SamplingParams(max_new_tokens=cfg.max_new_tokens,
                                              temperature=cfg.temperature, top_p=cfg.top_p,
-                                             seed=seed))
+                                             seed=seed)) if fits else []
         items = [{**it, "responses": answers[n * cfg.samples:(n + 1) * cfg.samples]}
                  for n, it in enumerate(fits)]
     tasks = []
@@ -561,16 +459,26 @@ def _validate(cfg: LabelConfig):
 
 
 def _generators(cfg: LabelConfig, need_policy: bool, policy=None, labeler=None):
-    """(policy, labeler): one generator when both are the same model on the same engine."""
-    policy_kwargs = engine_kwargs(cfg)
-    labeler_kwargs = engine_kwargs(SimpleNamespace(
-        engine=cfg.labeler_engine, engine_options=cfg.labeler_engine_options,
-        dtype=cfg.labeler_dtype, batch_size=cfg.batch_size))
+    """(policy, labeler), built unless given; one generator when both are the same model on
+    the same engine with the same options. Options are checked before either model loads."""
+    if cfg.labeler_engine == "openai" and not (cfg.labeler_base_url or cfg.base_url or
+                                               "base_url" in cfg.labeler_engine_options):
+        raise CaiError("--labeler-engine openai needs --labeler-base-url (or --base-url), "
+                       "e.g. http://127.0.0.1:8000/v1")
+    shared = dict(batch_size=cfg.batch_size, concurrency=cfg.concurrency)
+    policy_kwargs = engine_kwargs(EngineConfig(
+        model=cfg.policy, engine=cfg.engine, dtype=cfg.dtype, base_url=cfg.base_url,
+        api_key_env=cfg.api_key_env, engine_options=cfg.engine_options, **shared)) \
+        if need_policy and policy is None else None
+    labeler_kwargs = engine_kwargs(EngineConfig(
+        model=cfg.labeler, engine=cfg.labeler_engine, dtype=cfg.labeler_dtype,
+        base_url=cfg.labeler_base_url or cfg.base_url,
+        api_key_env=cfg.labeler_api_key_env or cfg.api_key_env,
+        engine_options=cfg.labeler_engine_options, **shared))
     same = (str(cfg.policy or DEFAULT_MODEL), cfg.engine, policy_kwargs) == \
         (str(cfg.labeler or DEFAULT_MODEL), cfg.labeler_engine, labeler_kwargs)
     if labeler is None:
-        labeler = policy if (same and policy is not None) else \
-            make_generator(cfg.labeler_engine, cfg.labeler, **labeler_kwargs)
+        labeler = make_generator(cfg.labeler_engine, cfg.labeler, **labeler_kwargs)
     if need_policy and policy is None:
         policy = labeler if same else make_generator(cfg.engine, cfg.policy, **policy_kwargs)
     return (policy if need_policy else None), labeler
@@ -652,74 +560,5 @@ def run(cfg: LabelConfig, policy=None, labeler=None) -> dict:
     all_skips = records.read_jsonl(out / records.SKIPPED)
     complete = len(records.done_ids(out)) >= sum(map(len, wanted.values()))
     manifest.save(status="complete" if complete else "partial",
-                  summary=summarize(all_rows, all_skips))
+                  summary={**summarize(all_rows, all_skips), **names})
     return run_stats
-
-
-# --------------------------------------------------------------------------------------------
-# Labeler quality check
-
-
-def run_check(cfg: LabelConfig, labeler=None) -> dict:
-    """Score pairs with a known better response; accuracy, ECE and Brier score of the labels.
-
-    Each pair is shown with the better response first or second at random (seeded per id), so
-    a labeler that always answers one position scores about 50% even without debiasing.
-    """
-    constitution, pool, templates = _validate(cfg)
-    rows = load_check(cfg.check)
-    if cfg.limit is not None:
-        rows = rows[:cfg.limit]
-    started = time.time()
-    _, labeler = _generators(cfg, False, None, labeler)
-    feedback = Feedback(constitution, templates, cfg.few_shot, cfg.cot, cfg.seed)
-    tasks = []
-    for r in rows:
-        better_first = random.Random(f"{cfg.seed}:check:{r['id']}").random() < 0.5
-        first, second = (r["better"], r["worse"]) if better_first else (r["worse"], r["better"])
-        tasks.append({"key": r["id"], "prompt": r["prompt"], "first": first, "second": second,
-                      "better_first": better_first})
-    results = []
-    bar = tqdm(total=len(tasks), desc="check", unit="pair", dynamic_ncols=True)
-    try:
-        for begin in range(0, len(tasks), cfg.chunk_size):
-            chunk = tasks[begin:begin + cfg.chunk_size]
-            results += score(labeler, feedback, chunk, pool, cfg, bar.set_postfix_str)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-    scored = []
-    for r, task, (votes, why) in zip(rows, tasks, results):
-        if votes is None:
-            scored.append({"id": r["id"], "skipped": why})
-            continue
-        p = ensemble([v["p_first"] for v in votes])
-        scored.append({"id": r["id"], "kind": r.get("kind"), "better_first": task["better_first"],
-                       "p_better": p if task["better_first"] else 1.0 - p, "votes": votes})
-    ok = [s for s in scored if "p_better" in s]
-    if not ok:
-        raise CaiError(f"{cfg.check}: no pair fits the labeler's context")
-    ps = [s["p_better"] for s in ok]
-    kinds = sorted({s["kind"] for s in ok if s["kind"]})
-    summary = {
-        "check": cfg.check, "labeler": str(cfg.labeler or DEFAULT_MODEL),
-        "labeler_engine": cfg.labeler_engine, "constitution": constitution.name,
-        "pairs": len(ok), "skipped": len(scored) - len(ok),
-        "accuracy": round(accuracy(ps), 4), "ece": round(expected_calibration_error(ps), 4),
-        "brier": round(brier_score(ps), 4),
-        "mean_confidence": round(sum(max(p, 1 - p) for p in ps) / len(ps), 4),
-        "position_bias_rate": position_bias_rate([v for s in ok for v in s["votes"]]),
-        "accuracy_by_kind": {k: round(accuracy([s["p_better"] for s in ok if s["kind"] == k]), 4)
-                             for k in kinds},
-        "settings": {k: getattr(cfg, k) for k in ("principles", "debias", "cot", "few_shot",
-                                                  "seed", "principle_ids", "labeler_dtype")},
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    if summary["position_bias_rate"] is not None:
-        summary["position_bias_rate"] = round(summary["position_bias_rate"], 4)
-    if cfg.out:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / "check.json").write_text(json.dumps(
-            {"summary": summary, "config": as_dict(cfg), "rows": scored}, indent=2,
-            ensure_ascii=False) + "\n")
-    return summary

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from cai.errors import CaiError
@@ -220,7 +221,9 @@ def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules,
                         target_modules="all-linear" if targets == ["all-linear"] else targets,
                         modules_to_save=modules_to_save or None)
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return get_peft_model(model, config)
     except ValueError as e:  # e.g. a target module name the model does not have
         raise CaiError(f"lora: {str(e).splitlines()[0]}") from None
 

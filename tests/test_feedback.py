@@ -12,6 +12,8 @@ import pytest
 
 from cai import constitution as C
 from cai import feedback as F
+from cai import label_check
+from cai import labels as L
 from cai.errors import CaiError
 from cai.generation import make_generator
 from cai.generation.base import GenerationStats
@@ -23,50 +25,50 @@ from conftest import ROOT, read_records, run_cai
 
 
 def test_choice_probability_normalizes_the_two_logprobs():
-    assert F.choice_probability(math.log(0.3), math.log(0.1)) == pytest.approx(0.75)
-    assert F.choice_probability(math.log(0.1), math.log(0.3)) == pytest.approx(0.25)
-    assert F.choice_probability(-2.0, -2.0) == 0.5
-    assert F.choice_probability(-math.inf, -math.inf) == 0.5  # no information
-    assert F.choice_probability(0.0, -math.inf) == 1.0
-    assert F.choice_probability(-1000.0, 0.0) == pytest.approx(0.0)  # no overflow
-    assert F.choice_probability(0.0, -1000.0) == pytest.approx(1.0)
+    assert L.choice_probability(math.log(0.3), math.log(0.1)) == pytest.approx(0.75)
+    assert L.choice_probability(math.log(0.1), math.log(0.3)) == pytest.approx(0.25)
+    assert L.choice_probability(-2.0, -2.0) == 0.5
+    assert L.choice_probability(-math.inf, -math.inf) == 0.5  # no information
+    assert L.choice_probability(0.0, -math.inf) == 1.0
+    assert L.choice_probability(-1000.0, 0.0) == pytest.approx(0.0)  # no overflow
+    assert L.choice_probability(0.0, -1000.0) == pytest.approx(1.0)
 
 
 def test_orders_combine_into_p_first():
-    assert F.p_first(0.8, "ab") == 0.8 and F.p_first(0.8, "ba") == pytest.approx(0.2)
+    assert L.p_first(0.8, "ab") == 0.8 and L.p_first(0.8, "ba") == pytest.approx(0.2)
     # First shown as (A): P(A) = 0.9; first shown as (B): P(A) = 0.5, so P(first) = 0.5.
-    assert F.combine_orders(0.9, F.p_first(0.5, "ba")) == pytest.approx(0.7)
-    assert F.combine_orders(0.9, None) == 0.9 and F.combine_orders(None, 0.3) == 0.3
+    assert L.combine_orders(0.9, L.p_first(0.5, "ba")) == pytest.approx(0.7)
+    assert L.combine_orders(0.9, None) == 0.9 and L.combine_orders(None, 0.3) == 0.3
     with pytest.raises(ValueError):
-        F.combine_orders(None, None)
+        L.combine_orders(None, None)
 
 
 def test_clamp_ensemble_and_flips():
-    assert F.clamp(0.95, 0.4, 0.6) == 0.6 and F.clamp(0.02, 0.4, 0.6) == 0.4
-    assert F.clamp(0.55, 0.4, 0.6) == 0.55
-    assert F.ensemble([0.6, 0.8, 0.7]) == pytest.approx(0.7)
+    assert L.clamp(0.95, 0.4, 0.6) == 0.6 and L.clamp(0.02, 0.4, 0.6) == 0.4
+    assert L.clamp(0.55, 0.4, 0.6) == 0.55
+    assert L.ensemble([0.6, 0.8, 0.7]) == pytest.approx(0.7)
     votes = [{"p_ab": 0.8, "p_ba": 0.3},   # slot A wins both times: flips
              {"p_ab": 0.8, "p_ba": 0.6},   # same response both times
              {"p_ab": 0.4, "p_ba": 0.6},   # slot B wins both times: flips
              {"p_ab": 0.7, "p_ba": None}]  # one order only: not counted
-    assert F.position_bias_rate(votes) == pytest.approx(2 / 3)
-    assert F.position_bias_rate([{"p_ab": 0.7, "p_ba": None}]) is None
-    assert not F.flipped(0.5, 0.9)  # no preference in one order is not a flip
+    assert L.position_bias_rate(votes) == pytest.approx(2 / 3)
+    assert L.position_bias_rate([{"p_ab": 0.7, "p_ba": None}]) is None
+    assert not L.flipped(0.5, 0.9)  # no preference in one order is not a flip
     pairs = [[{"p_first": 0.6}, {"p_first": 0.7}], [{"p_first": 0.6}, {"p_first": 0.4}],
              [{"p_first": 0.9}]]
-    assert F.principle_agreement(pairs) == 0.5
-    assert F.principle_agreement([[{"p_first": 0.9}]]) is None
+    assert L.principle_agreement(pairs) == 0.5
+    assert L.principle_agreement([[{"p_first": 0.9}]]) is None
 
 
 def test_histogram_accuracy_and_calibration():
-    assert F.label_histogram([0.5, 0.55, 0.6, 0.99, 1.0]) == {
+    assert L.label_histogram([0.5, 0.55, 0.6, 0.99, 1.0]) == {
         "0.50-0.60": 2, "0.60-0.70": 1, "0.70-0.80": 0, "0.80-0.90": 0, "0.90-1.00": 2}
-    assert F.accuracy([0.9, 0.6, 0.4, 0.5]) == pytest.approx((1 + 1 + 0 + 0.5) / 4)
+    assert L.accuracy([0.9, 0.6, 0.4, 0.5]) == pytest.approx((1 + 1 + 0 + 0.5) / 4)
     # Confidences 0.9 (right), 0.9 (right), 0.6 (right), 0.7 (wrong), in bins 9, 9, 6, 7:
     # ECE = 2/4 |1 - 0.9| + 1/4 |1 - 0.6| + 1/4 |0 - 0.7| = 0.05 + 0.1 + 0.175.
-    assert F.expected_calibration_error([0.9, 0.9, 0.6, 0.3]) == pytest.approx(0.325)
-    assert F.expected_calibration_error([1.0, 1.0]) == 0.0
-    assert F.brier_score([1.0, 0.5]) == pytest.approx(0.125)
+    assert L.expected_calibration_error([0.9, 0.9, 0.6, 0.3]) == pytest.approx(0.325)
+    assert L.expected_calibration_error([1.0, 1.0]) == 0.0
+    assert L.brier_score([1.0, 0.5]) == pytest.approx(0.125)
 
 
 def test_pairs_are_all_or_a_seeded_draw():
@@ -181,7 +183,7 @@ def test_one_order_ensemble_margin_and_identical_pairs(tmp_path):
         orders.add(v["order"])
         assert v["order"] in ("ab", "ba") and v[f"p_{'ba' if v['order'] == 'ab' else 'ab'}"] is None
         assert v["p_first"] == pytest.approx(0.75 if v["order"] == "ab" else 0.4)
-    p = F.ensemble([v["p_first"] for v in votes])
+    p = L.ensemble([v["p_first"] for v in votes])
     assert rows[0]["p_chosen"] == pytest.approx(max(p, 1 - p))
     (skip,) = read_records(tmp_path / "out" / "skipped.jsonl")
     assert skip == {"id": "x:0-2", "reason": "identical responses"}
@@ -265,7 +267,7 @@ def test_check_reports_accuracy_and_calibration(tmp_path):
         {"id": f"c{i}", "prompt": "Q?", "better": "GOOD answer", "worse": "BAD answer",
          "kind": "harmless" if i % 2 else "helpful"} for i in range(6)])
     cfg = F.LabelConfig(check=str(path), out=str(tmp_path / "o"), few_shot=0)
-    summary = F.run_check(cfg, labeler=KnownLabeler())
+    summary = label_check.run_check(cfg, labeler=KnownLabeler())
     # Every pair: p_better = 0.575, so accuracy 1, ECE |1 - 0.575|, Brier (1 - 0.575)^2.
     assert summary["accuracy"] == 1.0 and summary["ece"] == pytest.approx(0.425)
     assert summary["brier"] == pytest.approx(0.425 ** 2, abs=1e-4)
@@ -273,7 +275,7 @@ def test_check_reports_accuracy_and_calibration(tmp_path):
     assert summary["position_bias_rate"] == 1.0
     saved = json.loads((tmp_path / "o" / "check.json").read_text())
     assert {r["better_first"] for r in saved["rows"]} == {True, False}  # both positions used
-    blind = F.run_check(F.LabelConfig(check=str(path), few_shot=0, debias=False),
+    blind = label_check.run_check(F.LabelConfig(check=str(path), few_shot=0, debias=False),
                         labeler=KnownLabeler(when_a=(0.9, 0.1), when_b=(0.9, 0.1)))
     assert 0 < blind["accuracy"] < 1  # always answering (A) is right only when GOOD is (A)
 
@@ -308,7 +310,7 @@ def test_label_end_to_end(tiny_model, prompts_file, tmp_path):
     summary = manifest["summary"]
     assert summary["pairs"] == 3 and sum(summary["label_histogram"].values()) == 3
     assert 0 <= summary["position_bias_rate"] <= 1 and 0 <= summary["principle_agreement"] <= 1
-    assert manifest["identity"]["labeler"] == str(tiny_model)
+    assert manifest["identity"]["labeler"] == summary["labeler"] == str(tiny_model)
     assert manifest["totals"]["generated_tokens"] > 0
 
     import datasets
@@ -346,11 +348,11 @@ def read_records_text(text):
 def test_kill_minus_nine_then_resume(tiny_model, tmp_path):
     prompts = tmp_path / "many.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"k{i:02d}", "prompt": f"Prompt {i}?"}) + "\n"
-                               for i in range(14)))
+                               for i in range(10)))
     out = tmp_path / "out"
     args = [sys.executable, "-m", "cai.cli", "label", "--prompts", str(prompts), "--out", str(out),
             "--policy", str(tiny_model), "--labeler", str(tiny_model), "--chunk-size", "1",
-            "--max-new-tokens", "16", "--few-shot", "0", "--dtype", "float32"]
+            "--max-new-tokens", "8", "--few-shot", "0", "--dtype", "float32"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     data = out / "data.jsonl"
     deadline = time.time() + 300
@@ -359,17 +361,17 @@ def test_kill_minus_nine_then_resume(tiny_model, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = data.read_text().count("\n")
-    assert 3 <= before < 14, "the job should have been killed midway"
+    assert 3 <= before < 10, "the job should have been killed midway"
     with open(data, "a") as f:  # as if the kill had hit in the middle of a write
         f.write('{"id": "k99:0-1", "prompt": "torn')
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     ids = [r["id"] for r in read_records(data)]  # every line parses: the torn one is gone
-    assert sorted(ids) == [f"k{i:02d}:0-1" for i in range(14)] and len(ids) == len(set(ids))
+    assert sorted(ids) == [f"k{i:02d}:0-1" for i in range(10)] and len(ids) == len(set(ids))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["runs"]) == 1
-    assert manifest["runs"][0]["written"] == 14 - before
-    assert manifest["summary"]["pairs"] == 14
+    assert manifest["runs"][0]["written"] == 10 - before
+    assert manifest["summary"]["pairs"] == 10
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,6 +394,8 @@ def test_bad_options_and_files_are_one_line_errors(tmp_path, prompts_file):
         (["--responses", responses], "r.jsonl:1: 'responses' must be a list of two or more"),
         (["--check", check], "c.jsonl:1: 'worse' must be non-empty text"),
         ([], "missing --prompts (or --responses, or --check)"),
+        (["--prompts", prompts_file, "--labeler-engine", "openai"],
+         "--labeler-engine openai needs --labeler-base-url (or --base-url)"),
     ]
     for extra, message in cases:
         result = run_cai("label", "--out", tmp_path / "o", *no_model, *extra)

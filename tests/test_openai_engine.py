@@ -2,7 +2,6 @@
 and a small scripted HTTP server for the status codes a real server rarely gives on demand."""
 
 import json
-import os
 import socket
 import subprocess
 import sys

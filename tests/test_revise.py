@@ -1,7 +1,6 @@
 """`cai revise` end to end on the tiny model: records, resume after SIGKILL, bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

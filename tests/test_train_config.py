@@ -105,3 +105,13 @@ def test_resolved_config_roundtrips(tmp_path):
     assert data["lora"]["r"] == 4 and data["sft"]["assistant_only_loss"] is True
     again = sft.load_config(saved, [])
     assert again.as_dict() == cfg.as_dict()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "accelerate").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert str(config.distributed_type).split(".")[-1] in ("MULTI_GPU", "DEEPSPEED", "FSDP")
+    assert config.num_processes >= 2

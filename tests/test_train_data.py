@@ -21,14 +21,14 @@ LLAMA3 = ("{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['r
           "'<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
           "{% endif %}")
-# The same three layouts with HF's generation markers, so transformers itself can tell us
+# The same layouts with HF's generation markers, so transformers itself can tell us
 # which tokens are the assistant's (our masking must not need them)
 MARKED = {
-    "smollm2": None,  # filled from the tokenizer's own template below
-    "zephyr": ZEPHYR.replace("{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|endoftext|>' + '\n' }}",
-                             "{{ '<|' + m['role'] + '|>\n' }}{% if m['role'] == 'assistant' %}"
-                             "{% generation %}{{ m['content'] + '<|endoftext|>' }}{% endgeneration %}"
-                             "{% else %}{{ m['content'] + '<|endoftext|>' }}{% endif %}{{ '\n' }}"),
+    "zephyr": ZEPHYR.replace(
+        "{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|endoftext|>' + '\n' }}",
+        "{{ '<|' + m['role'] + '|>\n' }}{% if m['role'] == 'assistant' %}"
+        "{% generation %}{{ m['content'] + '<|endoftext|>' }}{% endgeneration %}"
+        "{% else %}{{ m['content'] + '<|endoftext|>' }}{% endif %}{{ '\n' }}"),
     "llama3": LLAMA3.replace("{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
                              "m['content'] | trim + '<|eot_id|>' }}",
                              "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' }}"

@@ -158,6 +158,17 @@ def test_full_fine_tuning(tiny_model, conversations, tmp_path):
                            after["model.layers.0.mlp.up_proj.weight"])
 
 
+def test_gradient_checkpointing_gives_the_same_update(tiny_model, conversations, tmp_path):
+    runs = []
+    for gc in (False, True):
+        out = tmp_path / f"gc-{gc}"
+        sft.train(config(tiny_model, conversations, out, training__max_steps=2,
+                         training__gradient_checkpointing=gc))
+        runs.append((losses(out), adapter(out)))
+    assert runs[0][0] == pytest.approx(runs[1][0], abs=1e-6)
+    assert_same_weights(runs[0][1], runs[1][1], atol=1e-6)
+
+
 def test_cli_train_export_and_revise_loads_it(tiny_model, conversations, tmp_path, prompts_file):
     out, merged = tmp_path / "sft", tmp_path / "merged"
     r = run_cai("train", "sft", ROOT / "configs" / "sft.yaml", "--model.name", tiny_model,
@@ -212,9 +223,9 @@ def test_ddp_two_processes_match_one_on_the_same_global_batch(tiny_model, conver
             "--training.learning_rate", "1e-3", "--training.disable_tqdm", "true",
             "--training.per_device_train_batch_size", "2"]
     ddp = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "cai.cli", "train", "sft",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+           "-m", "cai.cli", "train", "sft",
            str(ROOT / "configs" / "sft.yaml"), *map(str, opts), "--training.output_dir", str(ddp),
            "--training.gradient_accumulation_steps", "1"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,

@@ -100,16 +100,21 @@ class HFGenerator:
         sequences = [prompts[p] + choice_ids[k] for p, k in rows]
         result = [[0.0] * len(choices) for _ in prompts]
         for batch in self._batches(sequences):
-            ids, mask = self._pad([sequences[i] for i in batch], left=False)
-            logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            # Left padding puts every choice at the end of its row, so only the last few
+            # positions need the vocabulary projection (the bulk of the cost for long prompts).
+            ids, mask = self._pad([sequences[i] for i in batch], left=True)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(len(choice_ids[rows[i][1]]) for i in batch) + 1
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=keep).logits                    # (B, keep, V)
             logps = torch.log_softmax(logits.float(), dim=-1)
             for row, i in enumerate(batch):
-                p, k = rows[i]
-                n, targets = len(prompts[p]), choice_ids[k]
-                # The token at position t is predicted by the logits at t - 1.
-                steps = torch.arange(n - 1, n - 1 + len(targets), device=logps.device)
+                targets = choice_ids[rows[i][1]]
+                # The token at position t is predicted by the logits at t - 1; the last kept
+                # logit (index keep - 1) predicts the token after the sequence.
+                steps = torch.arange(keep - 1 - len(targets), keep - 1, device=logps.device)
                 picked = logps[row, steps, torch.tensor(targets, device=logps.device)]
-                result[p][k] = picked.sum().item()
+                result[rows[i][0]][rows[i][1]] = picked.sum().item()
         self.stats.generation_seconds += time.perf_counter() - start
         return result
 

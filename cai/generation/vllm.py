@@ -40,6 +40,12 @@ class VLLMGenerator:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
                  max_model_len: int | None = None, seed: int = 0, trust_remote_code: bool = False,
                  enforce_eager: bool = False, **llm_options):
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:
+            raise CaiError("the vllm engine was built inside a worker process: vLLM's workers "
+                           "re-run the main script, so guard the code that builds the engine "
+                           "with `if __name__ == \"__main__\":`")
         vllm = _import_vllm()
         self.vllm = vllm
         self.name = str(model or DEFAULT_MODEL)
@@ -55,8 +61,12 @@ class VLLMGenerator:
                                 enforce_eager=enforce_eager, **llm_options)
         except (ValueError, RuntimeError) as e:
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            hint = " (lower gpu_memory_utilization or max_model_len)" if "memory" in message.lower() \
-                else ""
+            hint = ""
+            if "memory" in message.lower():
+                hint = " (lower gpu_memory_utilization or max_model_len in engine_options)"
+            elif "torchvision" in message or "torchaudio" in message:
+                hint = (" (PyPI's torchvision/torchaudio do not match this torch: pip uninstall "
+                        "torchvision torchaudio torchcodec)")
             raise CaiError(f"vLLM could not start for '{self.name}': {message}{hint}") from None
         self.tokenizer = self.llm.get_tokenizer()
         self.context_length = self.llm.llm_engine.model_config.max_model_len

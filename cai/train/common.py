@@ -12,6 +12,8 @@ import re
 import time
 from pathlib import Path
 
+import torch
+
 from cai.errors import CaiError
 from cai.models import add_lora, load_for_training, load_tokenizer
 from cai.train.config import TrainConfig, save_resolved
@@ -46,7 +48,6 @@ def model_and_tokenizer(cfg: TrainConfig):
 
 def training_arguments(cfg: TrainConfig, **defaults):
     """`transformers.TrainingArguments` from the `training:` section over cai's defaults."""
-    import torch
     from transformers import TrainingArguments
 
     values = {
@@ -97,7 +98,8 @@ def run(trainer, cfg: TrainConfig, resume: bool) -> dict:
     trainer.save_model(str(cfg.output_dir))
     trainer.save_state()
     metrics = dict(result.metrics)
-    tokens = getattr(trainer, "tokens_seen", 0)
+    count = torch.as_tensor(getattr(trainer, "tokens_seen", 0)).to(trainer.args.device, torch.long)
+    tokens = int(trainer.accelerator.reduce(count, reduction="sum").item())  # all processes
     if tokens:
         metrics["train_tokens"] = tokens
         metrics["train_tokens_per_second"] = round(tokens / max(seconds, 1e-9), 2)

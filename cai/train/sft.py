@@ -60,7 +60,7 @@ class SFTTrainer(Trainer):
             # num_items_in_batch counts every process's tokens, and DDP averages gradients
             loss = loss * self.accelerator.num_processes
         if model.training and n_tokens is not None:
-            self.tokens_seen += int(n_tokens)
+            self.tokens_seen = self.tokens_seen + n_tokens  # a tensor: no device sync per step
         return (loss, outputs) if return_outputs else loss
 
 
