@@ -135,7 +135,7 @@ def run_trl(opts, convs, out: Path) -> dict:
     path = resolve(opts.model)
     tok = AutoTokenizer.from_pretrained(path)
     tok.chat_template = marked_template(tok, convs[0])
-    if opts.dtype == "bfloat16":
+    if opts.trl_flush_denormal:  # what cai does for any training on a CPU; TRL does not
         torch.set_flush_denormal(True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, opts.dtype))
     args = SFTConfig(output_dir=str(out / "trl"), assistant_only_loss=True, packing=True,
@@ -204,6 +204,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--gradient-checkpointing", action="store_true", help="on for both")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for both")
+    p.add_argument("--trl-flush-denormal", action="store_true",
+                   help="flush denormals to zero in the TRL process too, as cai does")
     p.add_argument("--repeats", type=int, default=1, help="alternate cai/TRL runs; best kept")
     p.add_argument("--child", choices=["cai", "trl"], help=argparse.SUPPRESS)
     opts = p.parse_args()
@@ -236,6 +238,7 @@ def main() -> None:
         "batch_rows": opts.batch, "steps": opts.steps, "timed_steps": opts.steps - opts.warmup,
         "lora_r": opts.lora_r, "dtype": opts.dtype, "bf16_autocast": opts.bf16,
         "gradient_checkpointing": opts.gradient_checkpointing, "repeats": opts.repeats,
+        "trl_flush_denormal": opts.trl_flush_denormal,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
         f"cpu ({os.cpu_count()} cores, {platform.machine()})",
         "cai": best["cai"], "trl": best["trl"],

@@ -137,6 +137,57 @@ def cmd_train_sft(args) -> int:
     return 0
 
 
+def cmd_train_dpo(args) -> int:
+    import os
+
+    from cai.train import dpo
+    from cai.train.config import parse_overrides
+
+    rest = [a for a in args.overrides if a != "--resume"]
+    cfg = dpo.load_config(args.config, parse_overrides(rest))
+    metrics = dpo.train(cfg, resume=args.resume or len(rest) != len(args.overrides))
+    if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
+        print(f"cai train dpo: {metrics.get('train_loss', float('nan')):.4f} mean train loss"
+              + (f", eval reward accuracy {metrics['eval_rewards/accuracies']:.3f}, margin "
+                 f"{metrics['eval_rewards/margins']:.4f}"
+                 if "eval_rewards/accuracies" in metrics else "")
+              + f"; model in {cfg.output_dir}")
+    return 0
+
+
+def cmd_train_rm(args) -> int:
+    import os
+
+    from cai.train import reward
+    from cai.train.config import parse_overrides
+
+    rest = [a for a in args.overrides if a != "--resume"]
+    cfg = reward.load_config(args.config, parse_overrides(rest))
+    metrics = reward.train(cfg, resume=args.resume or len(rest) != len(args.overrides))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"cai train rm: {metrics.get('train_loss', float('nan')):.4f} mean train loss"
+              + (f", eval accuracy {metrics['eval_accuracy']:.3f}, ECE {metrics['eval_ece']:.3f}"
+                 if "eval_accuracy" in metrics else "")
+              + f"; reward model in {cfg.output_dir}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    import json
+
+    from cai.train.reward import score_file
+
+    rows = score_file(args.model, args.data, batch_size=args.batch_size)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"cai score: wrote {len(rows)} scores to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_export(args) -> int:
     from cai.models import export
 
@@ -214,6 +265,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the last checkpoint in training.output_dir")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key value ...")
     p.set_defaults(func=cmd_train_sft)
+    for algo, func, text in (
+            ("dpo", cmd_train_dpo, "direct preference optimization on preference pairs "
+                                   "(`cai label` output)"),
+            ("rm", cmd_train_rm, "a reward (preference) model on preference pairs")):
+        p = train_sub.add_parser(algo, help=text, description="Overrides: --section.key value "
+                                 "(e.g. --data.path FILE --training.max_steps 2 "
+                                 "--training.output_dir DIR).")
+        p.add_argument("config", help=f"YAML: model, data, lora, quantization, {algo}, training "
+                                      "sections")
+        p.add_argument("--resume", action="store_true",
+                       help="continue from the last checkpoint in training.output_dir")
+        p.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key value ...")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("score", help="score (prompt, response) pairs with a `cai train rm` model")
+    p.add_argument("--model", required=True, help="reward model folder (a `cai train rm` output)")
+    p.add_argument("--data", required=True, help=".jsonl with prompt and response (or messages, "
+                                                 "or chosen and rejected)")
+    p.add_argument("--out", help="write the scores here as .jsonl (default: print them)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("export", help="an adapter as a standalone folder (merged with --merge)")
     p.add_argument("--adapter", required=True, help="adapter folder (a training output_dir)")

@@ -43,7 +43,8 @@ class ReviseConfig(EngineConfig):
     few_shot: int = opt(2, "demonstrations from the constitution in front of each request")
     limit: int | None = opt(None, "only the first N prompts (after sharding)")
     shard: str | None = opt(None, "I/N: this machine's deterministic share of the prompts")
-    chunk_size: int = opt(32, "prompts per engine call and per append to data.jsonl")
+    chunk_size: int | None = opt(None, "prompts per engine call and per append to data.jsonl "
+                                       "(default: --batch-size for hf, 64 for vllm and openai)")
     max_new_tokens: int = opt(256, "longest answer, critique or revision, in tokens")
     temperature: float = opt(0.7, "sampling temperature (paper: 1.0; lower keeps a 135M model "
                                   "on topic)")
@@ -57,6 +58,8 @@ class ReviseConfig(EngineConfig):
             raise CaiError("missing --prompts (a .jsonl, .txt or dataset:NAME)")
         if not self.out:
             raise CaiError("missing --out (the output folder)")
+        if self.chunk_size is None:  # hf gains nothing from more than a batch; servers do
+            self.chunk_size = self.batch_size if self.engine == "hf" else 64
         for name in ("rounds", "chunk_size", "batch_size"):
             if getattr(self, name) < (0 if name == "rounds" else 1):
                 raise CaiError(f"--{name.replace('_', '-')} is too small: {getattr(self, name)}")

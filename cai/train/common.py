@@ -19,10 +19,11 @@ from cai.models import add_lora, load_for_training, load_tokenizer
 from cai.train.config import TrainConfig, save_resolved
 
 
-def model_and_tokenizer(cfg: TrainConfig):
+def model_and_tokenizer(cfg: TrainConfig, num_labels: int | None = None):
     """The model to train (LoRA, QLoRA or full), and its tokenizer, as the config says.
 
     The adapter's random init is seeded with `training.seed`, so a run is reproducible.
+    `num_labels`: a sequence classifier with a fresh (seeded) head instead of the causal LM.
     """
     from transformers import set_seed
 
@@ -31,18 +32,24 @@ def model_and_tokenizer(cfg: TrainConfig):
         raise CaiError(f"{cfg.source}: quantization.load_in_4bit needs lora.enabled (4-bit "
                        "weights cannot be trained in full)")
     tokenizer = load_tokenizer(cfg.model.name)
+    if num_labels:
+        set_seed(int(cfg.training.get("seed", 42)))
     model = load_for_training(cfg.model.name, dtype=cfg.model.dtype,
                               attn_implementation=cfg.model.attn_implementation,
                               trust_remote_code=cfg.model.trust_remote_code,
                               load_in_4bit=q.load_in_4bit, quant_type=q.quant_type,
-                              double_quant=q.double_quant, compute_dtype=q.compute_dtype)
+                              double_quant=q.double_quant, compute_dtype=q.compute_dtype,
+                              num_labels=num_labels)
     model.config.use_cache = False  # no KV cache while training
+    if num_labels:
+        model.config.pad_token_id = tokenizer.pad_token_id  # a classifier pools the last non-pad
     if lora.enabled:
         set_seed(int(cfg.training.get("seed", 42)))
         model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                          target_modules=lora.target_modules,
                          modules_to_save=lora.modules_to_save,
-                         gradient_checkpointing=bool(cfg.training.get("gradient_checkpointing")))
+                         gradient_checkpointing=bool(cfg.training.get("gradient_checkpointing")),
+                         task_type="SEQ_CLS" if num_labels else "CAUSAL_LM")
     return model, tokenizer
 
 

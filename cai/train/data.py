@@ -122,9 +122,13 @@ def assistant_char_spans(tokenizer, messages: list[dict], text: str) -> list[tup
     return spans
 
 
-def tokenize_conversation(tokenizer, messages: list[dict],
-                          assistant_only: bool = True) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one conversation; labels are -100 outside the assistant turns."""
+def tokenize_conversation(tokenizer, messages: list[dict], assistant_only: bool = True,
+                          first_target: int = 0) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one conversation; labels are -100 outside the assistant turns.
+
+    `first_target`: only assistant turns from message index `first_target` on are targets (a
+    preference pair's completion after a multi-turn prompt).
+    """
     text = _render(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
@@ -132,6 +136,7 @@ def tokenize_conversation(tokenizer, messages: list[dict],
         return ids, list(ids)
     labels = [IGNORE_INDEX] * len(ids)
     spans = assistant_char_spans(tokenizer, messages, text)
+    spans = spans[sum(m["role"] == "assistant" for m in messages[:first_target]):]
     t = 0
     for start, end in spans:
         while t < len(ids) and offsets[t][1] <= start:

@@ -68,3 +68,109 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor,
         returns: scalar
     """
     return token_mean(-token_logps(logits, labels), labels != IGNORE_INDEX, num_items)
+
+
+# --------------------------------------------------------------------------------------------
+# Preference losses: DPO family and Bradley-Terry
+#
+# A soft target t = P(chosen is better) (the AI label of `cai label`) turns any pairwise loss
+# L(z) into its expectation over a label drawn from Bernoulli(t), where swapping chosen and
+# rejected negates the margin z:  L_t(z) = t L(z) + (1 - t) L(-z).  t = 1 is the hard loss;
+# t = 1/2 is symmetric in z, so its gradient at z = 0 is zero. For the sigmoid loss this is the
+# cross-entropy -t log s(bz) - (1-t) log s(-bz) (conservative DPO, Mitchell 2023, with a
+# per-example t).
+
+
+def _sigmoid_loss(z: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    return -F.logsigmoid(beta * z)
+
+
+def _hinge_loss(z: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    return torch.relu(1 - beta * z)
+
+
+def _ipo_loss(z: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    return (z - 1 / (2 * beta)) ** 2
+
+
+def _robust_loss(z: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    return (-(1 - eps) * F.logsigmoid(beta * z) + eps * F.logsigmoid(-beta * z)) / (1 - 2 * eps)
+
+
+DPO_LOSSES = {"sigmoid": _sigmoid_loss, "hinge": _hinge_loss, "ipo": _ipo_loss,
+              "robust": _robust_loss}
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float,
+             loss_type: str = "sigmoid", target: torch.Tensor | None = None, *,
+             label_smoothing: float = 0.0, chosen_lengths: torch.Tensor | None = None,
+             rejected_lengths: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Direct preference optimization and its variants, per example.
+
+    With the log-ratios  d_c = log pi(y_c) - log ref(y_c),  d_r = log pi(y_r) - log ref(y_r)
+    (sequence log-probs: sums over the completion tokens) and the margin z = d_c - d_r:
+
+        sigmoid  -log s(beta z)                        Rafailov et al. 2023 (arXiv:2305.18290) Eq. 7
+        hinge    max(0, 1 - beta z)                    SLiC-HF, Zhao et al. 2023 (arXiv:2305.10425),
+                                                       its calibration loss with margin 1/beta,
+                                                       on the log-ratios as in TRL
+        ipo      (z' - 1 / (2 beta))^2,  z' = d_c / |y_c| - d_r / |y_r|
+                                                       Azar et al. 2023 (arXiv:2310.12036) Eq. 17
+        robust   [-(1-e) log s(beta z) + e log s(-beta z)] / (1 - 2e)
+                                                       Chowdhury et al. 2024 (arXiv:2403.00409),
+                                                       e = `label_smoothing`, the label-flip rate
+
+    IPO uses log-ratios averaged per completion token (|y| = `chosen_lengths`,
+    `rejected_lengths`, required for "ipo"), as TRL does (TRL reports that the paper's results
+    used this form); with lengths of 1 it is Eq. 17 on summed log-probs. `target` is
+    the soft label t = P(chosen better) (None means 1): the loss becomes
+    t L(z) + (1 - t) L(-z), the expected loss under a label drawn with probability t (see above).
+
+    The implicit rewards (Rafailov et al. 2023, section 5) are beta * d_c and beta * d_r, from
+    the summed log-probs for every loss type, detached (they are for logging).
+
+    Shape:
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: (B,)
+        target, chosen_lengths, rejected_lengths: (B,) or None
+        returns: (losses (B,), chosen_rewards (B,), rejected_rewards (B,))
+    """
+    if loss_type not in DPO_LOSSES:
+        raise ValueError(f"loss_type must be one of {', '.join(DPO_LOSSES)}, got {loss_type!r}")
+    if loss_type == "robust" and not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"robust DPO needs 0 <= label_smoothing < 0.5, got {label_smoothing}")
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps        # (B,)
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
+    if loss_type == "ipo":
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError("the ipo loss needs chosen_lengths and rejected_lengths (completion "
+                             "token counts) to average the log-ratios per token")
+        z = chosen_logratios / chosen_lengths.clamp(min=1) \
+            - rejected_logratios / rejected_lengths.clamp(min=1)
+    else:
+        z = chosen_logratios - rejected_logratios
+    hard = DPO_LOSSES[loss_type]
+    losses = hard(z, beta, label_smoothing)
+    if target is not None:
+        losses = target * losses + (1 - target) * hard(-z, beta, label_smoothing)
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def preference_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,
+                    target: torch.Tensor | None = None) -> torch.Tensor:
+    """Bradley-Terry loss of a preference (reward) model, per example, with soft targets.
+
+        L = -t log s(r_c - r_r) - (1 - t) log s(r_r - r_c)
+
+    where r_c, r_r are the model's scalar scores of the chosen and rejected responses and t the
+    soft label P(chosen better) (None means 1, the usual -log s(r_c - r_r)). Bradley & Terry
+    1952; Ouyang et al. 2022 (arXiv:2203.02155) Eq. 1; Bai et al. 2022 (arXiv:2212.08073)
+    section 4.1 train the preference model on the AI labels' soft probabilities.
+
+    Shape: chosen_scores, rejected_scores, target: (B,); returns (B,)
+    """
+    margin = chosen_scores - rejected_scores  # (B,)
+    if target is None:
+        return -F.logsigmoid(margin)
+    return -target * F.logsigmoid(margin) - (1 - target) * F.logsigmoid(-margin)
