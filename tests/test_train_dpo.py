@@ -121,7 +121,8 @@ def test_pair_tokens_label_the_completion_only(tiny_model):
     assert found[0]["p_chosen"] == 0.8 and found[1]["p_chosen"] is None
     assert found[1]["prompt"] == found[2]["prompt"] == rows[0]["prompt"][2:]
     examples, summary = pairs.tokenize_pairs(tok, found, max_length=256)
-    assert summary == f"3 pairs, {sum(len(e['chosen_ids']) + len(e['rejected_ids']) for e in examples)} tokens"
+    tokens = sum(len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
+    assert summary == f"3 pairs, {tokens} tokens"
     for ex, pair in zip(examples, found):
         for side in pairs.SIDES:
             ids, labels = ex[f"{side}_ids"], ex[f"{side}_labels"]
@@ -174,6 +175,8 @@ def test_soft_labels_without_labels_name_the_line(tiny_model, tmp_path):
         dpo.train(config(tiny_model, bad, tmp_path / "o"))
     with pytest.raises(CaiError, match="data.packing does not apply"):
         dpo.train(config(tiny_model, data, tmp_path / "o", data__packing=True))
+    with pytest.raises(CaiError, match="eval_strategy is 'epoch' but there are no eval pairs"):
+        dpo.train(config(tiny_model, data, tmp_path / "o", training__eval_strategy="epoch"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,6 +298,7 @@ def test_ddp_two_processes_match_one(tiny_model, preference_data, tmp_path):
 
     opts = ["--model.name", tiny_model, "--data.path", preference_data[0],
             "--data.limit", 12, "--data.max_length", 128, "--data.eval_fraction", 0,
+            "--training.eval_strategy", "no",
             "--training.train_sampling_strategy", "random", "--training.max_steps", 2,
             "--training.per_device_train_batch_size", 2, "--training.learning_rate", 5e-3,
             "--training.logging_steps", 1, "--training.report_to", "none",
@@ -318,3 +322,20 @@ def test_ddp_two_processes_match_one(tiny_model, preference_data, tmp_path):
     (a,), (b,) = ddp.glob("ref_logps-train-*.pt"), single.glob("ref_logps-train-*.pt")
     assert a.name == b.name
     assert torch.allclose(torch.load(a), torch.load(b), atol=1e-4)
+
+
+def test_qlora_dpo_trains_against_the_4bit_base(tiny_model, preference_data, tmp_path):
+    import bitsandbytes as bnb
+    from safetensors.torch import load_file
+
+    out = tmp_path / "qlora"
+    cfg = config(tiny_model, preference_data[0], out, quantization__load_in_4bit=True,
+                 data__limit=8, training__max_steps=3, training__per_device_train_batch_size=4)
+    dpo.train(cfg)
+    margins = history(out, "rewards/margins")
+    assert margins[0] == pytest.approx(0.0, abs=1e-4)  # step 1: the policy is the 4-bit base
+    assert margins[-1] > 0
+    weights = load_file(out / "adapter_model.safetensors")
+    assert all(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)
+    model, _ = common.model_and_tokenizer(cfg)
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 14

@@ -242,6 +242,7 @@ def train(cfg, resume: bool = False, callbacks=None) -> dict:
     opts = cfg.options
     train_rows, eval_rows = pairs.build(cfg.data, tokenizer, opts.label_column,
                                         opts.soft_labels, whole=False, log=log)
+    pairs.check_eval(args, eval_rows, cfg.source)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_rows,
                          eval_dataset=eval_rows, processing_class=tokenizer,
                          data_collator=pairs.PairCollator(tokenizer.pad_token_id),

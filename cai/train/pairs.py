@@ -230,6 +230,14 @@ def build(data_cfg, tokenizer, label_column: str, need_labels: bool, whole: bool
     return train, evaluation or None
 
 
+def check_eval(args, evaluation, source: str) -> None:
+    """A one-line error instead of the Trainer's traceback: evaluation asked for, no eval data."""
+    if not evaluation and args.eval_strategy != "no":
+        raise CaiError(f"{source}: training.eval_strategy is '{args.eval_strategy.value}' but "
+                       "there are no eval pairs (set data.eval_path or data.eval_fraction, or "
+                       "training.eval_strategy: no)")
+
+
 # --------------------------------------------------------------------------------------------
 # The trainers' shared part
 

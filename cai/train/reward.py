@@ -88,7 +88,8 @@ def eval_metrics(prediction) -> dict:
     target = torch.as_tensor(prediction.label_ids, dtype=torch.float64)    # (N,)
     margins = scores[:, 0] - scores[:, 1]
     p = torch.sigmoid(margins).tolist()
-    out = {"accuracy": label_metrics.accuracy(p), "ece": label_metrics.expected_calibration_error(p),
+    out = {"accuracy": label_metrics.accuracy(p),
+           "ece": label_metrics.expected_calibration_error(p),
            "brier": label_metrics.brier_score(p), "margin": margins.mean().item()}
     known = ~torch.isnan(target)
     if known.any():
@@ -115,6 +116,7 @@ def train(cfg, resume: bool = False, callbacks=None) -> dict:
     opts = cfg.options
     train_rows, eval_rows = pairs.build(cfg.data, tokenizer, opts.label_column,
                                         opts.soft_labels, whole=True, log=log)
+    pairs.check_eval(args, eval_rows, cfg.source)
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_rows,
                             eval_dataset=eval_rows, processing_class=tokenizer,
                             data_collator=pairs.PairCollator(tokenizer.pad_token_id),
