@@ -160,8 +160,11 @@ def raw_vllm(args):
     from cai.records import load_prompts
 
     start = time.perf_counter()
+    from cai.generation.vllm import CPU_DEFAULTS
+
+    cpu = not torch.cuda.is_available()
     llm = vllm.LLM(model=str(resolve()), dtype=args.dtype, gpu_memory_utilization=0.3
-                   if not torch.cuda.is_available() else 0.9, seed=0)
+                   if cpu else 0.9, seed=0, **(CPU_DEFAULTS if cpu else {}))
     load_s = time.perf_counter() - start
     items = load_prompts(str(ROOT / "data" / "red_team.jsonl"))[:args.prompts]
     c = load()
@@ -239,10 +242,12 @@ def main() -> None:
                    "--batch-size", str(args.batch_size)]
             proc = subprocess.run(cmd, capture_output=True, text=True,
                                   env={**os.environ, "TQDM_DISABLE": "1"})
-            if proc.returncode != 0:
-                results[variant] = {"error": proc.stderr.strip().splitlines()[-1:]}
+            found = [line for line in proc.stdout.splitlines() if line.startswith('{"prompts"')]
+            if found:  # vLLM's worker shutdown can set a non-zero exit code after the result
+                results[variant] = {**json.loads(found[-1]), "exit_code": proc.returncode}
             else:
-                results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+                results[variant] = {"error": proc.stderr.strip().splitlines()[-8:],
+                                    "exit_code": proc.returncode}
             print(json.dumps({variant: results[variant]}), file=sys.stderr, flush=True)
         tps = {k: v.get("tokens_per_second") for k, v in results.items()}
         ratios = {}

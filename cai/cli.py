@@ -172,6 +172,36 @@ def cmd_train_rm(args) -> int:
     return 0
 
 
+def cmd_train_ppo(args) -> int:
+    from cai.train import ppo
+    from cai.train.config import parse_overrides
+
+    rest = [a for a in args.overrides if a != "--resume"]
+    cfg = ppo.load_config(args.config, parse_overrides(rest))
+    m = ppo.train(cfg, resume=args.resume or len(rest) != len(args.overrides))
+    nan = float("nan")
+    print(f"cai train ppo: {m.get('train_steps', 0)} steps, reward "
+          f"{m.get('reward/mean', nan):.4f}, KL {m.get('kl', nan):.4f}"
+          + (f"; eval reward {m['eval/reward_mean_before']:.4f} -> {m['eval/reward_mean']:.4f}, "
+             f"eval KL {m['eval/kl']:.4f}" if "eval/reward_mean_before" in m else "")
+          + f"; adapter in {cfg.output_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from cai.evaluate import EvalConfig, run
+
+    cfg = cfgmod.load(EvalConfig, args.config, cfgmod.overrides(args, EvalConfig))
+    m = run(cfg)
+    for label, p in m["per_model"].items():
+        mc = ((p["ability"] or {}).get("mc") or {}).get("accuracy")
+        print(f"cai eval: {label}: harmless {p['harmlessness']}, over-refusal "
+              f"{p['over_refusal']}, MC accuracy {mc}")
+    print(f"cai eval: metrics in {Path(cfg.out) / 'metrics.json'}"
+          + (f", report in {Path(cfg.out) / 'report.html'}" if cfg.report else ""))
+    return 0
+
+
 def cmd_score(args) -> int:
     import json
 
@@ -202,6 +232,31 @@ def cmd_records_merge(args) -> int:
     stats = merge([Path(f) for f in args.folders], Path(args.out))
     print(f"merged {stats['shards']} shards into {args.out}: {stats['records']} records"
           + (f", {stats['skipped']} skipped" if stats["skipped"] else ""))
+    return 0
+
+
+def cmd_pipeline_run(args) -> int:
+    from cai.pipeline import Pipeline
+
+    pipe = Pipeline(args.file)
+    result = pipe.run()
+    report = pipe.stages["eval"].folder(pipe.workdir) / "report.html"
+    print(f"cai pipeline: all stages current in {pipe.workdir}"
+          + (f"; report: {report}" if report.is_file() else ""))
+    summary = result.get("summary") if isinstance(result, dict) else None
+    if summary:
+        print(summary)
+    return 0
+
+
+def cmd_pipeline_status(args) -> int:
+    from cai.pipeline import Pipeline
+
+    rows = Pipeline(args.file).status()
+    width = max(len(r["stage"]) for r in rows)
+    for r in rows:
+        print(f"{r['stage']:<{width}}  {r['status']:<8} {r['folder']}"
+              + (f"  (changed: {r['why']})" if r["why"] else ""))
     return 0
 
 
@@ -268,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     for algo, func, text in (
             ("dpo", cmd_train_dpo, "direct preference optimization on preference pairs "
                                    "(`cai label` output)"),
-            ("rm", cmd_train_rm, "a reward (preference) model on preference pairs")):
+            ("rm", cmd_train_rm, "a reward (preference) model on preference pairs"),
+            ("ppo", cmd_train_ppo, "PPO or RLOO on prompts (reward model, AI feedback, function)")):
         p = train_sub.add_parser(algo, help=text, description="Overrides: --section.key value "
                                  "(e.g. --data.path FILE --training.max_steps 2 "
                                  "--training.output_dir DIR).")
@@ -286,6 +342,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the scores here as .jsonl (default: print them)")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_score)
+
+    from cai.evaluate import EvalConfig
+
+    p = sub.add_parser("eval", help="harmlessness, helpfulness, over-refusal and alignment tax "
+                                    "of models, with a report")
+    p.add_argument("--config", help="YAML file with any of the options below")
+    p.add_argument("--model", dest="model", action="append", metavar="[LABEL=]MODEL",
+                   help="a model to evaluate (name, folder or hub id); repeat for each, "
+                        "listed before -> after")
+    cfgmod.add_arguments(p, EvalConfig, skip=("model",))
+    p.set_defaults(func=cmd_eval)
+
+    pipe = sub.add_parser("pipeline", help="the whole method from one YAML (revise, sft, label, "
+                                           "dpo or ppo, eval), rerunning only what changed")
+    pipe_sub = pipe.add_subparsers(dest="action", required=True)
+    for action, func, text in (
+            ("run", cmd_pipeline_run, "run every stage that is not current (a killed run "
+                                      "resumes)"),
+            ("status", cmd_pipeline_status, "which stages are current and which would rerun")):
+        p = pipe_sub.add_parser(action, help=text)
+        p.add_argument("file", nargs="?", help="pipeline YAML (default: configs/pipeline.yaml)")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("export", help="an adapter as a standalone folder (merged with --merge)")
     p.add_argument("--adapter", required=True, help="adapter folder (a training output_dir)")

@@ -19,7 +19,6 @@ response and reports accuracy and calibration.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import zlib
@@ -36,7 +35,8 @@ from cai.constitution import Constitution, Principle, sample_principles
 from cai.errors import CaiError
 from cai.generation import EngineConfig, SamplingParams, engine_kwargs, make_generator
 from cai.models import DEFAULT_MODEL
-from cai.labels import (choice_probability, p_first, combine_orders, clamp, ensemble, position_bias_rate, principle_agreement, label_histogram)
+from cai.labels import (choice_probability, clamp, combine_orders, ensemble, label_histogram,
+                        p_first, position_bias_rate, principle_agreement)
 from cai.prompts import Templates
 
 TEMPLATES = ("feedback.j2", "feedback_cot.j2", "feedback_answer.j2")
@@ -127,50 +127,11 @@ class LabelConfig:
 # Inputs
 
 
-def _read_jsonl_objects(path: Path, what: str):
-    """(line number, object) for each non-blank line; every problem is collected."""
-    if not path.is_file():
-        raise CaiError(f"{path}: {what} file not found")
-    problems, rows = [], []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise CaiError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})")
-            continue
-        if not isinstance(obj, dict):
-            problems.append(f"{path}:{n}: expected a JSON object")
-            continue
-        rows.append((n, obj))
-    return rows, problems
-
-
-def _finish(path: Path, items: list[tuple[int, dict]], problems: list[str]) -> list[dict]:
-    seen: dict[str, int] = {}
-    for n, obj in items:
-        if obj["id"] in seen:
-            problems.append(f"{path}:{n}: duplicate id '{obj['id']}' "
-                            f"(first at line {seen[obj['id']]})")
-        seen.setdefault(obj["id"], n)
-    if problems:
-        more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise CaiError("\n".join(problems[:20]) + more)
-    if not items:
-        raise CaiError(f"{path}: no rows in the file")
-    return [obj for _, obj in items]
-
-
 def _text(obj, key, path, n, problems, allow_empty=False) -> bool:
     value = obj.get(key)
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
-        problems.append(f"{path}:{n}: '{key}' must be "
-                        + ("text" if allow_empty else "non-empty text"))
+        problems.append((n, f"{path}:{n}: '{key}' must be "
+                            + ("text" if allow_empty else "non-empty text")))
         return False
     return True
 
@@ -182,18 +143,19 @@ def load_responses(spec: str) -> list[dict]:
     `cai revise` record, `initial_response` and `response` (labelled as response 0 vs 1).
     """
     path = Path(spec)
-    rows, problems = _read_jsonl_objects(path, "responses")
+    rows, problems = records.jsonl_objects(path, "responses")
     items = []
     for n, obj in rows:
         if "id" not in obj or isinstance(obj["id"], (bool, dict, list)):
-            problems.append(f"{path}:{n}: missing 'id' (text)")
+            problems.append((n, f"{path}:{n}: missing 'id' (text)"))
             continue
         ok = _text(obj, "prompt", path, n, problems)
         if "responses" in obj:
             answers = obj["responses"]
             if not (isinstance(answers, list) and len(answers) >= 2
                     and all(isinstance(a, str) for a in answers)):
-                problems.append(f"{path}:{n}: 'responses' must be a list of two or more texts")
+                problems.append((n, f"{path}:{n}: 'responses' must be a list of two or more "
+                                    "texts"))
                 continue
         elif "initial_response" in obj or "response" in obj:
             if not all(_text(obj, k, path, n, problems, allow_empty=True)
@@ -201,14 +163,14 @@ def load_responses(spec: str) -> list[dict]:
                 continue
             answers = [obj["initial_response"], obj["response"]]
         else:
-            problems.append(f"{path}:{n}: needs a 'responses' list (or 'initial_response' and "
-                            "'response', as `cai revise` writes)")
+            problems.append((n, f"{path}:{n}: needs a 'responses' list (or 'initial_response' "
+                                "and 'response', as `cai revise` writes)"))
             continue
         if ok:
             extra = {k: v for k, v in obj.items() if k not in _NOT_CARRIED}
             items.append((n, {**extra, "id": str(obj["id"]), "prompt": obj["prompt"],
                               "responses": list(answers)}))
-    return _finish(path, items, problems)
+    return records.unique_ids(path, items, problems)
 
 
 # Fields of input rows that are not copied into label records (revise records carry these).
@@ -219,15 +181,15 @@ _NOT_CARRIED = {"id", "prompt", "responses", "initial_response", "response", "ro
 def load_check(spec: str) -> list[dict]:
     """Rows `{"id", "prompt", "better", "worse", "kind"?}` of a labeler quality-check file."""
     path = Path(spec)
-    rows, problems = _read_jsonl_objects(path, "check")
+    rows, problems = records.jsonl_objects(path, "check")
     items = []
     for n, obj in rows:
         if "id" not in obj or isinstance(obj["id"], (bool, dict, list)):
-            problems.append(f"{path}:{n}: missing 'id' (text)")
+            problems.append((n, f"{path}:{n}: missing 'id' (text)"))
             continue
         if all([_text(obj, k, path, n, problems) for k in ("prompt", "better", "worse")]):
             items.append((n, {**obj, "id": str(obj["id"])}))
-    return _finish(path, items, problems)
+    return records.unique_ids(path, items, problems)
 
 
 def pair_ids(item: dict, k: int, cfg) -> list[str]:

@@ -40,55 +40,79 @@ def load_prompts(spec: str, column: str = "prompt", split: str = "train") -> lis
     if spec.startswith("dataset:"):
         return _from_datasets(spec[len("dataset:"):], column, split)
     path = Path(spec)
-    if not path.is_file():
-        raise CaiError(f"{path}: prompt file not found")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise CaiError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    problems, items, seen = [], [], {}
-    if path.suffix == ".txt":
-        for n, line in enumerate(lines, 1):
-            if line.strip():
-                items.append(({"id": f"{path.stem}-{n}", "prompt": line.strip()}, n))
-    elif path.suffix in (".jsonl", ".json"):
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append((n, f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})"))
-                continue
-            if not isinstance(obj, dict):
-                problems.append((n, f"{path}:{n}: expected a JSON object with 'id' and 'prompt'"))
-                continue
-            for key in ("id", "prompt"):
-                if key not in obj:
-                    problems.append((n, f"{path}:{n}: missing '{key}'"))
-                elif not isinstance(obj[key], (str, int)) or isinstance(obj[key], bool) or \
-                        (key == "prompt" and not isinstance(obj[key], str)):
-                    problems.append((n, f"{path}:{n}: '{key}' must be text"))
-            if isinstance(obj.get("prompt"), str) and not obj["prompt"].strip():
-                problems.append((n, f"{path}:{n}: empty prompt"))
-            if "id" in obj and "prompt" in obj:
-                obj["id"] = str(obj["id"])
-                items.append((obj, n))
-    else:
+    if path.suffix not in (".txt", ".jsonl", ".json"):
+        if not path.is_file():
+            raise CaiError(f"{path}: prompt file not found")
         raise CaiError(f"{path}: unknown prompt file type '{path.suffix}' "
                        "(use .jsonl with id/prompt, .txt one per line, or dataset:NAME)")
-    for obj, n in items:
+    if path.suffix == ".txt":
+        lines = _read_lines(path, "prompt")
+        items = [(n, {"id": f"{path.stem}-{n}", "prompt": line.strip()})
+                 for n, line in enumerate(lines, 1) if line.strip()]
+        return unique_ids(path, items, [], "prompts")
+    rows, problems = jsonl_objects(path, "prompt", "a JSON object with 'id' and 'prompt'")
+    items = []
+    for n, obj in rows:
+        for key in ("id", "prompt"):
+            if key not in obj:
+                problems.append((n, f"{path}:{n}: missing '{key}'"))
+            elif not isinstance(obj[key], (str, int)) or isinstance(obj[key], bool) or \
+                    (key == "prompt" and not isinstance(obj[key], str)):
+                problems.append((n, f"{path}:{n}: '{key}' must be text"))
+        if isinstance(obj.get("prompt"), str) and not obj["prompt"].strip():
+            problems.append((n, f"{path}:{n}: empty prompt"))
+        if "id" in obj and "prompt" in obj:
+            obj["id"] = str(obj["id"])
+            items.append((n, obj))
+    return unique_ids(path, items, problems, "prompts")
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise CaiError(f"{path}: {what} file not found")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise CaiError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def jsonl_objects(path: Path, what: str, expected: str = "a JSON object"
+                  ) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+    """(line number, object) for each non-blank line of a user's .jsonl file, and the problems
+    found, each `(line, "file:line: what is wrong")`, so they can all be reported at once."""
+    rows, problems = [], []
+    for n, line in enumerate(_read_lines(path, what), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append((n, f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})"))
+            continue
+        if not isinstance(obj, dict):
+            problems.append((n, f"{path}:{n}: expected {expected}"))
+            continue
+        rows.append((n, obj))
+    return rows, problems
+
+
+def unique_ids(path: Path, items: list[tuple[int, dict]], problems: list[tuple[int, str]],
+               what: str = "rows") -> list[dict]:
+    """The items' objects, after adding duplicate ids to `problems`; raises with every problem
+    (the first 20, in line order) if there is any, or if there are no items."""
+    seen: dict[str, int] = {}
+    for n, obj in items:
         if obj["id"] in seen:
             problems.append((n, f"{path}:{n}: duplicate id '{obj['id']}' "
-                             f"(first at line {seen[obj['id']]})"))
+                                f"(first at line {seen[obj['id']]})"))
         seen.setdefault(obj["id"], n)
     if problems:
-        problems = [text for _, text in sorted(problems)]
-        more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise CaiError("\n".join(problems[:20]) + more)
+        texts = [text for _, text in sorted(problems)]
+        more = f"\n... and {len(texts) - 20} more" if len(texts) > 20 else ""
+        raise CaiError("\n".join(texts[:20]) + more)
     if not items:
-        raise CaiError(f"{path}: no prompts in the file")
-    return [obj for obj, _ in items]
+        raise CaiError(f"{path}: no {what} in the file")
+    return [obj for _, obj in items]
 
 
 def _from_datasets(name: str, column: str, split: str) -> list[dict]:
@@ -223,6 +247,42 @@ def package_versions() -> dict:
     return out
 
 
+def read_rows(spec: str, split: str = "train", expected: str = "a .jsonl or a job's folder"
+              ) -> list[tuple[str, dict]]:
+    """(where, row) pairs of a .jsonl file, a job's output folder (its data.jsonl) or
+    dataset:NAME_OR_DIR; `where` is `file:line` (or `dataset:NAME row i`) for error messages."""
+    if spec.startswith("dataset:"):
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(spec[len("dataset:"):], split=split)
+        except Exception as e:  # datasets raises many types for a missing name or offline hub
+            raise CaiError(f"{spec}: cannot load ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        return [(f"{spec} row {i}", row) for i, row in enumerate(ds)]
+    path = Path(spec)
+    if path.is_dir():
+        path = path / DATA
+    if not path.is_file():
+        raise CaiError(f"{spec}: no such file (expected {expected})")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((f"{path}:{n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise CaiError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` all at once: a kill leaves the old file or the new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class Manifest:
     """`OUT/manifest.json`: what produced the records, so resuming mixes no two different runs.
 
@@ -250,9 +310,7 @@ class Manifest:
 
     def save(self, **fields) -> None:
         self.data.update(fields)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
 
     def add_run(self, **stats) -> None:
         """Record one (possibly resumed) run's stats and add its counters into `totals`."""

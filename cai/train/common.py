@@ -113,3 +113,16 @@ def run(trainer, cfg: TrainConfig, resume: bool) -> dict:
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     return metrics
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether `model(..., logits_to_keep=MASK)` takes a (B, T) boolean mask: the model's
+    forward has the argument and transformers slices with masks (5.2x; 5.19 and older index
+    with the mask as if it were positions and fail)."""
+    import inspect
+
+    import transformers.modeling_utils
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters and \
+        hasattr(transformers.modeling_utils, "slice_logits_to_keep")

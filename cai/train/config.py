@@ -150,7 +150,7 @@ def load(path: str | None, overrides: list[tuple[str, str]], algo: str, algo_cls
     """The config in `path` (may be None) with `overrides` applied, validated."""
     raw = read_yaml(path) if path else {}
     source = str(path or "options")
-    lines = _key_lines(path) if path else {}
+    lines = key_lines(path) if path else {}
     sections = {**COMMON, algo: algo_cls}
     tfields = training_fields()
 
@@ -252,7 +252,7 @@ def _accepts(hint, kind) -> bool:
     return hint is kind or origin is kind
 
 
-def _key_lines(path) -> dict[tuple, int]:
+def key_lines(path) -> dict[tuple, int]:
     """1-based line of each top-level key and each section's key: {(section,): n, (s, k): n}."""
     try:
         node = yaml.compose(Path(path).read_text(encoding="utf-8"))

@@ -19,10 +19,8 @@ token attends across examples; the first token of each example is never a target
 from __future__ import annotations
 
 import bisect
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -38,31 +36,9 @@ from cai.train.losses import IGNORE_INDEX
 def load_conversations(spec: str, column: str = "messages", split: str = "train",
                        limit: int | None = None) -> list[list[dict]]:
     """Conversations from a .jsonl file, a `cai revise` output folder or dataset:NAME_OR_DIR."""
-    if spec.startswith("dataset:"):
-        import datasets
-
-        name = spec[len("dataset:"):]
-        try:
-            ds = datasets.load_dataset(name, split=split)
-        except Exception as e:  # datasets raises many types for a missing name or offline hub
-            raise CaiError(f"{spec}: cannot load ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
-        if column not in ds.column_names:
-            raise CaiError(f"{spec}: no column '{column}' (columns: {', '.join(ds.column_names)})")
-        rows = [(f"{spec} row {i}", row) for i, row in enumerate(ds)]
-    else:
-        path = Path(spec)
-        if path.is_dir():
-            path = path / records.DATA
-        if not path.is_file():
-            raise CaiError(f"{spec}: no such file (expected a .jsonl or a `cai revise` folder)")
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((f"{path}:{n}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise CaiError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    rows = records.read_rows(spec, split, "a .jsonl or a `cai revise` folder")
+    if spec.startswith("dataset:") and rows and column not in rows[0][1]:
+        raise CaiError(f"{spec}: no column '{column}' (columns: {', '.join(rows[0][1])})")
     out = []
     for where, row in rows[:limit] if limit is not None else rows:
         messages = row.get(column) if isinstance(row, dict) else None

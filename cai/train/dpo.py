@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -70,8 +69,11 @@ class DPOSection:
                            "gives the sigmoid loss per-pair targets)")
 
 
-def sequence_logps(model, batch: dict, keep_logits: bool = True):
+def sequence_logps(model, batch: dict, keep_logits: bool | None = None):
     """(log-probs (N,), completion token counts (N,)) of the N rows of `batch`.
+
+    `keep_logits`: project only the completion positions through the LM head (None: where the
+    model and transformers support it, see `common.accepts_logits_to_keep`).
 
     log p(y) = sum over the completion tokens t of log p(y_t | y_<t), the labels holding the
     completion tokens and -100 elsewhere (prompt, template, padding).
@@ -81,6 +83,8 @@ def sequence_logps(model, batch: dict, keep_logits: bool = True):
     keep = targets != IGNORE_INDEX                                    # (N, T-1)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
               "use_cache": False}
+    if keep_logits is None:
+        keep_logits = common.accepts_logits_to_keep(model)
     if keep_logits:
         logits = model(**inputs, logits_to_keep=F.pad(keep, (0, 1))).logits  # (K, V)
         per_token = token_logps(logits, targets[keep])                      # (K,)
@@ -92,18 +96,13 @@ def sequence_logps(model, batch: dict, keep_logits: bool = True):
     return logps, keep.sum(-1)
 
 
-def accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
-
-
 class DPOTrainer(pairs.PairTrainer):
     """`transformers.Trainer` with cai's DPO loss on precomputed reference log-probs."""
 
     def __init__(self, *args, dpo: DPOSection, **kwargs):
         super().__init__(*args, **kwargs)
         self.dpo = dpo
-        self.keep_logits = accepts_logits_to_keep(self.model)
+        self.keep_logits = common.accepts_logits_to_keep(self.model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.count_tokens(inputs)

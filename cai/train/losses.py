@@ -174,3 +174,171 @@ def preference_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,
     if target is None:
         return -F.logsigmoid(margin)
     return -target * F.logsigmoid(margin) - (1 - target) * F.logsigmoid(-margin)
+
+
+# --------------------------------------------------------------------------------------------
+# PPO and critic-free policy gradients (RL-CAI)
+#
+# Rollout tensors are (B, T) over the *response* tokens only, right-padded: `mask` is True on
+# the tokens the policy produced (up to and including EOS) and False after. Log-probs are of
+# the sampled tokens, computed from logits divided by the sampling temperature.
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(values * mask) / max(sum(mask), 1). Shape: values (...), mask (...) bool; scalar."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """Normalize `values` to zero mean and unit variance over the positions where `mask` holds.
+
+        w = (x - mean) / sqrt(var + eps)       (shift_mean=False adds the mean back: only
+                                                 the scale changes, as for rewards)
+
+    mean and the (Bessel-corrected) variance are taken over masked positions only; masked-out
+    positions come back as 0. Used on GAE advantages before the policy loss (Huang et al. 2023).
+
+    Shape: values (...), mask (...) bool; returns (...)
+    """
+    mean = masked_mean(values, mask)
+    n = mask.sum()
+    var = (((values - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
+    out = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi || ref) from tokens sampled from pi (Schulman 2020).
+
+    With the log-ratio  l = log pi(y_t) - log ref(y_t):
+        k1 = l                      unbiased, high variance, can be negative per token
+        k2 = l^2 / 2                biased (low for small l), always >= 0
+        k3 = exp(-l) - 1 + l        unbiased (E_pi[exp(-l)] = 1), always >= 0, low variance
+    Summed over a response, each estimates the sequence KL; their expectations under pi agree
+    for k1 and k3 exactly.
+
+    Shape: logps, ref_logps (B, T); returns (B, T) (mask it yourself).
+    """
+    log_ratio = logps - ref_logps
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio ** 2
+    if kind == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"kl estimator must be k1, k2 or k3, got {kind!r}")
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, arXiv:1506.02438).
+
+        delta_t = r_t + gamma V_{t+1} - V_t        (V_{t+1} = 0 after the last response token)
+        A_t     = delta_t + gamma lam A_{t+1}
+        G_t     = A_t + V_t                         (the value targets, "returns")
+
+    computed backwards over each row; positions where `mask` is False are outside the episode
+    (contribute nothing and come back as 0). `rewards` holds the per-token reward (the KL
+    penalty on every token plus the score on the last one).
+
+    Shape: rewards, values (B, T), mask (B, T) bool (a prefix of each row);
+           returns (advantages (B, T), returns (B, T))
+    """
+    mask = mask.to(values.dtype)
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    next_adv = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.size(1))):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        advantages[:, t] = adv
+        next_value, next_adv = values[:, t], adv  # both 0 past a row's end
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped surrogate (Schulman et al. 2017, arXiv:1707.06347 Eq. 7), as a loss.
+
+        rho_t = exp(log pi(y_t) - log pi_old(y_t))
+        L     = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - clip, 1 + clip))
+
+    token-mean over masked positions. Also returned (detached): `clip_frac`, the share of tokens
+    where the clipped term was the larger, and `approx_kl` = mean (rho - 1) - log rho, the k3
+    estimate of KL(pi_old || pi), which shows how far a minibatch update moved the policy.
+
+    Shape: logps, old_logps, advantages (B, T), mask (B, T) bool; returns (scalar, stats)
+    """
+    log_ratio = logps - old_logps
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clip_frac": masked_mean((clipped > unclipped).float(), mask),
+                 "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask)}
+    return loss, stats
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss (the PPO baselines' form; Huang et al. 2023 detail 9).
+
+        V_clip = V_old + clip(V - V_old, -clip, +clip)
+        L      = 0.5 mean_t max((V_t - G_t)^2, (V_clip_t - G_t)^2)
+
+    token-mean over masked positions; `clip_frac` (detached) is the share of tokens where the
+    clipped error was the larger.
+
+    Shape: values, old_values, returns (B, T), mask (B, T) bool; returns (scalar, stats)
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    err = (values - returns) ** 2
+    err_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    with torch.no_grad():
+        stats = {"clip_frac": masked_mean((err_clipped > err).float(), mask)}
+    return loss, stats
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out advantages (Kool et al. 2019; Ahmadian et al. 2024).
+
+        A_i = R_i - (1 / (k - 1)) sum_{j != i} R_j = (k / (k - 1)) (R_i - mean_j R_j)
+
+    for the k samples of one prompt; a sequence-level advantage, no critic.
+
+    Shape: rewards (P, k) with k >= 2 samples per prompt; returns (P, k)
+    """
+    k = rewards.size(-1)
+    if k < 2:
+        raise ValueError("rloo needs at least 2 samples per prompt")
+    others = (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
+    return rewards - others
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax at each position: H = logsumexp(z) - sum softmax(z) z.
+
+    Shape: logits (..., V); returns (...) float32
+    """
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n_steps: int) -> float:
+    """Ziegler et al. 2019 (arXiv:1909.08593) adaptive KL coefficient, one update.
+
+        e     = clip(KL / target - 1, -0.2, 0.2)
+        beta <- beta (1 + e n / horizon)
+
+    where KL is the measured mean sequence KL of the rollout batch and n its number of
+    samples: beta grows when the policy drifts past the target and shrinks below it.
+    """
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return coef * (1.0 + error * n_steps / horizon)

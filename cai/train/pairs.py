@@ -17,10 +17,8 @@ sides go through the model in one forward: `input_ids` (2B, T).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import Trainer
@@ -35,32 +33,6 @@ SIDES = ("chosen", "rejected")
 
 # --------------------------------------------------------------------------------------------
 # Reading
-
-
-def _rows(spec: str, split: str) -> list[tuple[str, dict]]:
-    """(where, row) of a .jsonl file, a job's output folder (its data.jsonl) or dataset:NAME."""
-    if spec.startswith("dataset:"):
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(spec[len("dataset:"):], split=split)
-        except Exception as e:  # datasets raises many types for a missing name or offline hub
-            raise CaiError(f"{spec}: cannot load ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
-        return [(f"{spec} row {i}", row) for i, row in enumerate(ds)]
-    path = Path(spec)
-    if path.is_dir():
-        path = path / records.DATA
-    if not path.is_file():
-        raise CaiError(f"{spec}: no such file (expected a .jsonl or a `cai label` folder)")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise CaiError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
 
 
 def as_messages(value, role: str, where: str, key: str) -> list[dict]:
@@ -102,7 +74,7 @@ def read_pair(row, where: str, label_column: str = "p_chosen") -> dict:
 def load_pairs(spec: str, split: str = "train", limit: int | None = None,
                label_column: str = "p_chosen", need_labels: bool = False) -> list[dict]:
     """Preference pairs from a .jsonl, a `cai label` folder or dataset:NAME_OR_DIR."""
-    rows = _rows(spec, split)
+    rows = records.read_rows(spec, split, "a .jsonl or a `cai label` folder")
     pairs = [read_pair(row, where, label_column)
              for where, row in (rows[:limit] if limit is not None else rows)]
     if not pairs:

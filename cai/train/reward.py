@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from cai import labels as label_metrics
+from cai import records
 from cai.config import opt
 from cai.errors import CaiError
 from cai.train import common, pairs
@@ -225,7 +226,7 @@ def score_file(model_dir, data, batch_size: int = 8) -> list[dict]:
     """Scores of the records in `data` (a .jsonl): each row's `id` (or line number) with `score`
     for prompt + response (or `messages`), or `score_chosen` and `score_rejected` for a
     preference record."""
-    rows = pairs._rows(str(data), "train")
+    rows = records.read_rows(str(data), "train", "a .jsonl or a `cai label` folder")
     convs, slots = [], []  # slots: (row index, output key)
     for n, (where, row) in enumerate(rows):
         if not isinstance(row, dict):

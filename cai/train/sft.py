@@ -9,7 +9,6 @@ accumulation and data parallelism do not change it.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -41,8 +40,7 @@ class SFTTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # ... and must count those tokens for every step
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        self.keep_logits = "logits_to_keep" in inspect.signature(type(base).forward).parameters
+        self.keep_logits = common.accepts_logits_to_keep(self.model)
         self.tokens_seen = 0  # non-padding tokens trained on by this process
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -1,0 +1,354 @@
+"""`cai pipeline run|status`: the whole method from one YAML, rerunning only what changed.
+
+Stages, each in its own folder under `workdir`:
+
+    revise -> sft -> label -> dpo            -> eval
+                          \\-> rm -> ppo     -/      (with `preference: ppo`)
+
+A stage's *key* is a hash of everything that determines its output: its options, the content of
+the files it reads (prompts, constitution, templates, training config, evaluation sets) and the
+keys of the stages it consumes. `STAGE/stage.json` records the key the folder was made with and
+whether the stage finished. On `run`, a finished stage whose key is unchanged is reused; an
+unfinished one with the same key resumes in place (every stage is resumable); a stage whose key
+changed moves its old folder to `workdir/previous/STAGE-KEY` (nothing is deleted) and runs anew,
+and so does every stage downstream of it, because their keys include its key.
+
+The pipeline fills in what connects the stages (models, data paths, output folders): the base
+`model` revises and labels; the SFT model (merged) samples the responses to label and is the
+starting point and the reference of DPO/PPO; the evaluation compares base, SFT and final models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cai import config as cfgmod
+from cai.errors import CaiError
+from cai.records import atomic_write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PIPELINE = ROOT / "configs" / "pipeline.yaml"
+STATE = "stage.json"
+TRAINERS = ("sft", "dpo", "rm", "ppo")
+PROMPTS = "data/red_team.jsonl"  # the default prompt set of revise, label and ppo
+
+
+@dataclass
+class PipelineSpec:
+    """The keys of a pipeline YAML."""
+
+    workdir: str = cfgmod.opt("runs/pipeline", "folder for every stage's outputs "
+                                               "(relative to the YAML's folder)")
+    model: str = cfgmod.opt("smollm2-135m-instruct", "the helpful-only starting model")
+    constitution: str = cfgmod.opt("constitutions/default.yaml", "the principles, for every stage")
+    preference: str = cfgmod.opt("dpo", "preference learning: dpo, or ppo (trains a preference "
+                                        "model first)")
+    prompts_dir: str | None = cfgmod.opt(None, "folder with your own prompt templates")
+    revise: dict = cfgmod.opt(help="`cai revise` options", factory=dict)
+    sft: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
+    label: dict = cfgmod.opt(help="`cai label` options", factory=dict)
+    dpo: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
+    rm: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
+    ppo: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
+    eval: dict = cfgmod.opt(help="`cai eval` options", factory=dict)
+
+    def __post_init__(self):
+        if self.preference not in ("dpo", "ppo"):
+            raise CaiError(f"preference must be dpo or ppo, got '{self.preference}'")
+
+
+@dataclass
+class Stage:
+    name: str
+    key: str = ""
+    inputs: dict = field(default_factory=dict)  # what the key hashes, by name
+    upstream: tuple[str, ...] = ()
+
+    def folder(self, workdir: Path) -> Path:
+        return workdir / self.name
+
+
+# --------------------------------------------------------------------------------------------
+# Loading the pipeline YAML
+
+
+class Pipeline:
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path else DEFAULT_PIPELINE
+        if not self.path.is_file():
+            raise CaiError(f"{self.path}: pipeline file not found")
+        from cai.train.config import key_lines
+
+        raw = cfgmod.read_yaml(self.path)
+        lines = key_lines(self.path)
+        self.where = lambda *keys: f"{self.path}:{lines[keys]}" if keys in lines else str(self.path)
+        for key in raw:
+            if key not in {f.name for f in dataclasses.fields(PipelineSpec)}:
+                cfgmod.build(PipelineSpec, {key: raw[key]}, self.where(key))  # raises, did-you-mean
+        for key in ("revise", "sft", "label", "dpo", "rm", "ppo", "eval"):
+            if raw.get(key) is None:
+                raw.pop(key, None)
+            elif not isinstance(raw[key], dict):
+                raise CaiError(f"{self.where(key)}: '{key}' must be a mapping of options")
+        self.spec = cfgmod.build(PipelineSpec, raw, str(self.path))
+        self.base = self.path.resolve().parent
+        self.workdir = self._path(self.spec.workdir)
+        self.stages = self._stages()
+
+    def _path(self, value: str) -> Path:
+        """A path in the YAML, relative to the YAML's folder (or to the repository root for the
+        shipped data/, configs/, constitutions/ when the YAML's folder has none)."""
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path
+        here = self.base / path
+        return here if here.exists() or not (ROOT / path).exists() else ROOT / path
+
+    # ----------------------------------------------------------------------------------------
+    # Stage graph and keys
+
+    def _stages(self) -> dict[str, Stage]:
+        spec = self.spec
+        final = spec.preference
+        order = ["revise", "sft", "label"] + (["dpo"] if final == "dpo" else ["rm", "ppo"]) + \
+            ["eval"]
+        upstream = {"revise": (), "sft": ("revise",), "label": ("sft",), "dpo": ("sft", "label"),
+                    "rm": ("label",), "ppo": ("sft", "rm"), "eval": ("sft", final)}
+        shared = {"model": spec.model, "constitution": _digest(self._path(spec.constitution)),
+                  "templates": _digest(*self._template_dirs())}
+        stages = {}
+        for name in order:
+            options = getattr(spec, name)
+            inputs = {"options": options}
+            if name in ("revise", "label"):
+                inputs.update(shared)
+                prompts = str(options.get("prompts", PROMPTS))
+                inputs["prompts"] = prompts if prompts.startswith("dataset:") else \
+                    _digest(self._path(prompts))
+            elif name in TRAINERS:
+                inputs["config"] = _digest(self._train_config_path(name))
+                if name == "ppo":
+                    inputs["prompts"] = _digest(self._path(options.get("prompts", PROMPTS)))
+            elif name == "eval":
+                inputs.update(shared)
+                inputs["data"] = _digest(self._path(options.get("data_dir") or "data/eval"))
+            stage = Stage(name, inputs=inputs, upstream=upstream[name])
+            text = json.dumps({"stage": name, "inputs": inputs,
+                               "upstream": {u: stages[u].key for u in stage.upstream}},
+                              sort_keys=True, default=str)
+            stage.key = hashlib.sha256(text.encode()).hexdigest()[:16]
+            stages[name] = stage
+        return stages
+
+    def _template_dirs(self) -> list[Path]:
+        dirs = [ROOT / "prompts"]
+        if self.spec.prompts_dir:
+            dirs.append(self._path(self.spec.prompts_dir))
+        return dirs
+
+    def _train_config_path(self, name: str) -> Path:
+        options = getattr(self.spec, name)
+        allowed = {"config", "set"} | ({"prompts"} if name == "ppo" else set())
+        unknown = set(options) - allowed
+        if unknown:
+            raise CaiError(f"{self.where(name, sorted(unknown)[0])}: unknown key "
+                           f"'{name}.{sorted(unknown)[0]}' (a training stage takes "
+                           f"{' and '.join(sorted(allowed))})")
+        path = self._path(options.get("config", f"configs/{name}.yaml"))
+        if not path.is_file():
+            raise CaiError(f"{self.where(name, 'config')}: {path}: config file not found")
+        return path
+
+    # ----------------------------------------------------------------------------------------
+    # State
+
+    def state(self, name: str) -> dict:
+        try:
+            return json.loads((self.stages[name].folder(self.workdir) / STATE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def status(self) -> list[dict]:
+        """Each stage: 'current' (reused as is), 'resume' (same inputs, unfinished), 'rerun'
+        (inputs changed: which ones), or 'new' (never run)."""
+        rows = []
+        for name, stage in self.stages.items():
+            state = self.state(name)
+            if not state:
+                status, why = "new", ""
+            elif state.get("key") == stage.key:
+                status, why = ("current" if state.get("done") else "resume"), ""
+            else:
+                old = state.get("inputs", {})
+                why = [k for k in sorted(set(old) | set(stage.inputs))
+                       if old.get(k) != stage.inputs.get(k)]
+                ups = state.get("upstream", {})
+                why += [f"{u} (upstream)" for u in stage.upstream
+                        if ups.get(u) != self.stages[u].key]
+                status, why = "rerun", ", ".join(why)
+            rows.append({"stage": name, "status": status, "why": why,
+                         "folder": str(stage.folder(self.workdir))})
+        return rows
+
+    def _begin(self, name: str) -> Path:
+        stage, state = self.stages[name], self.state(name)
+        folder = stage.folder(self.workdir)
+        if state and state.get("key") != stage.key or not state and folder.exists():
+            old = self.workdir / "previous" / f"{name}-{state.get('key', 'unknown')}"
+            if old.exists():
+                shutil.rmtree(old)  # the same older run, archived before
+            old.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(folder, old)
+            print(f"[pipeline] {name}: inputs changed; earlier outputs moved to {old}",
+                  flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not state or state.get("key") != stage.key:
+            self._write_state(name, done=False)
+        return folder
+
+    def _write_state(self, name: str, done: bool, **extra) -> None:
+        stage = self.stages[name]
+        state = {"stage": name, "key": stage.key, "done": done, "inputs": stage.inputs,
+                 "upstream": {u: self.stages[u].key for u in stage.upstream}, **extra}
+        atomic_write_text(stage.folder(self.workdir) / STATE, json.dumps(state, indent=2) + "\n")
+
+    # ----------------------------------------------------------------------------------------
+    # Running
+
+    def run(self) -> dict:
+        """Run every stage that is not current; return the last stage's result (the evaluation
+        summary)."""
+        result = {}
+        for row in self.status():
+            name = row["stage"]
+            if row["status"] == "current":
+                print(f"[pipeline] {name}: current, reusing {row['folder']}", flush=True)
+                result = self.state(name).get("result", {})
+                continue
+            verb = {"resume": "resuming", "rerun": f"rerunning ({row['why']})",
+                    "new": "running"}[row["status"]]
+            print(f"[pipeline] {name}: {verb}", flush=True)
+            folder = self._begin(name)
+            start = time.perf_counter()
+            result = getattr(self, f"_run_{name}")(folder) or {}
+            gc.collect()
+            seconds = round(time.perf_counter() - start, 1)
+            self._write_state(name, done=True, seconds=seconds, result=result)
+            print(f"[pipeline] {name}: done in {seconds:.0f} s", flush=True)
+        return result
+
+    def _out(self, name: str) -> Path:
+        return self.stages[name].folder(self.workdir)
+
+    def _merged(self, name: str) -> Path:
+        return self._out(name) / "merged"
+
+    def _job_options(self, name: str, cls, fixed: dict, defaults: dict) -> object:
+        options = {**defaults, **getattr(self.spec, name)}
+        for key in fixed:
+            if key in getattr(self.spec, name):
+                raise CaiError(f"{self.where(name, key)}: '{name}.{key}' is set by the pipeline")
+        for key in ("prompts", "responses"):
+            if isinstance(options.get(key), str) and not options[key].startswith("dataset:"):
+                options[key] = str(self._path(options[key]))
+        return cfgmod.build(cls, {**options, **fixed}, self.where(name))
+
+    def _run_revise(self, folder: Path) -> dict:
+        from cai.critique import ReviseConfig, run
+
+        cfg = self._job_options("revise", ReviseConfig, {
+            "model": self.spec.model, "constitution": str(self._path(self.spec.constitution)),
+            "out": str(folder), "prompts_dir": self._prompts_dir()}, {"prompts": PROMPTS})
+        return run(cfg)
+
+    def _run_label(self, folder: Path) -> dict:
+        from cai.feedback import LabelConfig, run
+
+        cfg = self._job_options("label", LabelConfig, {
+            "policy": str(self._merged("sft")), "labeler": self.spec.model,
+            "constitution": str(self._path(self.spec.constitution)), "out": str(folder),
+            "prompts_dir": self._prompts_dir()}, {"prompts": PROMPTS})
+        return run(cfg)
+
+    def _prompts_dir(self) -> str | None:
+        return str(self._path(self.spec.prompts_dir)) if self.spec.prompts_dir else None
+
+    def _train(self, name: str, folder: Path, fixed: dict, merge: bool = True) -> dict:
+        import importlib
+
+        from cai.models import export
+        from cai.train.common import checkpoints
+
+        module = importlib.import_module({"rm": "cai.train.reward"}.get(name, f"cai.train.{name}"))
+        options = getattr(self.spec, name)
+        sets = options.get("set") or {}
+        if not isinstance(sets, dict):
+            raise CaiError(f"{self.where(name, 'set')}: '{name}.set' must map section.key to "
+                           "values")
+        for key in fixed:
+            if key in sets:
+                raise CaiError(f"{self.where(name, 'set')}: '{name}.set.{key}' is set by the "
+                               "pipeline")
+        output = folder / "model"
+        overrides = [(k, v) for k, v in sets.items()] + \
+            [(k, str(v)) for k, v in fixed.items()] + [("training.output_dir", str(output))]
+        cfg = module.load_config(str(self._train_config_path(name)), overrides)
+        metrics = {}
+        done = (output / "adapter_config.json").is_file() and (output / "train_results.json") \
+            .is_file()
+        if not done:
+            metrics = module.train(cfg, resume=output.is_dir() and bool(checkpoints(output)))
+        if merge and not self._merged(name).exists():
+            export(output, self._merged(name), merge=True)
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+
+    def _run_sft(self, folder: Path) -> dict:
+        return self._train("sft", folder, {"model.name": self.spec.model,
+                                           "data.path": str(self._out("revise"))})
+
+    def _run_dpo(self, folder: Path) -> dict:
+        return self._train("dpo", folder, {"model.name": str(self._merged("sft")),
+                                           "data.path": str(self._out("label"))})
+
+    def _run_rm(self, folder: Path) -> dict:
+        return self._train("rm", folder, {"model.name": self.spec.model,
+                                          "data.path": str(self._out("label"))}, merge=False)
+
+    def _run_ppo(self, folder: Path) -> dict:
+        prompts = str(self._path(self.spec.ppo.get("prompts", PROMPTS)))
+        return self._train("ppo", folder, {"model.name": str(self._merged("sft")),
+                                           "data.path": prompts,
+                                           "ppo.reward_model": str(self._out("rm") / "model")})
+
+    def _run_eval(self, folder: Path) -> dict:
+        from cai.evaluate import EvalConfig, run
+
+        final = self.spec.preference
+        cfg = self._job_options("eval", EvalConfig, {
+            "model": [f"base={self.spec.model}", f"sft={self._merged('sft')}",
+                       f"{final}={self._merged(final)}"],
+            "out": str(folder), "constitution": str(self._path(self.spec.constitution))}, {})
+        return run(cfg)
+
+
+def _digest(*paths: Path) -> str:
+    """sha256 of files' bytes (a folder: every file in it, by relative path); '-' if missing."""
+    h = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            if not f.is_file():
+                h.update(f"missing:{f.name}".encode())
+                continue
+            h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]

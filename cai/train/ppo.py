@@ -1,0 +1,595 @@
+"""`cai train ppo`: reinforcement learning from AI feedback (RL-CAI's last stage).
+
+Bai et al. 2022 (arXiv:2212.08073, section 4): the SL-CAI model is trained with PPO against a
+preference model fitted to AI labels. The loop follows Ouyang et al. 2022 and the details in
+Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"); the formulas live in
+`cai.train.losses`. Each step:
+
+1. rollout: sample an answer to each of `prompts_per_step` prompts (`samples_per_prompt` each)
+   with the policy, cut at the end-of-sequence token (`cai.train.rollout`), seeded by
+   `training.seed + step`, so a resumed run samples what an uninterrupted one would;
+2. score: the reward source's score of each answer (`cai.train.rewards`), shifted and scaled by
+   the first batch's mean and std (`normalize_reward`), plus `no_eos_penalty` for an answer that
+   never ended;
+3. log-probs of the answers under the policy and the reference (the same model with the LoRA
+   adapter disabled: no second copy), the value head's values, and a per-token KL penalty
+   -kl_coef * KL_t (fixed, or Ziegler's adaptive coefficient);
+4. advantages: GAE over the per-token rewards (score on the last token), or RLOO's
+   leave-one-out baseline on the sequence reward (no critic), whitened;
+5. `ppo_epochs` passes of shuffled minibatches (per_device_train_batch_size x
+   gradient_accumulation_steps answers) of the clipped policy loss + vf_coef x value loss.
+
+The policy is LoRA (or QLoRA) on `model.name`; the value head is `nn.Linear(hidden, 1)` on the
+policy's last hidden state, initialized from the preference model's score head when the reward
+is a `cai train rm` model of the same width, else to zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cai.config import opt
+from cai.errors import CaiError
+from cai.train import common, rewards
+from cai.train import config as train_config
+from cai.train.losses import (
+    adaptive_kl_coef,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+    token_logps,
+)
+from cai.train.rollout import Rollout, answer_forward, model_inputs, score_tokens
+
+METRICS = "metrics.jsonl"
+VALUE_HEAD = "value_head.pt"
+
+
+@dataclass
+class PPOSection:
+    reward_model: str | None = opt(None, "reward: a `cai train rm` output folder; its score of "
+                                         "prompt + answer")
+    labeler: str | None = opt(None, "reward: direct AI feedback from this model (embedded name, "
+                                    "folder or hub id): its P(the answer beats a baseline "
+                                    "answer) under a sampled principle")
+    reward_function: str | None = opt(None, "reward: module:function or file.py:function, "
+                                            "called as f(prompts, responses) -> list of floats")
+    normalize_reward: bool = opt(True, "shift and scale scores by the mean and std of the "
+                                       "first rollout batch (sampled by the reference policy)")
+    no_eos_penalty: float = opt(-1.0, "added to the (normalized) score of an answer that hits "
+                                      "max_new_tokens without ending; 0 for none")
+    feedback_baseline: str = opt("reference", "labeler: what the answer is compared with: "
+                                              "'reference' (the reference model's sampled "
+                                              "answer) or 'response' (the prompt record's field)")
+    constitution: str | None = opt(None, "labeler: constitution YAML (default: the shipped one)")
+    principle_ids: list[str] | None = opt(None, "labeler: preference principle ids to "  # noqa: RUF009
+                                                "sample from (default: all)")
+    feedback_principles: int = opt(1, "labeler: principles per comparison (their mean)")
+    few_shot: int = opt(2, "labeler: labelling demonstrations in front")
+    prompts_dir: str | None = opt(None, "labeler: folder with your own feedback*.j2 templates")
+    labeler_dtype: str = opt("float32", "labeler: weights dtype")
+    prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
+    prompts_per_step: int = opt(8, "prompts in each rollout batch")
+    samples_per_prompt: int = opt(1, "answers sampled per prompt (rloo: at least 2)")
+    max_new_tokens: int = opt(64, "longest answer, in tokens")
+    temperature: float = opt(1.0, "sampling temperature; log-probs use logits / temperature")
+    generation_batch_size: int = opt(8, "sequences per generate call, reward-model and "
+                                        "labeler batch")
+    advantage: str = opt("gae", "gae (value head, per-token) or rloo (leave-one-out baseline "
+                                "over samples_per_prompt answers, no critic)")
+    ppo_epochs: int = opt(4, "passes over each rollout batch")
+    cliprange: float = opt(0.2, "policy ratio clip epsilon")
+    cliprange_value: float = opt(0.2, "value clip around the sampling-time values")
+    vf_coef: float = opt(0.1, "weight of the value loss")
+    gamma: float = opt(1.0, "GAE discount")
+    lam: float = opt(0.95, "GAE lambda")
+    whiten_advantages: bool = opt(True, "normalize advantages over the batch's answer tokens")
+    kl_coef: float = opt(0.05, "KL penalty coefficient (the start value when adaptive)")
+    kl_estimator: str = opt("k1", "per-token KL estimate in the penalty: k1, k2 or k3")
+    adaptive_kl: bool = opt(False, "adapt kl_coef toward kl_target (Ziegler et al. 2019)")
+    kl_target: float = opt(6.0, "adaptive: target sequence KL (nats)")
+    kl_horizon: int = opt(10000, "adaptive: horizon in samples")
+    eval_limit: int | None = opt(None, "only the first N prompts of data.eval_path")
+    eval_every: int | None = opt(None, "also evaluate every N steps (always before the first "
+                                       "step and after the last, with data.eval_path)")
+
+    def __post_init__(self):
+        chosen = [k for k in ("reward_model", "labeler", "reward_function") if getattr(self, k)]
+        if len(chosen) != 1:
+            raise CaiError("ppo: name one reward source: ppo.reward_model (a `cai train rm` "
+                           "folder), ppo.labeler (AI feedback) or ppo.reward_function "
+                           "(module:function)" + (f"; got {', '.join(chosen)}" if chosen else ""))
+        if self.advantage not in ("gae", "rloo"):
+            raise CaiError(f"ppo.advantage must be gae or rloo, got '{self.advantage}'")
+        if self.advantage == "rloo" and self.samples_per_prompt < 2:
+            raise CaiError("ppo.advantage rloo needs ppo.samples_per_prompt of at least 2 (the "
+                           f"baseline is the mean of the other answers), got "
+                           f"{self.samples_per_prompt}")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise CaiError(f"ppo.kl_estimator must be k1, k2 or k3, got '{self.kl_estimator}'")
+        if self.feedback_baseline not in ("reference", "response"):
+            raise CaiError("ppo.feedback_baseline must be reference or response, got "
+                           f"'{self.feedback_baseline}'")
+        for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs",
+                     "generation_batch_size", "feedback_principles", "kl_horizon"):
+            if getattr(self, name) < 1:
+                raise CaiError(f"ppo.{name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise CaiError(f"ppo.temperature must be positive (PPO samples), got "
+                           f"{self.temperature}")
+
+
+def load_config(path, overrides):
+    return train_config.load(path, overrides, "ppo", PPOSection)
+
+
+class NullWriter:
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+class PPOTrainer:
+    """The PPO loop; `train()` runs it, `step(n)` runs one rollout batch (tests call both)."""
+
+    def __init__(self, cfg, log=print):
+        from accelerate import Accelerator
+
+        self.cfg, self.opts, self.log = cfg, cfg.options, log
+        if not cfg.lora.enabled:
+            raise CaiError(f"{cfg.source}: ppo trains a LoRA adapter (lora.enabled: true); the "
+                           "reference is the base with the adapter disabled")
+        self.args = args = common.training_arguments(cfg)
+        if args.max_steps <= 0:
+            raise CaiError(f"{cfg.source}: training.max_steps must give the number of PPO steps "
+                           "(rollout batches)")
+        self.minibatch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self.batch = self.opts.prompts_per_step * self.opts.samples_per_prompt
+        if self.batch % self.minibatch:
+            raise CaiError(f"{cfg.source}: a rollout batch of {self.batch} answers "
+                           f"(prompts_per_step x samples_per_prompt) does not split into "
+                           f"minibatches of {self.minibatch} (per_device_train_batch_size x "
+                           "gradient_accumulation_steps)")
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=args.use_cpu)
+        if self.accelerator.num_processes > 1:
+            raise CaiError("cai train ppo runs in one process (no accelerate launch / torchrun)")
+        self.device = self.accelerator.device
+
+        self.prompts = self._prompts(cfg.data.path, cfg.data.limit, "data.path")
+        self.source = rewards.make_source(self.opts, args.seed)  # errors before the policy loads
+        self.model, self.tokenizer = common.model_and_tokenizer(cfg)
+        for module in self.model.modules():  # no dropout: log-probs must be reproducible
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        from cai.generation.hf import HFGenerator
+        from cai.train.common import accepts_logits_to_keep
+
+        self.keep_logits = accepts_logits_to_keep(self.model)
+        self.generator = HFGenerator(cfg.model.name, model_obj=self.model,
+                                     tokenizer=self.tokenizer,
+                                     batch_size=self.opts.generation_batch_size,
+                                     device=str(self.device))
+        self.prompts = self._fit(self.prompts, "train")
+        self.eval_prompts = None
+        if cfg.data.eval_path:
+            found = self._prompts(cfg.data.eval_path, self.opts.eval_limit, "data.eval_path")
+            self.eval_prompts = self._fit(found, "eval")
+
+        self.value_head = None
+        if self.opts.advantage == "gae":
+            hidden = self.model.get_base_model().config.get_text_config().hidden_size
+            self.value_head = torch.nn.Linear(hidden, 1).to(self.device)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+            head = self.source.head() if hasattr(self.source, "head") else None
+            if head is not None and tuple(head.weight.shape) == (1, hidden):
+                with torch.no_grad():
+                    self.value_head.weight.copy_(head.weight.float())
+                self.log("value head: initialized from the reward model's score head")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
+        self.params = params
+        from transformers import Trainer, get_scheduler
+
+        optim_cls, optim_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, self.model)
+        optimizer = optim_cls(params, **{"weight_decay": args.weight_decay, **optim_kwargs})
+        updates = args.max_steps * self.opts.ppo_epochs * (self.batch // self.minibatch)
+        self.scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                                       num_warmup_steps=args.get_warmup_steps(updates),
+                                       num_training_steps=updates,
+                                       scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        self.optimizer = self.accelerator.prepare_optimizer(optimizer)  # fp16 loss scaling
+        self.kl_coef = self.opts.kl_coef
+        self.reward_shift, self.reward_scale = 0.0, 1.0
+        self.normalized = not self.opts.normalize_reward  # set on the first batch
+        self.step_done = 0
+
+    # ----------------------------------------------------------------------------------------
+    # Prompts
+
+    def _prompts(self, spec: str, limit: int | None, key: str) -> list[dict]:
+        from cai.records import load_prompts
+
+        found = load_prompts(spec, self.opts.prompt_column, self.cfg.data.split)
+        found = found[:limit] if limit else found
+        if self.opts.labeler and self.opts.feedback_baseline == "response":
+            for row in found:
+                if not isinstance(row.get("response"), str):
+                    raise CaiError(f"{key} {spec}: prompt '{row['id']}' has no 'response' text "
+                                   "(ppo.feedback_baseline: response compares with it)")
+        return found
+
+    def _fit(self, found: list[dict], name: str) -> list[dict]:
+        """Prompts of at most data.max_length tokens (the others are skipped and counted)."""
+        kept = [r for r in found if len(self.generator.encode(self.messages(r)))
+                <= self.cfg.data.max_length]
+        if not kept:
+            raise CaiError(f"{name}: every prompt is longer than data.max_length "
+                           f"({self.cfg.data.max_length} tokens)")
+        self.log(f"{name}: {len(kept)} prompts" + (f", {len(found) - len(kept)} skipped (over "
+                                                   f"data.max_length tokens)"
+                                                   if len(kept) < len(found) else ""))
+        return kept
+
+    @staticmethod
+    def messages(record: dict) -> list[dict]:
+        return [{"role": "user", "content": record["prompt"]}]
+
+    def step_prompts(self, step: int) -> list[dict]:
+        """The prompts of step `step` (0-based): consecutive slices of seeded permutations of
+        the prompt set, one permutation per pass, so every prompt comes once per pass."""
+        n, out = len(self.prompts), []
+        for i in range(step * self.opts.prompts_per_step,
+                       (step + 1) * self.opts.prompts_per_step):
+            order = random.Random(f"{self.args.seed}:pass:{i // n}").sample(range(n), n)
+            out.append(self.prompts[order[i % n]])
+        return out
+
+    # ----------------------------------------------------------------------------------------
+    # Rollout and scoring
+
+    def sample(self, records: list[dict], seed: int, reference: bool = False):
+        """Token ids of one sampled answer per record (the policy's, or the reference's)."""
+        from cai.generation import SamplingParams
+
+        params = SamplingParams(max_new_tokens=self.opts.max_new_tokens,
+                                temperature=self.opts.temperature, seed=seed)
+        self.model.eval()
+        try:
+            with self.accelerator.autocast():
+                if reference:
+                    with self.model.disable_adapter():
+                        return self.generator.generate_ids([self.messages(r) for r in records],
+                                                           params)
+                return self.generator.generate_ids([self.messages(r) for r in records], params)
+        finally:
+            self.model.train()  # QLoRA: LoRA gradients flow again after the no-grad generate
+
+    def text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def rollout(self, records: list[dict], seed: int, keys: list[str]):
+        """(rollout with every tensor filled, raw scores (B,), seconds per phase)."""
+        start = time.perf_counter()
+        response_ids = self.sample(records, seed)
+        baselines = [None] * len(records)
+        if getattr(self.source, "needs_baseline", False):
+            if self.opts.feedback_baseline == "response":
+                baselines = [r["response"] for r in records]
+            else:
+                baselines = [self.text(ids) for ids in self.sample(records, seed + 100_003,
+                                                                   reference=True)]
+        generation = time.perf_counter() - start
+        items = [{"key": k, "prompt": r["prompt"], "messages": self.messages(r),
+                  "response": self.text(ids), "baseline": b}
+                 for k, r, ids, b in zip(keys, records, response_ids, baselines)]
+        scores = torch.tensor(self.source(items), dtype=torch.float32)
+        scoring = time.perf_counter() - start - generation
+        rollout = Rollout.build([self.generator.encode(self.messages(r)) for r in records],
+                                response_ids, self.generator.eos_token_ids)
+        self.model.eval()
+        try:
+            common_args = (rollout, self.tokenizer.pad_token_id, self.device,
+                           self.opts.temperature, self.args.per_device_eval_batch_size,
+                           self.accelerator.autocast, self.keep_logits)
+            score_tokens(self.model, self.value_head, *common_args)
+            with self.model.disable_adapter():
+                score_tokens(self.model, None, *common_args, reference=True)
+        finally:
+            self.model.train()
+        forward = time.perf_counter() - start - generation - scoring
+        return rollout, scores, items, {"generation": generation, "scoring": scoring,
+                                        "forward": forward}
+
+    # ----------------------------------------------------------------------------------------
+    # One step
+
+    def step(self, step: int) -> dict:
+        """Rollout, score, advantages and the PPO epochs of step `step` (0-based)."""
+        opts, k = self.opts, self.opts.samples_per_prompt
+        records = [r for r in self.step_prompts(step) for _ in range(k)]  # prompt-major
+        keys = [f"{step}:{r['id']}:{j % k}" for j, r in enumerate(records)]
+        rollout, scores, _, seconds = self.rollout(records, self.args.seed + step, keys)
+        mask = rollout.mask
+        if not self.normalized:  # the first batch: the policy still equals the reference
+            std = scores.std().item() if len(scores) > 1 else 0.0
+            self.reward_shift, self.reward_scale = scores.mean().item(), std if std > 1e-6 else 1.0
+            self.normalized = True
+        final = (scores - self.reward_shift) / self.reward_scale
+        final = final + opts.no_eos_penalty * (~rollout.ended).float()            # (B,)
+
+        kl = kl_penalty(rollout.logps, rollout.ref_logps, opts.kl_estimator) * mask  # (B, R)
+        kl_k1 = ((rollout.logps - rollout.ref_logps) * mask).sum(-1)             # (B,)
+        if opts.advantage == "gae":
+            rewards_t = -self.kl_coef * kl                                         # (B, R)
+            last = mask.sum(-1) - 1                                                # (B,)
+            rewards_t[torch.arange(len(rollout)), last] += final
+            advantages, returns = gae(rewards_t, rollout.values, mask, opts.gamma, opts.lam)
+        else:
+            sequence = final - self.kl_coef * kl.sum(-1)                           # (B,)
+            per_sample = rloo_advantages(sequence.view(-1, k)).view(-1)            # (B,)
+            advantages, returns = per_sample[:, None] * mask, None
+        if opts.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        start = time.perf_counter()
+        stats = self.update(rollout, advantages, returns, step)
+        training = seconds["forward"] + time.perf_counter() - start
+
+        metrics = {
+            "step": step + 1,
+            "reward/mean": scores.mean().item(), "reward/std": scores.std().item()
+            if len(scores) > 1 else 0.0,
+            "reward/normalized": final.mean().item(),
+            "kl": kl_k1.mean().item(), "kl_penalty": (self.kl_coef * kl.sum(-1)).mean().item(),
+            "kl_coef": self.kl_coef, "entropy": masked_mean(rollout.entropy, mask).item(),
+            **stats,
+            "response/length": mask.sum(-1).float().mean().item(),
+            "response/no_eos": (~rollout.ended).float().mean().item(),
+            "lr": self.scheduler.get_last_lr()[0],
+            "time/generation": seconds["generation"], "time/scoring": seconds["scoring"],
+            "time/training": training,
+        }
+        if returns is not None:
+            values = rollout.values
+            var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+            err = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
+            metrics["value/explained_variance"] = (1 - err / var).item() if var > 0 else 0.0
+        if opts.adaptive_kl:
+            self.kl_coef = adaptive_kl_coef(self.kl_coef, metrics["kl"], opts.kl_target,
+                                            opts.kl_horizon, len(rollout))
+        self.step_done = step + 1
+        return metrics
+
+    def update(self, rollout: Rollout, advantages, returns, step: int) -> dict:
+        """`ppo_epochs` passes of shuffled minibatches; returns the token-weighted means of the
+        losses and PPO statistics."""
+        opts, args = self.opts, self.args
+        micro = args.per_device_train_batch_size
+        generator = torch.Generator().manual_seed(args.seed * 100_003 + step)
+        sums: dict[str, float] = {}
+        updates = 0
+        self.model.train()
+        for _ in range(opts.ppo_epochs):
+            order = torch.randperm(len(rollout), generator=generator)
+            for start in range(0, len(rollout), self.minibatch):
+                rows = order[start:start + self.minibatch]
+                n_tokens = rollout.mask[rows].sum().clamp(min=1)
+                self.optimizer.zero_grad(set_to_none=True)
+                for part in rows.split(micro):
+                    self._micro_step(rollout, advantages, returns, part, n_tokens, sums)
+                if args.max_grad_norm and args.max_grad_norm > 0:
+                    norm = self.accelerator.clip_grad_norm_(self.params, args.max_grad_norm)
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                updates += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        return {k: v / updates for k, v in sums.items()}
+
+    def _micro_step(self, rollout, advantages, returns, part, n_tokens, sums) -> None:
+        idx = part.tolist()
+        inputs, width = model_inputs([rollout.prompt_ids[i] for i in idx],
+                                     [rollout.response_ids[i] for i in idx],
+                                     self.tokenizer.pad_token_id, self.device)
+        with self.accelerator.autocast():
+            logits, values = answer_forward(self.model, self.value_head, inputs, width,
+                                            self.opts.temperature, self.keep_logits)
+        dev = logits.device
+        mask = rollout.mask[part, :width].to(dev)                                   # (b, r)
+        logps = token_logps(logits, rollout.tokens[part, :width].to(dev))           # (b, r)
+        loss, pstats = ppo_policy_loss(logps, rollout.logps[part, :width].to(dev),
+                                       advantages[part, :width].to(dev), mask,
+                                       self.opts.cliprange)
+        weight = (mask.sum() / n_tokens.to(dev)).item()  # token-mean over the minibatch
+        parts = {"loss/policy": loss.item(), "policy/clip_frac": pstats["clip_frac"].item(),
+                 "policy/approx_kl": pstats["approx_kl"].item()}
+        if values is not None:
+            vloss, vstats = ppo_value_loss(values, rollout.values[part, :width].to(dev),
+                                           returns[part, :width].to(dev), mask,
+                                           self.opts.cliprange_value)
+            loss = loss + self.opts.vf_coef * vloss
+            parts.update({"loss/value": vloss.item(), "value/clip_frac": vstats["clip_frac"].item()})
+        self.accelerator.backward(loss * weight)
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value * weight
+
+    # ----------------------------------------------------------------------------------------
+    # Evaluation on held-out prompts
+
+    def evaluate(self, step: int) -> dict:
+        """Mean raw score, KL to the reference and length of answers to the eval prompts, each
+        sampled with the same seed at every evaluation; the answers go to eval/step-N.jsonl."""
+        records = self.eval_prompts
+        keys = [f"eval:{r['id']}" for r in records]
+        rollout, scores, items, seconds = self.rollout(records, self.args.seed, keys)
+        kl = ((rollout.logps - rollout.ref_logps) * rollout.mask).sum(-1)
+        folder = self.cfg.output_dir / "eval"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"step-{step}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"id": r["id"], "prompt": r["prompt"],
+                                     "response": it["response"], "score": s, "kl": d}) + "\n"
+                         for r, it, s, d in zip(records, items, scores.tolist(), kl.tolist()))
+        return {"step": step, "eval/reward_mean": scores.mean().item(),
+                "eval/reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+                "eval/kl": kl.mean().item(),
+                "eval/response_length": rollout.mask.sum(-1).float().mean().item(),
+                "eval/no_eos": (~rollout.ended).float().mean().item(),
+                "eval/seconds": sum(seconds.values())}
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def save_checkpoint(self) -> Path:
+        out = self.cfg.output_dir
+        final = out / f"checkpoint-{self.step_done}"
+        tmp = out / f".checkpoint-{self.step_done}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        if self.value_head is not None:
+            torch.save(self.value_head.state_dict(), tmp / VALUE_HEAD)
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"python": random.getstate(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   tmp / "rng_state.pt")
+        (tmp / "ppo_state.json").write_text(json.dumps(self.state(), indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)  # whole or absent
+        limit = self.args.save_total_limit
+        if limit:
+            for old in common.checkpoints(out)[:-limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def state(self) -> dict:
+        return {"step": self.step_done, "kl_coef": self.kl_coef,
+                "reward_shift": self.reward_shift, "reward_scale": self.reward_scale,
+                "normalized": self.normalized}
+
+    def load_checkpoint(self, folder: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(self.model, load_file(folder / "adapter_model.safetensors"))
+        if self.value_head is not None:
+            self.value_head.load_state_dict(torch.load(folder / VALUE_HEAD, weights_only=True))
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        rng = torch.load(folder / "rng_state.pt", weights_only=False)
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        state = json.loads((folder / "ppo_state.json").read_text())
+        self.step_done, self.kl_coef = state["step"], state["kl_coef"]
+        self.reward_shift, self.reward_scale = state["reward_shift"], state["reward_scale"]
+        self.normalized = state["normalized"]
+
+    # ----------------------------------------------------------------------------------------
+    # The run
+
+    def train(self, resume: bool = False) -> dict:
+        cfg, args = self.cfg, self.args
+        out = cfg.output_dir
+        train_config.save_resolved(cfg, out)
+        metrics_file = out / METRICS
+        if resume:
+            last = common.checkpoints(out)[-1]
+            self.load_checkpoint(last)
+            self.log(f"resumed from {last} (step {self.step_done})")
+            kept = [line for line in (metrics_file.read_text().splitlines()
+                                      if metrics_file.is_file() else [])
+                    if line.strip() and json.loads(line)["step"] <= self.step_done]
+            metrics_file.write_text("".join(line + "\n" for line in kept))
+        elif metrics_file.exists():
+            metrics_file.unlink()
+        writer = self._writer()
+        start = time.perf_counter()
+        last_metrics: dict = {}
+        evals: list[dict] = []
+
+        def record(row: dict) -> None:
+            with open(metrics_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, row["step"])
+
+        if self.eval_prompts and self.step_done == 0:
+            evals.append(self.evaluate(0))
+            record(evals[-1])
+            self.log(self._eval_line(evals[-1]))
+        try:
+            while self.step_done < args.max_steps:
+                last_metrics = self.step(self.step_done)
+                record(last_metrics)
+                self.log(self._line(last_metrics))
+                n = self.step_done
+                if self.eval_prompts and (n == args.max_steps or (
+                        self.opts.eval_every and n % self.opts.eval_every == 0)):
+                    evals.append(self.evaluate(n))
+                    record(evals[-1])
+                    self.log(self._eval_line(evals[-1]))
+                if args.save_strategy != "no" and args.save_steps and n < args.max_steps and \
+                        n % int(args.save_steps) == 0:
+                    self.save_checkpoint()
+        finally:
+            writer.close()
+        self.model.save_pretrained(out)  # the adapter: `cai export --adapter OUT` reads it
+        self.tokenizer.save_pretrained(out)
+        if self.value_head is not None:
+            torch.save(self.value_head.state_dict(), out / VALUE_HEAD)
+        (out / "ppo_state.json").write_text(json.dumps(self.state(), indent=1))
+        results = {"train_steps": self.step_done,
+                   "train_seconds": round(time.perf_counter() - start, 2),
+                   **{k: v for k, v in last_metrics.items() if k != "step"},
+                   **{k: v for k, v in (evals[-1] if evals else {}).items() if k != "step"}}
+        if len(evals) >= 2 and evals[0]["step"] == 0:
+            results["eval/reward_mean_before"] = evals[0]["eval/reward_mean"]
+        (out / "train_results.json").write_text(json.dumps(results, indent=1))
+        return results
+
+    def _writer(self):
+        reporters = self.args.report_to if isinstance(self.args.report_to, list) else \
+            [self.args.report_to]
+        if "tensorboard" in reporters:
+            from torch.utils.tensorboard import SummaryWriter
+
+            return SummaryWriter(str(self.cfg.output_dir / "runs"))
+        return NullWriter()
+
+    def _line(self, m: dict) -> str:
+        return (f"step {m['step']}/{self.args.max_steps}  reward {m['reward/mean']:.3f} "
+                f"(std {m['reward/std']:.3f})  kl {m['kl']:.3f}  entropy {m['entropy']:.2f}  "
+                f"clip {m.get('policy/clip_frac', 0):.3f}  len {m['response/length']:.1f}  "
+                f"gen {m['time/generation']:.1f}s  score {m['time/scoring']:.1f}s  "
+                f"train {m['time/training']:.1f}s")
+
+    @staticmethod
+    def _eval_line(m: dict) -> str:
+        return (f"eval at step {m['step']}: reward {m['eval/reward_mean']:.3f} "
+                f"(std {m['eval/reward_std']:.3f})  kl {m['eval/kl']:.3f}  "
+                f"len {m['eval/response_length']:.1f}")
+
+
+def train(cfg, resume: bool = False) -> dict:
+    """Run `cai train ppo` from a resolved config; returns the final metrics."""
+    common.check_output(cfg, resume)
+    return PPOTrainer(cfg).train(resume)

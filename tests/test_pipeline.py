@@ -1,0 +1,170 @@
+"""`cai pipeline`: the whole method end to end on a tiny model, reuse by content hash, resume."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, read_records, run_cai
+
+STAGES = ["revise", "sft", "label", "dpo", "eval"]
+
+
+def write_pipeline(folder: Path, model: Path, prompts: Path) -> Path:
+    """A pipeline YAML on the tiny model, with its own copies of the files a user would edit."""
+    shutil.copy(ROOT / "constitutions" / "minimal.yaml", folder / "constitution.yaml")
+    for name in ("sft", "dpo"):
+        shutil.copy(ROOT / "configs" / f"{name}.yaml", folder / f"{name}.yaml")
+    small = {"training.max_steps": 2, "training.per_device_train_batch_size": 2,
+             "training.gradient_accumulation_steps": 1, "training.save_steps": 1,
+             "training.logging_steps": 1, "training.report_to": "none",
+             "data.eval_fraction": 0.0, "data.max_length": 128}
+    spec = {
+        "workdir": "work", "model": str(model), "constitution": "constitution.yaml",
+        "revise": {"prompts": str(prompts), "limit": 3, "rounds": 1, "max_new_tokens": 6,
+                   "few_shot": 0, "dtype": "float32"},
+        "sft": {"config": "sft.yaml", "set": {**small, "data.packing": False}},
+        "label": {"prompts": str(prompts), "limit": 3, "max_new_tokens": 6, "few_shot": 0,
+                  "dtype": "float32"},
+        "dpo": {"config": "dpo.yaml", "set": {**small, "training.eval_strategy": "no"}},
+        "eval": {"judge": str(model), "limit": 2, "max_new_tokens": 6, "dtype": "float32"},
+    }
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def status(path: Path) -> dict[str, str]:
+    result = run_cai("pipeline", "status", path)
+    assert result.returncode == 0, result.stderr
+    return {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
+
+
+def stamps(work: Path) -> dict[str, float]:
+    return {s: (work / s / "stage.json").stat().st_mtime_ns for s in STAGES}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model, tmp_path_factory):
+    """One complete pipeline run (shared by the tests that follow it)."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"How do I do thing {i}?"})
+                               + "\n" for i in range(4)))
+    path = write_pipeline(folder, tiny_model, prompts)
+    assert status(path) == {s: "new" for s in STAGES}
+    result = run_cai("pipeline", "run", path)
+    assert result.returncode == 0, result.stderr
+    return path, result
+
+
+def test_runs_every_stage_and_writes_the_report(finished):
+    path, result = finished
+    work = path.parent / "work"
+    assert "report" in result.stdout and str(work / "eval" / "report.html") in result.stdout
+    for stage in STAGES:
+        state = json.loads((work / stage / "stage.json").read_text())
+        assert state["done"] and len(state["key"]) == 16
+    assert len(read_records(work / "revise" / "data.jsonl")) == 3
+    assert len(read_records(work / "label" / "data.jsonl")) >= 1
+    for stage in ("sft", "dpo"):
+        assert (work / stage / "model" / "adapter_config.json").is_file()
+        assert (work / stage / "merged" / "model.safetensors").is_file()
+    # the label stage sampled with the SFT model, DPO started from it
+    manifest = json.loads((work / "label" / "manifest.json").read_text())
+    assert str(work / "sft" / "merged") in json.dumps(manifest)
+    dpo_cfg = yaml.safe_load((work / "dpo" / "model" / "cai_config.yaml").read_text())
+    assert dpo_cfg["model"]["name"] == str(work / "sft" / "merged")
+    assert (work / "eval" / "report.html").is_file()
+    assert (work / "eval" / "metrics.json").is_file()
+
+
+def test_second_run_reruns_nothing(finished):
+    path, _ = finished
+    work = path.parent / "work"
+    before = stamps(work)
+    assert status(path) == {s: "current" for s in STAGES}
+    result = run_cai("pipeline", "run", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("current, reusing") == len(STAGES)
+    assert stamps(work) == before
+
+
+def test_editing_dpo_config_reruns_from_dpo(finished):
+    path, _ = finished
+    work = path.parent / "work"
+    before = stamps(work)
+    old_key = json.loads((work / "dpo" / "stage.json").read_text())["key"]
+    dpo_cfg = path.parent / "dpo.yaml"
+    dpo_cfg.write_text(dpo_cfg.read_text().replace("beta: 0.1", "beta: 0.2"))
+    assert status(path) == {"revise": "current", "sft": "current", "label": "current",
+                            "dpo": "rerun", "eval": "rerun"}
+    result = run_cai("pipeline", "run", path)
+    assert result.returncode == 0, result.stderr
+    after = stamps(work)
+    assert all(after[s] == before[s] for s in ("revise", "sft", "label"))
+    assert after["dpo"] != before["dpo"] and after["eval"] != before["eval"]
+    resolved = yaml.safe_load((work / "dpo" / "model" / "cai_config.yaml").read_text())
+    assert resolved["dpo"]["beta"] == 0.2
+    assert (work / "previous" / f"dpo-{old_key}" / "merged").is_dir()  # kept, not deleted
+    assert status(path) == {s: "current" for s in STAGES}
+
+
+def test_editing_the_constitution_reruns_from_revise(finished):
+    path, _ = finished
+    constitution = path.parent / "constitution.yaml"
+    text = constitution.read_text()
+    constitution.write_text(text + "\n# an edit\n")
+    try:
+        assert status(path) == {s: "rerun" for s in STAGES}
+        out = run_cai("pipeline", "status", path).stdout
+        assert "changed: constitution" in out and "sft (upstream)" in out
+    finally:
+        constitution.write_text(text)
+    assert status(path) == {s: "current" for s in STAGES}
+
+
+def test_bad_pipeline_files_fail_with_one_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("workdir: w\nrevize:\n  limit: 2\n")
+    result = run_cai("pipeline", "status", path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"cai: error: {path}:2: unknown key 'revize' (did you mean 'revise'?)"]
+    path.write_text("preference: ppo2\n")
+    result = run_cai("pipeline", "status", path)
+    assert result.returncode == 2 and "preference must be dpo or ppo" in result.stderr
+    path.write_text("sft:\n  config: configs/sft.yaml\n  sett: {}\n")
+    result = run_cai("pipeline", "status", path)
+    assert result.returncode == 2 and f"{path}:3: unknown key 'sft.sett'" in result.stderr
+    assert run_cai("pipeline", "status", tmp_path / "none.yaml").returncode == 2
+
+
+def test_killed_pipeline_resumes(tiny_model, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about {i}."})
+                               + "\n" for i in range(4)))
+    path = write_pipeline(tmp_path, tiny_model, prompts)
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "cai.cli", "pipeline", "run", str(path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (work / "sft" / "stage.json").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not json.loads((work / "sft" / "stage.json").read_text())["done"]
+    rows = status(path)
+    assert rows["revise"] == "current" and rows["sft"] == "resume"
+    result = run_cai("pipeline", "run", path)
+    assert result.returncode == 0, result.stderr
+    assert "revise: current" in result.stdout and "sft: resuming" in result.stdout
+    assert status(path) == {s: "current" for s in STAGES}
+    ids = [r["id"] for r in read_records(work / "label" / "data.jsonl")]
+    assert len(ids) == len(set(ids))
