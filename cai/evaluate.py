@@ -116,8 +116,9 @@ class EvalConfig(EngineConfig):
                                      "neutral_text.txt (default: data/eval)")
     ability: bool = opt(True, "measure neutral ability: MC accuracy and perplexity")
     ability_dtype: str = opt("float32", "weights dtype for the ability measurements")
-    limit: int | None = opt(None, "only the first N prompts of each set (and N questions and "
-                                  "paragraphs of the neutral sets)")
+    limit: int | None = opt(None, "only the first N prompts of each set")
+    ability_limit: int | None = opt(None, "only the first N multiple-choice questions and text "
+                                          "paragraphs (default: all)")
     chunk_size: int | None = opt(None, "prompts per engine call and per append (default: "
                                        "--batch-size for hf, 64 for vllm and openai)")
     max_new_tokens: int = opt(256, "longest answer, in tokens")
@@ -139,7 +140,8 @@ class EvalConfig(EngineConfig):
         if unknown or not self.sets:
             raise CaiError(f"--sets: unknown set '{unknown[0] if unknown else ''}' "
                            f"(choose from {', '.join(SETS)})")
-        for name, low in (("limit", 1), ("principles", 1), ("few_shot", 0), ("batch_size", 1),
+        for name, low in (("limit", 1), ("ability_limit", 1), ("principles", 1), ("few_shot", 0),
+                          ("batch_size", 1),
                           ("chunk_size", 1), ("max_new_tokens", 1), ("resamples", 10),
                           ("examples", 0)):
             value = getattr(self, name)
@@ -225,8 +227,8 @@ def _inputs(cfg: EvalConfig) -> dict:
         sets[name] = items[:cfg.limit] if cfg.limit else items
     mc, paragraphs = [], []
     if cfg.ability:
-        mc = abilities.load_mc(data / MC_FILE)[:cfg.limit]
-        paragraphs = abilities.load_text(data / TEXT_FILE)[:cfg.limit]
+        mc = abilities.load_mc(data / MC_FILE)[:cfg.ability_limit]
+        paragraphs = abilities.load_text(data / TEXT_FILE)[:cfg.ability_limit]
     constitution = constitutions.load(cfg.constitution)
     try:
         helpful = constitution.restrict("preference", cfg.helpful_principles)

@@ -183,8 +183,8 @@ def two_models(tokenizer_dir, tmp_path_factory):
 def _eval(models, out, *extra):
     before, after = models
     return run_cai("eval", "--model", f"before={before}", "--model", f"after={after}",
-                   "--judge", before, "--limit", 2, "--max-new-tokens", 4, "--resamples", 50,
-                   "--out", out, *extra)
+                   "--judge", before, "--limit", 2, "--ability-limit", 2, "--max-new-tokens", 4,
+                   "--resamples", 50, "--out", out, *extra)
 
 
 def test_eval_end_to_end(two_models, tmp_path):
@@ -242,7 +242,7 @@ def test_eval_end_to_end(two_models, tmp_path):
         {k: v for k, v in m.items() if k != "this_run"}
 
     # a larger --limit only adds the new prompt of each set (and question and paragraph)
-    more = _eval(two_models, out, "--limit", 3)
+    more = _eval(two_models, out, "--limit", 3, "--ability-limit", 3)
     assert more.returncode == 0, more.stderr
     m3 = json.loads((out / "metrics.json").read_text())["this_run"]
     assert (m3["new_answers"], m3["new_judgments"], m3["new_ability_items"]) == (6, 9, 4)

@@ -32,9 +32,24 @@ def wrong_length(prompts, responses):
     return [0.0]
 
 
+def refuses(prompts, responses):
+    """1 for an answer that declines (the slow real-model test's reward)."""
+    return [float(any(w in r.lower() for w in ("sorry", "can't", "cannot"))) for r in responses]
+
+
 def length(prompts, responses):
     """Longer is better: a reward that varies between the random tiny model's answers."""
     return [len(r) / 10 for r in responses]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: on the shared 2-core machine the tiny models' small matmuls ran the
+    16-step learning test in 10 s with one thread and 112 s with two (the same numbers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +393,27 @@ def test_eval_prompts_are_scored_before_and_after(policy_model, prompts, tmp_pat
     assert all(a["kl"] == pytest.approx(0.0, abs=1e-4) for a in answers)  # before: reference
     assert results["eval/reward_mean_before"] == evals[0]["eval/reward_mean"]
     assert results["eval/reward_mean"] == evals[1]["eval/reward_mean"]
+
+
+@pytest.mark.slow
+def test_real_model_ppo_runs_evaluates_and_exports(tmp_path):
+    """`cai train ppo configs/ppo.yaml` on the embedded SmolLM2-135M: 3 steps, held-out
+    evaluation before and after, then `cai export --merge`."""
+    out = tmp_path / "ppo"
+    r = run_cai("train", "ppo", ROOT / "configs" / "ppo.yaml", "--ppo.reward_model", "",
+                "--ppo.reward_function", f"{Path(__file__)}:refuses",
+                "--data.eval_path", ROOT / "data" / "eval" / "red_team.jsonl",
+                "--ppo.eval_limit", 8, "--ppo.max_new_tokens", 32,
+                "--training.max_steps", 3, "--training.output_dir", out,
+                "--training.report_to", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "eval reward" in r.stdout and "eval KL" in r.stdout
+    rows = metrics(out)
+    assert [m["step"] for m in rows] == [1, 2, 3]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-3)
+    assert all(m["response/length"] > 1 and m["time/generation"] > 0 for m in rows)
+    assert len(read_records(out / "eval" / "step-3.jsonl")) == 8
+    merged = tmp_path / "merged"
+    r = run_cai("export", "--adapter", out, "--out", merged, "--merge")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (merged / "model.safetensors").is_file()
