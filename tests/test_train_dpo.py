@@ -325,7 +325,7 @@ def test_ddp_two_processes_match_one(tiny_model, preference_data, tmp_path):
 
 
 def test_qlora_dpo_trains_against_the_4bit_base(tiny_model, preference_data, tmp_path):
-    import bitsandbytes as bnb
+    bnb = pytest.importorskip("bitsandbytes", reason="QLoRA needs the qlora extra")
     from safetensors.torch import load_file
 
     out = tmp_path / "qlora"

@@ -282,7 +282,7 @@ def test_cli_user_errors_are_one_line(tiny_model, prompts, tmp_path):
 
 
 def test_qlora_policy_gets_lora_gradients_after_a_rollout(tiny_model, prompts, tmp_path):
-    import bitsandbytes as bnb
+    bnb = pytest.importorskip("bitsandbytes", reason="QLoRA needs the qlora extra")
 
     cfg = config(tiny_model, prompts, tmp_path, quantization__load_in_4bit=True,
                  ppo__reward_function=f"{Path(__file__)}:length", ppo__max_new_tokens=4,

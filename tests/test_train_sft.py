@@ -107,7 +107,7 @@ def test_resume_without_checkpoint_is_an_error(tiny_model, conversations, tmp_pa
 
 
 def test_qlora_trains_and_merges_into_unquantized_base(tiny_model, conversations, tmp_path):
-    import bitsandbytes as bnb
+    bnb = pytest.importorskip("bitsandbytes", reason="QLoRA needs the qlora extra")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
