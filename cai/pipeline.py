@@ -100,7 +100,7 @@ class Pipeline:
                 raise CaiError(f"{self.where(key)}: '{key}' must be a mapping of options")
         self.spec = cfgmod.build(PipelineSpec, raw, str(self.path))
         self.base = self.path.resolve().parent
-        self.workdir = self._path(self.spec.workdir)
+        self.workdir = self._path(self.spec.workdir).resolve()
         self.stages = self._stages()
 
     def _path(self, value: str) -> Path:
