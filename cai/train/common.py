@@ -80,6 +80,14 @@ def training_arguments(cfg: TrainConfig, **defaults):
         raise CaiError(f"{cfg.source}: training: {str(e).splitlines()[0]}") from None
 
 
+def evaluate(trainer) -> dict:
+    """Evaluate on the held-out rows; log and save the metrics (eval_results.json)."""
+    evaluation = trainer.evaluate()
+    trainer.log_metrics("eval", evaluation)
+    trainer.save_metrics("eval", evaluation)  # eval_results.json, all_results.json
+    return evaluation
+
+
 def checkpoints(folder: Path) -> list[Path]:
     found = [p for p in folder.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))

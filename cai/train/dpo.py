@@ -251,8 +251,5 @@ def train(cfg, resume: bool = False, callbacks=None) -> dict:
                              opts.ref_batch_size or args.per_device_eval_batch_size, log)
     metrics = common.run(trainer, cfg, resume)
     if eval_rows:
-        evaluation = trainer.evaluate()
-        trainer.log_metrics("eval", evaluation)
-        trainer.save_metrics("eval", evaluation)  # eval_results.json, all_results.json
-        metrics.update(evaluation)
+        metrics.update(common.evaluate(trainer))
     return metrics

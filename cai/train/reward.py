@@ -125,10 +125,7 @@ def train(cfg, resume: bool = False, callbacks=None) -> dict:
                             soft_labels=opts.soft_labels)
     metrics = common.run(trainer, cfg, resume)
     if eval_rows:
-        evaluation = trainer.evaluate()
-        trainer.log_metrics("eval", evaluation)
-        trainer.save_metrics("eval", evaluation)  # eval_results.json, all_results.json
-        metrics.update(evaluation)
+        metrics.update(common.evaluate(trainer))
     return metrics
 
 
