@@ -2,7 +2,9 @@
 
 The same job (N red-team prompts, R critique-revision rounds, T new tokens at most) runs as
   naive   - a loop calling `model.generate` on one prompt at a time (float32, as loaded)
-  hf      - cai's hf engine (length-sorted bf16 batches)
+  hf      - cai's hf engine (length-sorted bf16 batches, KV cache reused between a chunk's
+            calls; one chunk = one batch, cai's default)
+  hf_fresh - the same without the KV reuse (`reuse_prefix=False`), to measure what it brings
   openai  - cai's openai engine against `transformers serve --continuous-batching`
   vllm    - cai's vllm engine (where vLLM is installed)
   raw_vllm - vLLM's own `LLM.chat` on the same conversations (where vLLM is installed)
@@ -14,6 +16,7 @@ The naive loop is slow (about 15 tokens/s here), so by default it runs on the fi
 depend on how many prompts it gets. The JSON says how many prompts each variant ran.
 
     python benchmarks/generation.py                       # naive, hf, openai
+    python benchmarks/generation.py --variants hf,hf_fresh   # what the KV reuse brings
     python benchmarks/generation.py --variants hf,vllm,raw_vllm
     python benchmarks/generation.py --sweep               # hf batch size x dtype
 """
@@ -74,10 +77,10 @@ class NaiveGenerator:
         pass
 
 
-def job(args, prompts: int, out: Path, generator=None, **engine) -> dict:
+def job(args, prompts: int, out: Path, generator=None, chunk_size=None, **engine) -> dict:
     cfg = ReviseConfig(prompts=str(ROOT / "data" / "red_team.jsonl"), out=str(out), limit=prompts,
-                       rounds=args.rounds, max_new_tokens=args.max_new_tokens, chunk_size=prompts,
-                       seed=0, **engine)
+                       rounds=args.rounds, max_new_tokens=args.max_new_tokens,
+                       chunk_size=chunk_size or prompts, seed=0, **engine)
     start = time.perf_counter()
     stats = run(cfg, generator=generator)
     wall = time.perf_counter() - start
@@ -104,11 +107,14 @@ def run_variant(args, variant: str) -> dict:
         gen = NaiveGenerator()
         load = time.perf_counter() - start
         result = job(args, args.naive_prompts, out, generator=gen)
-    elif variant == "hf":
+    elif variant in ("hf", "hf_fresh"):
         start = time.perf_counter()
-        gen = make_generator("hf", None, dtype=args.dtype, batch_size=args.batch_size)
+        gen = make_generator("hf", None, dtype=args.dtype, batch_size=args.batch_size,
+                             reuse_prefix=variant == "hf")
         load = time.perf_counter() - start
-        result = job(args, args.prompts, out, generator=gen)
+        result = job(args, args.prompts, out, generator=gen, chunk_size=args.batch_size)
+        result["reused_prompt_tokens"] = gen.prefix.reused_tokens
+        result["prompt_tokens"] = gen.prefix.prompt_tokens
     elif variant == "openai":
         port = free_port()
         exe = Path(sys.executable).parent / "transformers"
@@ -221,7 +227,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--sweep-batches", type=lambda s: [int(x) for x in s.split(",")],
                    default=[1, 4, 8, 16, 32])
@@ -251,9 +257,11 @@ def main() -> None:
             print(json.dumps({variant: results[variant]}), file=sys.stderr, flush=True)
         tps = {k: v.get("tokens_per_second") for k, v in results.items()}
         ratios = {}
-        for name in ("hf", "openai", "vllm"):
+        for name in ("hf", "hf_fresh", "openai", "vllm"):
             if tps.get(name) and tps.get("naive"):
                 ratios[f"{name}_vs_naive"] = round(tps[name] / tps["naive"], 2)
+        if tps.get("hf") and tps.get("hf_fresh"):
+            ratios["hf_vs_hf_fresh"] = round(tps["hf"] / tps["hf_fresh"], 3)
         if tps.get("vllm") and tps.get("raw_vllm"):
             ratios["cai_vllm_vs_raw_vllm"] = round(tps["vllm"] / tps["raw_vllm"], 3)
         summary = {"job": {"prompts": args.prompts, "rounds": args.rounds,

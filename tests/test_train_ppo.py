@@ -96,10 +96,10 @@ def metrics(out: Path) -> list[dict]:
     return [m for m in read_records(out / "metrics.jsonl") if "reward/mean" in m]
 
 
-@pytest.mark.parametrize("name", ["ppo.yaml", "ppo-qlora-7b.yaml"])
-def test_shipped_configs_load(name):
+@pytest.mark.parametrize("name,advantage", [("ppo.yaml", "rloo"), ("ppo-qlora-7b.yaml", "gae")])
+def test_shipped_configs_load(name, advantage):
     cfg = ppo.load_config(ROOT / "configs" / name, [])
-    assert cfg.options.reward_model and cfg.options.advantage == "gae"
+    assert cfg.options.reward_model and cfg.options.advantage == advantage
     assert common.training_arguments(cfg).learning_rate == cfg.training["learning_rate"]
 
 
@@ -140,10 +140,13 @@ def test_generate_ids_stop_at_eos_and_chat_decodes_them(policy_model):
 
 @pytest.mark.parametrize("advantage", ["gae", "rloo"])
 def test_reward_rises_with_bounded_kl(policy_model, prompts, tmp_path, advantage):
-    """16 answers a step (each prompt twice), 16 steps: the share of answers saying "yes"
-    rises from about 0.3 to over 0.6 (measured: gae 0.31 -> 0.64, rloo 0.28 -> 0.61)."""
+    """16 answers a step (each prompt twice), 24 steps: the share of answers saying "yes" rises
+    from about 0.3 to over 0.6 (first four steps against the last four). Measured here with
+    training seeds 0-3: gae 0.28-0.41 -> 0.66-0.72, rloo 0.30-0.36 -> 0.63-0.70; 16 steps were
+    not enough for every seed (0.30 -> 0.52). The start depends on the random stream (0.47 on a
+    GPU), so the test asks for a rise and an end point, not a starting point."""
     out = tmp_path / advantage
-    opts = {"ppo__advantage": advantage, "training__max_steps": 16,
+    opts = {"ppo__advantage": advantage, "training__max_steps": 24,
             "training__learning_rate": 2e-3, "training__per_device_train_batch_size": 8}
     if advantage == "rloo":  # the two answers to a prompt are each other's baseline
         opts.update(ppo__prompts_per_step=8, ppo__samples_per_prompt=2)
@@ -151,10 +154,10 @@ def test_reward_rises_with_bounded_kl(policy_model, prompts, tmp_path, advantage
         opts.update(ppo__prompts_per_step=16)
     results = ppo.train(config(policy_model, prompts, out, **opts))
     rows = metrics(out)
-    assert [m["step"] for m in rows] == list(range(1, 17))
+    assert [m["step"] for m in rows] == list(range(1, 25))
     first = sum(m["reward/mean"] for m in rows[:4]) / 4
     last = sum(m["reward/mean"] for m in rows[-4:]) / 4
-    assert first < 0.45 and last > first + 0.2, (first, last)
+    assert last > first + 0.15 and last > 0.6, (first, last)
     assert sum(m["response/no_eos"] for m in rows) / len(rows) < 0.25  # answers end
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # step 1 samples the reference
     assert max(abs(m["kl"]) for m in rows[-4:]) < 8.0  # nats per answer of ~5 tokens
@@ -164,7 +167,7 @@ def test_reward_rises_with_bounded_kl(policy_model, prompts, tmp_path, advantage
         assert all(key in m for m in rows), key
     assert ("value/explained_variance" in rows[0]) == (advantage == "gae")
     assert ("loss/value" in rows[0]) == (advantage == "gae")
-    assert results["train_steps"] == 16
+    assert results["train_steps"] == 24
     assert (out / "adapter_model.safetensors").is_file()
     assert (out / ppo.VALUE_HEAD).is_file() == (advantage == "gae")
 
@@ -191,6 +194,7 @@ def test_cli_resume_equals_uninterrupted_and_export(policy_model, prompts, tmp_p
     opts = ["--model.name", policy_model, "--data.path", prompts, "--data.eval_path", "",
             "--lora.r", 8, "--lora.alpha", 16, "--ppo.reward_model", "",
             "--ppo.reward_function", SAYS_YES, "--ppo.max_new_tokens", 8,
+            "--ppo.advantage", "gae", "--ppo.prompts_per_step", 8, "--ppo.samples_per_prompt", 1,
             "--ppo.ppo_epochs", 2, "--ppo.adaptive_kl", "true", "--ppo.kl_target", 0.01,
             "--training.max_steps", 4, "--training.save_steps", 2,
             "--training.learning_rate", 5e-3, "--training.lr_scheduler_type", "linear",
@@ -244,6 +248,8 @@ def test_cli_user_errors_are_one_line(tiny_model, prompts, tmp_path):
     def train(*options):
         return run_cai("train", "ppo", ROOT / "configs" / "ppo.yaml", "--model.name", tiny_model,
                        "--data.path", prompts, "--data.eval_path", "",
+                       "--ppo.advantage", "gae", "--ppo.prompts_per_step", 8,
+                       "--ppo.samples_per_prompt", 1,
                        "--training.output_dir", tmp_path / "out", "--training.max_steps", 1,
                        "--training.report_to", "none", *options)
 

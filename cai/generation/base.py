@@ -92,7 +92,8 @@ class EngineConfig:
     engine: str = opt("hf", "generation engine: hf, vllm or openai")
     dtype: str = opt("bfloat16", "hf/vllm weights dtype (bf16 generates ~1.8x faster than fp32 "
                                  "on CPU)")
-    batch_size: int = opt(8, "sequences per forward pass (hf engine)")
+    batch_size: int = opt(32, "sequences per forward pass (hf engine; 32 ran the SL-CAI job "
+                              "1.15x faster than 16 on a 2-core CPU, docs/performance.md)")
     base_url: str | None = opt(None, "openai engine: the server, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = opt("OPENAI_API_KEY", "openai engine: environment variable with the key")
     concurrency: int = opt(16, "openai engine: requests in flight at once")

@@ -14,6 +14,7 @@ from transformers import LogitsProcessorList
 from cai.errors import CaiError
 from cai.generation.base import (Conversation, GenerationStats, SamplingParams, choice_requests,
                                  encode_chat)
+from cai.generation.prefix_cache import PrefixCache, cache_kwarg
 from cai.generation.sampling import SampleProcessor
 from cai.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 
@@ -21,7 +22,7 @@ from cai.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 class HFGenerator:
     def __init__(self, model: str | None = None, dtype: str = "bfloat16", batch_size: int = 8,
                  device: str | None = None, trust_remote_code: bool = False, model_obj=None,
-                 tokenizer=None):
+                 tokenizer=None, reuse_prefix: bool = True):
         self.name = str(model or DEFAULT_MODEL)
         self.tokenizer = tokenizer or load_tokenizer(model)
         self.model = model_obj if model_obj is not None else \
@@ -38,6 +39,11 @@ class HFGenerator:
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos:
             eos.append(self.tokenizer.eos_token_id)
         self.eos_token_ids = eos
+        # A KV cache that grows without copying, and the last batch's kept for the next batch
+        # when that extends its sequences (cai.generation.prefix_cache; reuse_prefix=False: no
+        # reuse).
+        self.prefix = PrefixCache(reuse=reuse_prefix)
+        self._cache_kwarg = cache_kwarg(self.model)
 
     # ----------------------------------------------------------------------------------------
 
@@ -79,16 +85,22 @@ class HFGenerator:
         processors = [SampleProcessor(params.temperature, params.top_p)] \
             if params.temperature > 0 else []
         for batch in self._batches(encoded):
-            ids, mask = self._pad([encoded[i] for i in batch], left=True)
+            cache, ids, mask = self.prefix.prepare(self.model, [encoded[i] for i in batch],
+                                                   self.tokenizer.pad_token_id)
+            ids, mask = ids.to(self.device), mask.to(self.device)
             generated = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
                 do_sample=False, temperature=None, top_p=None, top_k=None,
                 logits_processor=LogitsProcessorList(processors),
-                eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id)
+                eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
+                **({self._cache_kwarg: cache} if cache is not None else {}))
+            answers = []
             for row, i in enumerate(batch):
                 tokens = generated[row, ids.shape[1]:].tolist()
                 cut = next((j for j, t in enumerate(tokens) if t in self.eos_token_ids), None)
                 out[i] = tokens if cut is None else tokens[:cut + 1]
+                answers.append(out[i])
+            self.prefix.remember(cache, generated, mask, answers)
         return out
 
     def chat(self, conversations: list[Conversation], params: SamplingParams) -> list[str]:
@@ -134,4 +146,4 @@ class HFGenerator:
         return result
 
     def close(self) -> None:
-        pass
+        self.prefix.clear()

@@ -183,7 +183,7 @@ class PPOTrainer:
         self.generator = HFGenerator(cfg.model.name, model_obj=self.model,
                                      tokenizer=self.tokenizer,
                                      batch_size=self.opts.generation_batch_size,
-                                     device=str(self.device))
+                                     device=str(self.device), reuse_prefix=False)
         self.prompts = self._fit(self.prompts, "train")
         self.eval_prompts = None
         if cfg.data.eval_path:
