@@ -104,7 +104,7 @@ def test_growing_cache_layers_match_transformers_own_cache(tiny_model):
                   do_sample=False, pad_token_id=0)
     cache = new_cache(model)
     assert all(isinstance(layer, GrowingLayer) for layer in cache.layers)
-    got = model.generate(**common, **{cache_kwarg(model): cache})
+    got = model.generate(**common, **{cache_kwarg(): cache})
     want = model.generate(**common)
     assert got.shape == (2, 320) and torch.equal(got, want)
     assert cache.get_seq_length() == 319

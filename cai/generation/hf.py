@@ -43,7 +43,7 @@ class HFGenerator:
         # when that extends its sequences (cai.generation.prefix_cache; reuse_prefix=False: no
         # reuse).
         self.prefix = PrefixCache(reuse=reuse_prefix)
-        self._cache_kwarg = cache_kwarg(self.model)
+        self._cache_kwarg = cache_kwarg()
 
     # ----------------------------------------------------------------------------------------
 

@@ -15,10 +15,10 @@ up to floating-point rounding.
 `plan_reuse` is the pure part (which cached row each sequence extends, how much of it, which
 columns to keep); `PrefixCache` applies a plan to a transformers `DynamicCache`.
 
-The cache's layers also grow by doubling rather than by concatenation: transformers'
-`DynamicLayer` copies the whole cache at every decoding step (`torch.cat`), which on a CPU with
-~1000-token prompts cost more than the rest of the step (batch 16, 1200 cached tokens, bf16:
-165 ms a step with concatenation, 94 ms with a preallocated buffer).
+The cache's layers also write into a buffer with room to spare instead of concatenating:
+transformers' `DynamicLayer` copies the whole cache at every decoding step (`torch.cat`), which
+on a CPU with ~1000-token prompts cost as much as the rest of the step (batch 16, 1200 cached
+tokens, bf16: 165 ms a step with concatenation, 94 ms with the buffer).
 """
 
 from __future__ import annotations
@@ -85,10 +85,12 @@ def plan_reuse(cached: list[list[int]], sequences: list[list[int]], min_share: f
     return ReusePlan(rows, reused, keep, mask)
 
 
-def cache_kwarg(model) -> str:
+def cache_kwarg() -> str:
     """The name `generate` takes a cache under: `cache` from transformers 5.2x, before that
-    `past_key_values`."""
-    params = inspect.signature(model.prepare_inputs_for_generation).parameters
+    `past_key_values` (asked of transformers itself: a peft wrapper hides the signature)."""
+    from transformers.generation.utils import GenerationMixin
+
+    params = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
