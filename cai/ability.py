@@ -92,6 +92,8 @@ def continuation_logprobs(model, pad_id: int, contexts: list[list[int]],
     """
     import torch
 
+    from cai.models import pad_batch
+
     sequences = [c + t for c, t in zip(contexts, targets)]
     order = sorted(range(len(sequences)), key=lambda k: -len(sequences[k]))
     out = [0.0] * len(sequences)
@@ -99,12 +101,7 @@ def continuation_logprobs(model, pad_id: int, contexts: list[list[int]],
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            width = max(len(sequences[k]) for k in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, k in enumerate(batch):
-                ids[row, width - len(sequences[k]):] = torch.tensor(sequences[k])
-                mask[row, width - len(sequences[k]):] = 1
+            ids, mask = pad_batch([sequences[k] for k in batch], pad_id)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             keep = max(len(targets[k]) for k in batch) + 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),

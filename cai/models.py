@@ -303,3 +303,20 @@ def _saved_dtype(folder: Path) -> str:
     config = json.loads((folder / "config.json").read_text())
     dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
     return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, left: bool = True):
+    """(input ids, attention mask), each (B, longest) long tensors on the CPU: the sequences
+    right-aligned (`left=True`, for generation and for reading the last positions) or
+    left-aligned."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[row, cols] = torch.tensor(seq)
+            mask[row, cols] = 1
+    return ids, mask

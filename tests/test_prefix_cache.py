@@ -96,10 +96,11 @@ def test_growing_cache_layers_match_transformers_own_cache(tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cai.generation.prefix_cache import GrowingLayer, cache_kwarg, left_pad, new_cache
+    from cai.generation.prefix_cache import GrowingLayer, cache_kwarg, new_cache
+    from cai.models import pad_batch
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    ids, mask = left_pad([[5, 6, 7, 8, 9] * 4, [11, 12, 13]], pad_id=0)
+    ids, mask = pad_batch([[5, 6, 7, 8, 9] * 4, [11, 12, 13]], pad_id=0)
     common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=300, min_new_tokens=300,
                   do_sample=False, pad_token_id=0)
     cache = new_cache(model)

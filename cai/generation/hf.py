@@ -16,7 +16,7 @@ from cai.generation.base import (Conversation, GenerationStats, SamplingParams, 
                                  encode_chat)
 from cai.generation.prefix_cache import PrefixCache, cache_kwarg
 from cai.generation.sampling import SampleProcessor
-from cai.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
+from cai.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, pad_batch
 
 
 class HFGenerator:
@@ -59,17 +59,6 @@ class HFGenerator:
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         for start in range(0, len(order), self.batch_size):
             yield order[start:start + self.batch_size]
-
-    def _pad(self, sequences: list[list[int]], left: bool):
-        width = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            cols = slice(width - len(seq), width) if left else slice(0, len(seq))
-            ids[row, cols] = torch.tensor(seq)
-            mask[row, cols] = 1
-        return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
     def generate_ids(self, conversations: list[Conversation],
@@ -129,7 +118,8 @@ class HFGenerator:
         for batch in self._batches(sequences):
             # Left padding puts every choice at the end of its row, so only the last few
             # positions need the vocabulary projection (the bulk of the cost for long prompts).
-            ids, mask = self._pad([sequences[i] for i in batch], left=True)
+            ids, mask = pad_batch([sequences[i] for i in batch], self.tokenizer.pad_token_id)
+            ids, mask = ids.to(self.device), mask.to(self.device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             keep = max(len(choice_ids[rows[i][1]]) for i in batch) + 1
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,

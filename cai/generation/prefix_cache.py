@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from cai.models import pad_batch
+
 INVALID = -1  # a cached position that holds no token of its row (padding, after end-of-sequence)
 
 
@@ -173,7 +175,7 @@ class PrefixCache:
             if self.reuse and self.cache is not None else None
         if plan is None:
             self.clear()
-            ids, mask = left_pad(sequences, pad_id)
+            ids, mask = pad_batch(sequences, pad_id)
             return new_cache(model), ids, mask
         cache, old = self.cache, self.tokens
         self.clear()
@@ -181,7 +183,7 @@ class PrefixCache:
         self.reused_tokens += sum(plan.reused)
         prefix_ids = torch.tensor([[t if t != INVALID else pad_id for t in old[r][:plan.keep]]
                                    for r in plan.rows], dtype=torch.long)
-        new_ids, new_mask = left_pad([s[n:] for s, n in zip(sequences, plan.reused)], pad_id)
+        new_ids, new_mask = pad_batch([s[n:] for s, n in zip(sequences, plan.reused)], pad_id)
         ids = torch.cat([prefix_ids, new_ids], dim=1)
         mask = torch.cat([torch.tensor(plan.mask, dtype=torch.long), new_mask], dim=1)
         return cache, ids, mask
@@ -201,14 +203,3 @@ class PrefixCache:
                          for j, t in enumerate(sequences[b, :width].tolist())])
         self.cache, self.tokens = cache, rows
 
-
-def left_pad(sequences: list[list[int]], pad_id: int):
-    """(ids, attention mask), each (B, longest), sequences right-aligned."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
-    return ids, mask

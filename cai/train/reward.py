@@ -27,6 +27,7 @@ from cai import labels as label_metrics
 from cai import records
 from cai.config import opt
 from cai.errors import CaiError
+from cai.models import pad_batch
 from cai.train import common, pairs
 from cai.train import config as train_config
 from cai.train.losses import preference_loss
@@ -152,12 +153,7 @@ class RewardModel:
         pad = self.tokenizer.pad_token_id
         for start in range(0, len(order), batch_size):
             part = order[start:start + batch_size]
-            width = max(len(ids[i]) for i in part)
-            batch = torch.full((len(part), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(part), width), dtype=torch.long)
-            for r, i in enumerate(part):
-                batch[r, :len(ids[i])] = torch.tensor(ids[i])
-                mask[r, :len(ids[i])] = 1
+            batch, mask = pad_batch([ids[i] for i in part], pad, left=False)
             out = self.model(input_ids=batch.to(self.device), attention_mask=mask.to(self.device))
             for i, s in zip(part, out.logits[:, 0].float().tolist()):
                 scores[i] = s
