@@ -40,10 +40,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cai.critique import ReviseConfig, run  # noqa: E402
 from cai.generation import SamplingParams, make_generator  # noqa: E402
 from cai.generation.base import GenerationStats, encode_chat  # noqa: E402
 from cai.models import load_causal_lm, load_tokenizer, resolve  # noqa: E402
+from cai.revise import ReviseConfig, run  # noqa: E402
 
 
 class NaiveGenerator:
@@ -130,14 +130,15 @@ def run_variant(args, variant: str) -> dict:
                     break
                 except OSError:
                     if server.poll() is not None:
-                        raise RuntimeError("transformers serve exited at start")
+                        raise RuntimeError("transformers serve exited at start") from None
                     time.sleep(0.5)
             load = time.perf_counter() - start
             result = job(args, args.prompts, out, engine="openai",
                          base_url=f"http://127.0.0.1:{port}/v1", model=str(resolve()),
                          concurrency=args.prompts)
             status = Path(f"/proc/{server.pid}/status").read_text()
-            server_peak = int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1])
+            peak_line = next(x for x in status.splitlines() if x.startswith("VmHWM"))
+            server_peak = int(peak_line.split()[1])
             result["server_peak_rss_mb"] = round(server_peak / 1024, 1)
         finally:
             server.kill()
@@ -161,9 +162,9 @@ def raw_vllm(args):
     import vllm
 
     from cai.constitution import load
-    from cai.critique import Conversations, sample_principles
     from cai.prompts import Templates
     from cai.records import load_prompts
+    from cai.revise import Conversations, sample_principles
 
     start = time.perf_counter()
     from cai.generation.vllm import CPU_DEFAULTS

@@ -3,8 +3,9 @@
 Each trainer runs in its own process (so peak memory is its own) for `--steps` optimizer steps
 with packing on; tokens/s counts the real (non-padding) tokens of the steps after `--warmup`,
 divided by their wall time (and, steadier on a shared machine, by the process's CPU time).
-`--repeats N` alternates the two N times and keeps each one's best run. Both train on assistant tokens only (TRL through a copy of the chat
-template with `{% generation %}` markers). Prints one JSON summary with cai/TRL ratios.
+`--repeats N` alternates the two N times and keeps each one's best run. Both train on assistant
+tokens only (TRL through a copy of the chat template with `{% generation %}` markers). Prints one
+JSON summary with cai/TRL ratios.
 
     python benchmarks/sft.py                      # embedded SmolLM2-135M, 512-token rows
     python benchmarks/sft.py --data runs/revise --steps 20 --repeats 2

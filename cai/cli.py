@@ -68,9 +68,9 @@ def cmd_constitution_import(args) -> int:
 
 def cmd_constitution_try(args) -> int:
     from cai.constitution import load, sample_principles
-    from cai.critique import Conversations, strip_boilerplate
     from cai.generation import SamplingParams, make_generator
     from cai.prompts import Templates
+    from cai.revise import Conversations, strip_boilerplate
 
     c = load(args.file)
     principle = c.get("critique_revision", args.principle) if args.principle else \
@@ -90,7 +90,7 @@ def cmd_constitution_try(args) -> int:
 
 
 def cmd_revise(args) -> int:
-    from cai.critique import ReviseConfig, run
+    from cai.revise import ReviseConfig, run
 
     cfg = cfgmod.load(ReviseConfig, args.config, cfgmod.overrides(args, ReviseConfig))
     stats = run(cfg)
@@ -100,8 +100,8 @@ def cmd_revise(args) -> int:
 
 
 def cmd_label(args) -> int:
-    from cai.feedback import LabelConfig, run
-    from cai.label_check import run_check
+    from cai.feedback.check import run_check
+    from cai.feedback.label import LabelConfig, run
 
     cfg = cfgmod.load(LabelConfig, args.config, cfgmod.overrides(args, LabelConfig))
     if cfg.check:
@@ -120,15 +120,22 @@ def cmd_label(args) -> int:
     return 0
 
 
+def _train_args(args, module):
+    """(config, resume) of a `cai train` command: `--resume` may come before or among the
+    `--section.key value` overrides."""
+    from cai.train.config import parse_overrides
+
+    rest = [a for a in args.overrides if a != "--resume"]
+    cfg = module.load_config(args.config, parse_overrides(rest))
+    return cfg, args.resume or len(rest) != len(args.overrides)
+
+
 def cmd_train_sft(args) -> int:
     import os
 
     from cai.train import sft
-    from cai.train.config import parse_overrides
 
-    rest = [a for a in args.overrides if a != "--resume"]
-    resume = args.resume or len(rest) != len(args.overrides)
-    cfg = sft.load_config(args.config, parse_overrides(rest))
+    cfg, resume = _train_args(args, sft)
     metrics = sft.train(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
         print(f"cai train sft: {metrics.get('train_loss', float('nan')):.4f} mean train loss"
@@ -141,11 +148,9 @@ def cmd_train_dpo(args) -> int:
     import os
 
     from cai.train import dpo
-    from cai.train.config import parse_overrides
 
-    rest = [a for a in args.overrides if a != "--resume"]
-    cfg = dpo.load_config(args.config, parse_overrides(rest))
-    metrics = dpo.train(cfg, resume=args.resume or len(rest) != len(args.overrides))
+    cfg, resume = _train_args(args, dpo)
+    metrics = dpo.train(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
         print(f"cai train dpo: {metrics.get('train_loss', float('nan')):.4f} mean train loss"
               + (f", eval reward accuracy {metrics['eval_rewards/accuracies']:.3f}, margin "
@@ -158,12 +163,10 @@ def cmd_train_dpo(args) -> int:
 def cmd_train_rm(args) -> int:
     import os
 
-    from cai.train import reward
-    from cai.train.config import parse_overrides
+    from cai.train import rm
 
-    rest = [a for a in args.overrides if a != "--resume"]
-    cfg = reward.load_config(args.config, parse_overrides(rest))
-    metrics = reward.train(cfg, resume=args.resume or len(rest) != len(args.overrides))
+    cfg, resume = _train_args(args, rm)
+    metrics = rm.train(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":
         print(f"cai train rm: {metrics.get('train_loss', float('nan')):.4f} mean train loss"
               + (f", eval accuracy {metrics['eval_accuracy']:.3f}, ECE {metrics['eval_ece']:.3f}"
@@ -174,11 +177,9 @@ def cmd_train_rm(args) -> int:
 
 def cmd_train_ppo(args) -> int:
     from cai.train import ppo
-    from cai.train.config import parse_overrides
 
-    rest = [a for a in args.overrides if a != "--resume"]
-    cfg = ppo.load_config(args.config, parse_overrides(rest))
-    m = ppo.train(cfg, resume=args.resume or len(rest) != len(args.overrides))
+    cfg, resume = _train_args(args, ppo)
+    m = ppo.train(cfg, resume=resume)
     nan = float("nan")
     print(f"cai train ppo: {m.get('train_steps', 0)} steps, reward "
           f"{m.get('reward/mean', nan):.4f}, KL {m.get('kl', nan):.4f}"
@@ -189,10 +190,16 @@ def cmd_train_ppo(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from cai.evaluate import EvalConfig, run
+    from cai.eval.run import EvalConfig, run
 
     cfg = cfgmod.load(EvalConfig, args.config, cfgmod.overrides(args, EvalConfig))
     m = run(cfg)
+    judge = m["judge"]
+    check = judge.get("check")
+    print(f"cai eval: judge {judge['model']}: check accuracy "
+          + (f"{check['accuracy']:.3f} on {check['n']} answers" if check else "not measured")
+          + ("" if judge["reliable"] else
+             f"; judged figures UNRELIABLE ({'; '.join(judge['unreliable_because'])})"))
     for label, p in m["per_model"].items():
         mc = ((p["ability"] or {}).get("mc") or {}).get("accuracy")
         print(f"cai eval: {label}: harmless {p['harmlessness']}, over-refusal "
@@ -205,7 +212,7 @@ def cmd_eval(args) -> int:
 def cmd_score(args) -> int:
     import json
 
-    from cai.train.reward import score_file
+    from cai.train.rm import score_file
 
     rows = score_file(args.model, args.data, batch_size=args.batch_size)
     text = "".join(json.dumps(r) + "\n" for r in rows)
@@ -219,7 +226,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from cai.models import export
+    from cai.train.export import export
 
     out = export(args.adapter, args.out, merge=args.merge, base=args.base, dtype=args.dtype)
     print(f"cai export: wrote {'merged model' if args.merge else 'adapter'} to {out}")
@@ -261,7 +268,7 @@ def cmd_pipeline_status(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cai.critique import ReviseConfig
+    from cai.revise import ReviseConfig
 
     parser = argparse.ArgumentParser(prog="cai", description="Constitutional AI toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -302,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True)
     p.set_defaults(func=cmd_records_merge)
 
-    from cai.feedback import LabelConfig
+    from cai.feedback.label import LabelConfig
 
     p = sub.add_parser("label", help="RL-CAI: AI preference labels from the constitution")
     p.add_argument("--config", help="YAML file with any of the options below")
@@ -343,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_score)
 
-    from cai.evaluate import EvalConfig
+    from cai.eval.run import EvalConfig
 
     p = sub.add_parser("eval", help="harmlessness, helpfulness, over-refusal and alignment tax "
                                     "of models, with a report")

@@ -36,14 +36,30 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _coerce(value, hint, where: str):
+def key_lines(path) -> dict[tuple, int]:
+    """1-based line of each top-level key and each section's key: {(section,): n, (s, k): n}."""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    out = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, body in node.value:
+            out[(key.value,)] = key.start_mark.line + 1
+            if isinstance(body, yaml.MappingNode):
+                for sub, _ in body.value:
+                    out[(key.value, sub.value)] = sub.start_mark.line + 1
+    return out
+
+
+def coerce(value, hint, where: str):
     """`value` checked (and, for CLI strings, converted) against a type hint."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], where)
+        return coerce(value, args[0], where)
     if hint is typing.Any or hint is None:
         return value
     if origin in (list, tuple):
@@ -52,7 +68,7 @@ def _coerce(value, hint, where: str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise CaiError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, inner, where) for v in value]
+        return [coerce(v, inner, where) for v in value]
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise CaiError(f"{where}: expected a mapping, got {value!r}")
@@ -91,7 +107,7 @@ def build(cls, values: dict, source: str):
             match = difflib.get_close_matches(str(key), names, n=1)
             raise CaiError(f"{source}: unknown key '{key}'"
                            + (f" (did you mean '{match[0]}'?)" if match else ""))
-        kwargs[key] = _coerce(value, hints[key], f"{source}: '{key}'")
+        kwargs[key] = coerce(value, hints[key], f"{source}: '{key}'")
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing

@@ -99,7 +99,8 @@ class Constitution:
         """The principles of one section; a clear error when a job needs a section that is empty."""
         found = getattr(self, kind)
         if not found:
-            raise CaiError(f"{self.path or self.name}: has no '{kind}' principles, which this job needs")
+            raise CaiError(f"{self.path or self.name}: has no '{kind}' principles, which this "
+                           "job needs")
         return found
 
     def get(self, kind: str, principle_id: str) -> Principle:
@@ -156,7 +157,8 @@ def _did_you_mean(key: str, allowed) -> str:
 
 
 def _string(path, node, what: str, problems: list[str]) -> str:
-    """The text of a scalar string node, recording a problem when it is missing, empty or not text."""
+    """The text of a scalar string node; a problem is recorded when it is missing, empty or not
+    text."""
     if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
         kind = "a list" if isinstance(node, yaml.SequenceNode) else \
             "a mapping" if isinstance(node, yaml.MappingNode) else "not text"
@@ -203,8 +205,9 @@ def _section(path, name, node, problems) -> list[dict]:
         pid = entry.get("id")
         if pid:
             if not ID_PATTERN.match(pid):
-                problems.append(_problem(path, fields["id"], f"{what}.id '{pid}' must be kebab-case "
-                                         "(lowercase letters, digits, single hyphens)"))
+                problems.append(_problem(path, fields["id"], f"{what}.id '{pid}' must be "
+                                         "kebab-case (lowercase letters, digits, single "
+                                         "hyphens)"))
             if pid in seen:
                 problems.append(_problem(path, fields["id"], f"duplicate id '{pid}' in '{name}' "
                                          f"(first at line {seen[pid]})"))
@@ -222,7 +225,8 @@ def parse(text: str, path: str = "<string>", sha256: str = "") -> Constitution:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConstitutionError([f"{path}{line}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+        problem = getattr(e, "problem", e)
+        raise ConstitutionError([f"{path}{line}: not valid YAML: {problem}"]) from None
     if root is None:
         raise ConstitutionError([f"{path}: the file is empty"])
     top = _mapping(path, root, TOP_KEYS, ("name",), "the constitution", problems)
@@ -309,7 +313,8 @@ def import_json(path: str | Path, name: str | None = None) -> dict:
     for i, c in enumerate(data["constitutions"]):
         if not isinstance(c, dict) or not all(isinstance(c.get(k), str) and c[k].strip()
                                               for k in ("critic", "revision")):
-            raise CaiError(f"{path}: constitutions[{i}] needs non-empty 'critic' and 'revision' text")
+            raise CaiError(f"{path}: constitutions[{i}] needs non-empty 'critic' and 'revision' "
+                           "text")
         principles.append({"id": f"principle-{i + 1}", "critique": c["critic"].strip(),
                            "revision": c["revision"].strip()})
     examples = []
@@ -319,7 +324,8 @@ def import_json(path: str | Path, name: str | None = None) -> dict:
                 isinstance(t, dict) and t.get("role") == r and isinstance(t.get("content"), str)
                 for t, r in zip(chat, roles))):
             raise CaiError(f"{path}: system_chat[{i}] must be 6 turns alternating user/assistant "
-                           "(prompt, answer, critique request, critique, revision request, revision)")
+                           "(prompt, answer, critique request, critique, revision request, "
+                           "revision)")
         c = [t["content"].strip() for t in chat]
         examples.append({"prompt": c[0], "response": c[1], "critique_request": c[2],
                          "critique": c[3], "revision_request": c[4], "revision": c[5]})

@@ -8,7 +8,3 @@ is a bug and keeps its traceback.
 class CaiError(Exception):
     """A mistake in the user's input (a file, a field, an option), described in one line."""
 
-
-def where(path, line: int | None = None) -> str:
-    """`path:line` for error messages (line is 1-based; omitted when unknown)."""
-    return f"{path}:{line}" if line else str(path)

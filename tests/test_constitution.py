@@ -2,10 +2,10 @@ import json
 
 import pytest
 import yaml
+from conftest import ROOT, run_cai, run_cai_process
 
 from cai import constitution as C
 from cai.errors import CaiError
-from conftest import ROOT, run_cai, run_cai_process
 
 SHIPPED = sorted((ROOT / "constitutions").glob("*.yaml"))
 
@@ -54,7 +54,8 @@ def test_a_valid_file_parses_into_principles():
 
 def test_unknown_key_gets_line_and_did_you_mean():
     found = problems(GOOD.replace("    revision: \"Fix it.\"", "    revison: \"Fix it.\""))
-    assert "c.yaml:5: unknown key 'revison' in critique_revision[0] (did you mean 'revision'?)" in found
+    assert ("c.yaml:5: unknown key 'revison' in critique_revision[0] "
+            "(did you mean 'revision'?)") in found
     assert any("c.yaml:3: critique_revision[0] is missing 'revision'" == p for p in found)
 
 
@@ -147,7 +148,9 @@ def test_bad_encoding_names_the_line(tmp_path):
     path.write_bytes(GOOD.replace("Fix it.", "Fix \xe9.").encode("latin-1"))
     with pytest.raises(C.ConstitutionError) as e:
         C.load(path)
-    assert e.value.problems == [f"{path}:5: not UTF-8 text (byte 0xe9 at offset {GOOD.index('Fix it.') + 4}); save the file as UTF-8"]
+    offset = GOOD.index("Fix it.") + 4
+    assert e.value.problems == [f"{path}:5: not UTF-8 text (byte 0xe9 at offset {offset}); "
+                                "save the file as UTF-8"]
 
 
 def test_yaml_tags_cannot_run_code():
@@ -178,7 +181,8 @@ def test_sampling_is_seeded_per_item_and_covers_principles():
 def public_layout(tmp_path):
     data = {
         "constitutions": [
-            {"critic": "Point out anything harmful in the answer.", "revision": "Rewrite it safely."},
+            {"critic": "Point out anything harmful in the answer.",
+             "revision": "Rewrite it safely."},
             {"critic": "Was the answer rude?", "revision": "Make it polite."},
         ],
         "system_chat": [[
@@ -214,7 +218,8 @@ def test_import_public_json_layout(tmp_path):
 def test_import_rejects_wrong_layout(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"constitutions": [{"critic": "x"}]}))
-    with pytest.raises(CaiError, match=r"constitutions\[0\] needs non-empty 'critic' and 'revision'"):
+    with pytest.raises(CaiError,
+                       match=r"constitutions\[0\] needs non-empty 'critic' and 'revision'"):
         C.import_json(path)
     path.write_text('{"constitutions": [}')
     with pytest.raises(CaiError, match="bad.json:1: not valid JSON"):

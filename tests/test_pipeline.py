@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, read_records, run_cai
 
 STAGES = ["revise", "sft", "label", "dpo", "eval"]

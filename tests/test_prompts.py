@@ -23,7 +23,10 @@ def test_every_shipped_template_renders():
 
 def test_critique_and_revision_carry_the_principle():
     t = Templates()
-    assert t.render("critique.j2", **VARIABLES) == "Critique it."
+    critique = t.render("critique.j2", **VARIABLES)
+    # the request quotes the conversation it critiques, then asks the principle's question
+    assert "Human: the prompt" in critique and "Assistant: the answer" in critique
+    assert critique.endswith("Critique it.")
     revision = t.render("revision.j2", **VARIABLES)
     assert revision.startswith("Revise it.") and "the prompt" in revision
 
@@ -49,7 +52,8 @@ def test_judge_classify_shows_the_options_in_the_order_given():
 
 
 def test_missing_variable_is_an_error_not_blank():
-    with pytest.raises(CaiError, match="revision.j2: 'critique' is undefined|'prompt' is undefined"):
+    with pytest.raises(CaiError,
+                       match="revision.j2: 'critique' is undefined|'prompt' is undefined"):
         Templates().render("revision.j2", principle=P)
 
 

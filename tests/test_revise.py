@@ -1,15 +1,13 @@
 """`cai revise` end to end on the tiny model: records, resume after SIGKILL, bad input."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-
-from cai.critique import revision_flag, strip_boilerplate
 from conftest import ROOT, make_tiny_model, read_records, run_cai, run_cai_process
+
+from cai.revise import revision_flag, strip_boilerplate
 
 FAST = ["--max-new-tokens", "8", "--rounds", "2", "--dtype", "float32", "--batch-size", "4"]
 
@@ -21,7 +19,9 @@ def test_revise_end_to_end(tiny_model, prompts_file, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = read_records(out / "data.jsonl")
     assert [r["id"] for r in rows] == ["p0", "p1", "p2", "p3", "p4"]
-    default_ids = {p.id for p in __import__("cai.constitution").constitution.load().critique_revision}
+    from cai.constitution import load
+
+    default_ids = {p.id for p in load().critique_revision}
     for r in rows:
         assert set(r) >= {"id", "prompt", "initial_response", "rounds", "response", "messages",
                           "model", "constitution", "category"}
@@ -34,7 +34,8 @@ def test_revise_end_to_end(tiny_model, prompts_file, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["total"] == 5
     assert manifest["totals"]["written"] == 5
-    assert manifest["totals"]["generated_tokens"] > 0 and manifest["totals"]["generation_seconds"] > 0
+    assert manifest["totals"]["generated_tokens"] > 0
+    assert manifest["totals"]["generation_seconds"] > 0
     assert manifest["identity"]["rounds"] == 2
 
     import datasets  # the output is a plain datasets JSON file
@@ -52,7 +53,7 @@ def test_revise_end_to_end(tiny_model, prompts_file, tmp_path):
     assert changed.returncode == 2 and "different rounds" in changed.stderr
 
 
-def test_kill_minus_nine_then_resume(tiny_model, tmp_path):
+def test_kill_minus_nine_then_resume(tiny_model, tmp_path, kill_midway):
     prompts = tmp_path / "many.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"k{i:02d}", "prompt": f"Prompt {i}?"}) + "\n"
                                for i in range(10)))
@@ -60,14 +61,8 @@ def test_kill_minus_nine_then_resume(tiny_model, tmp_path):
     args = [sys.executable, "-m", "cai.cli", "revise", "--prompts", str(prompts), "--out", str(out),
             "--model", str(tiny_model), "--chunk-size", "1", "--max-new-tokens", "8",
             "--rounds", "2", "--few-shot", "0", "--dtype", "float32", "--temperature", "1.0"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     data = out / "data.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not data.exists() or data.read_text().count("\n") < 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = data.read_text().count("\n")
+    before = kill_midway(args, data, lines=3)
     assert 3 <= before < 10, "the job should have been killed midway"
     with open(data, "a") as f:  # as if the kill had hit in the middle of a write
         f.write('{"id": "k99", "prompt": "torn')
@@ -77,7 +72,8 @@ def test_kill_minus_nine_then_resume(tiny_model, tmp_path):
     ids = [r["id"] for r in rows]
     assert sorted(ids) == [f"k{i:02d}" for i in range(10)] and len(ids) == len(set(ids))
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and len(manifest["runs"]) == 1  # the killed run never finished
+    # the killed run never finished
+    assert manifest["status"] == "complete" and len(manifest["runs"]) == 1
     assert manifest["runs"][0]["written"] == 10 - before
 
 
@@ -101,7 +97,8 @@ def test_a_user_error_in_a_real_process_is_one_line_and_exit_2(tmp_path):
     path.write_text('{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": \n')
     result = run_cai_process("revise", "--prompts", path, "--out", tmp_path / "out")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"cai: error: {path}:2: not valid JSON (Expecting value at column 23)"
+    assert result.stderr.strip() == \
+        f"cai: error: {path}:2: not valid JSON (Expecting value at column 23)"
 
 
 def test_bad_options_are_one_line_errors(tmp_path, prompts_file):
@@ -177,3 +174,114 @@ def test_strip_boilerplate():
     assert revision_flag("", "a") == "empty"
     assert revision_flag("Same  text", "same text") == "unchanged"
     assert revision_flag("new", "old") is None
+
+
+# --------------------------------------------------------------------------------------------
+# Roles, the revision gate, helpful samples and preference pairs (issue 15)
+
+GATE_FAST = ["--max-new-tokens", "6", "--rounds", "1", "--dtype", "float32", "--batch-size", "4",
+             "--few-shot", "0", "--limit", 3]
+
+
+def test_separate_feedback_model_writes_the_critiques(tiny_model, tokenizer_dir, prompts_file,
+                                                      tmp_path):
+    """The policy answers and the feedback model critiques and revises: with two different
+    models the first answers are the policy's alone and the critiques the feedback model's."""
+    from cai.revise import ReviseConfig, run
+
+    other = make_tiny_model(tokenizer_dir, tmp_path / "other", seed=7)
+    both = ReviseConfig(prompts=str(prompts_file), out=str(tmp_path / "both"),
+                        model=str(tiny_model), feedback=str(other), max_new_tokens=6, rounds=1,
+                        dtype="float32", feedback_dtype="float32", few_shot=0, limit=3,
+                        temperature=1.0)
+    run(both)
+    alone = ReviseConfig(prompts=str(prompts_file), out=str(tmp_path / "alone"),
+                         model=str(tiny_model), max_new_tokens=6, rounds=1, dtype="float32",
+                         feedback_dtype="float32", few_shot=0, limit=3, temperature=1.0)
+    run(alone)
+    two, one = read_records(tmp_path / "both" / "data.jsonl"), \
+        read_records(tmp_path / "alone" / "data.jsonl")
+    assert [r["initial_response"] for r in two] == [r["initial_response"] for r in one]
+    assert [r["rounds"][0]["critique"] for r in two] != [r["rounds"][0]["critique"] for r in one]
+    assert {r["feedback_model"] for r in two} == {str(other)}
+    assert {r["feedback_model"] for r in one} == {str(tiny_model)}
+    manifest = json.loads((tmp_path / "both" / "manifest.json").read_text())
+    assert manifest["identity"]["feedback_model"] == str(other)
+
+
+@pytest.mark.parametrize("threshold, accepted", [(0.0, True), (0.999, False)])
+def test_the_gate_keeps_only_revisions_it_prefers(tiny_model, prompts_file, tmp_path, threshold,
+                                                  accepted):
+    out = tmp_path / "out"
+    result = run_cai("revise", "--prompts", prompts_file, "--out", out, "--model", tiny_model,
+                     "--gate-threshold", threshold, "--temperature", "1.0", *GATE_FAST)
+    assert result.returncode == 0, result.stderr
+    rows = read_records(out / "data.jsonl")
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    gated = 0
+    for r in rows:
+        step = r["rounds"][0]
+        if step["flag"] is not None:  # an empty or unchanged revision is never asked about
+            assert "gate" not in step
+            continue
+        gated += 1
+        p = step["gate"]["p_revision"]
+        assert 0.0 < p < 1.0 and step["gate"]["accepted"] is accepted
+        # a rejected revision is recorded but not taken; an accepted one is the answer
+        assert r["response"] == (step["revision"] if accepted else r["initial_response"])
+        assert r["p_response"] == (p if accepted else None)
+    assert gated > 0
+    assert summary["accepted"] == (gated if accepted else 0)
+    assert summary["rejected"] == (0 if accepted else gated)
+    pairs = read_records(out / "pairs.jsonl") if (out / "pairs.jsonl").stat().st_size else []
+    assert summary["pairs"] == len(pairs) == (gated if accepted else 0)
+    for pair in pairs:  # revision over initial answer, in the format DPO reads
+        row = next(r for r in rows if r["id"] == pair["id"])
+        assert pair["chosen"] == [{"role": "assistant", "content": row["response"]}]
+        assert pair["rejected"] == [{"role": "assistant", "content": row["initial_response"]}]
+        assert pair["p_chosen"] == row["p_response"]
+
+
+def test_no_gate_takes_every_nonempty_revision(tiny_model, prompts_file, tmp_path):
+    out = tmp_path / "out"
+    result = run_cai("revise", "--prompts", prompts_file, "--out", out, "--model", tiny_model,
+                     "--no-gate", "--temperature", "1.0", *GATE_FAST)
+    assert result.returncode == 0, result.stderr
+    for r in read_records(out / "data.jsonl"):
+        step = r["rounds"][0]
+        assert "gate" not in step and r["p_response"] is None
+        if step["flag"] != "empty":
+            assert r["response"] == step["revision"]
+
+
+def test_helpful_samples_are_mixed_in(tiny_model, prompts_file, tmp_path):
+    helpful = tmp_path / "helpful.jsonl"
+    helpful.write_text("".join(json.dumps({"id": f"h{i}", "prompt": f"Name a colour number {i}."})
+                               + "\n" for i in range(10)))
+    out = tmp_path / "out"
+    args = ["revise", "--prompts", prompts_file, "--out", out, "--model", tiny_model,
+            "--helpful-prompts", helpful, "--helpful-ratio", "2", *GATE_FAST]
+    assert run_cai(*args).returncode == 0
+    rows = read_records(out / "data.jsonl")
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("revision") == 3 and kinds.count("helpful") == 6  # ratio 2 x 3 prompts
+    for r in rows:
+        if r["kind"] == "helpful":
+            assert r["id"].startswith("helpful:h") and "rounds" not in r
+            assert r["messages"][1] == {"role": "assistant", "content": r["response"]}
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert summary["helpful_samples"] == 6 and summary["revised_prompts"] == 3
+    again = run_cai(*args)  # resumes: nothing new, nothing doubled
+    assert again.returncode == 0 and "already done" in again.stdout
+    assert len(read_records(out / "data.jsonl")) == 9
+    from cai.train.data import load_conversations  # SFT reads both kinds
+
+    assert len(load_conversations(str(out))) == 9
+
+
+def test_feedback_engine_options_fail_before_a_model_loads(prompts_file, tmp_path):
+    result = run_cai("revise", "--prompts", prompts_file, "--out", tmp_path / "o",
+                     "--feedback-engine", "openai")
+    assert result.returncode == 2
+    assert "--feedback-engine openai needs --feedback-base-url" in result.stderr
+    assert not (tmp_path / "o" / "data.jsonl").exists()

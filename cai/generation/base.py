@@ -90,10 +90,8 @@ class EngineConfig:
     model: str | None = opt(None, "embedded name, local folder or hub id "
                                   "(default: smollm2-135m-instruct)")
     engine: str = opt("hf", "generation engine: hf, vllm or openai")
-    dtype: str = opt("bfloat16", "hf/vllm weights dtype (bf16 generates ~1.8x faster than fp32 "
-                                 "on CPU)")
-    batch_size: int = opt(32, "sequences per forward pass (hf engine; 32 ran the SL-CAI job "
-                              "1.15x faster than 16 on a 2-core CPU, docs/performance.md)")
+    dtype: str = opt("bfloat16", "hf/vllm weights dtype")
+    batch_size: int = opt(32, "sequences per forward pass (hf engine)")
     base_url: str | None = opt(None, "openai engine: the server, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = opt("OPENAI_API_KEY", "openai engine: environment variable with the key")
     concurrency: int = opt(16, "openai engine: requests in flight at once")
@@ -116,6 +114,31 @@ def engine_kwargs(cfg: EngineConfig) -> dict:
         kwargs.setdefault("api_key_env", cfg.api_key_env)
         kwargs.setdefault("concurrency", cfg.concurrency)
     return kwargs
+
+
+def role_engine(cfg, role: str) -> tuple[str, str | None, dict]:
+    """(engine, model, kwargs) of a job's second model, named by prefixed options.
+
+    A job that runs two models (`cai label`'s labeler, `cai eval`'s judge) names the second one
+    `ROLE` with `ROLE_engine`, `ROLE_dtype`, `ROLE_base_url`, `ROLE_api_key_env` and
+    `ROLE_engine_options`; an engine, server or key left unset is the job's own (`engine`,
+    `base_url`, `api_key_env`), and the batch size and concurrency are shared.
+    """
+    own_engine = getattr(cfg, f"{role}_engine", None)
+    engine = own_engine or cfg.engine
+    options = getattr(cfg, f"{role}_engine_options", None) or {}
+    base_url = getattr(cfg, f"{role}_base_url", None) or cfg.base_url
+    flag = role.replace("_", "-")
+    if engine == "openai" and not (base_url or "base_url" in options):
+        raise CaiError((f"--{flag}-engine openai" if own_engine else "--engine openai")
+                       + f" needs --{flag}-base-url (or --base-url), "
+                       "e.g. http://127.0.0.1:8000/v1")
+    kwargs = engine_kwargs(EngineConfig(
+        model=getattr(cfg, role), engine=engine, dtype=getattr(cfg, f"{role}_dtype"),
+        batch_size=cfg.batch_size, base_url=base_url,
+        api_key_env=getattr(cfg, f"{role}_api_key_env", None) or cfg.api_key_env,
+        concurrency=cfg.concurrency, engine_options=options))
+    return engine, getattr(cfg, role), kwargs
 
 
 def make_generator(engine: str = "hf", model: str | None = None, **options) -> Generator:

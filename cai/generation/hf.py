@@ -12,8 +12,13 @@ import torch
 from transformers import LogitsProcessorList
 
 from cai.errors import CaiError
-from cai.generation.base import (Conversation, GenerationStats, SamplingParams, choice_requests,
-                                 encode_chat)
+from cai.generation.base import (
+    Conversation,
+    GenerationStats,
+    SamplingParams,
+    choice_requests,
+    encode_chat,
+)
 from cai.generation.prefix_cache import PrefixCache, cache_kwarg
 from cai.generation.sampling import SampleProcessor
 from cai.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, pad_batch
@@ -106,34 +111,51 @@ class HFGenerator:
         self.stats.calls += 1
         return out
 
-    @torch.inference_mode()
     def choice_logprobs(self, conversations: list[Conversation],
                         choices: list[str]) -> list[list[float]]:
         """log P(choice | prompt) = sum over the choice's tokens of log-softmax at each step."""
         start = time.perf_counter()
         prompts, choice_ids = choice_requests(self.tokenizer, conversations, choices)
         rows = [(p, k) for p in range(len(prompts)) for k in range(len(choices))]
-        sequences = [prompts[p] + choice_ids[k] for p, k in rows]
+        flat = continuation_logprobs(self.model, self.tokenizer.pad_token_id,
+                                     [prompts[p] for p, _ in rows],
+                                     [choice_ids[k] for _, k in rows], self.batch_size)
         result = [[0.0] * len(choices) for _ in prompts]
-        for batch in self._batches(sequences):
-            # Left padding puts every choice at the end of its row, so only the last few
-            # positions need the vocabulary projection (the bulk of the cost for long prompts).
-            ids, mask = pad_batch([sequences[i] for i in batch], self.tokenizer.pad_token_id)
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            keep = max(len(choice_ids[rows[i][1]]) for i in batch) + 1
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                logits_to_keep=keep).logits                    # (B, keep, V)
-            logps = torch.log_softmax(logits.float(), dim=-1)
-            for row, i in enumerate(batch):
-                targets = choice_ids[rows[i][1]]
-                # The token at position t is predicted by the logits at t - 1; the last kept
-                # logit (index keep - 1) predicts the token after the sequence.
-                steps = torch.arange(keep - 1 - len(targets), keep - 1, device=logps.device)
-                picked = logps[row, steps, torch.tensor(targets, device=logps.device)]
-                result[rows[i][0]][rows[i][1]] = picked.sum().item()
+        for (p, k), lp in zip(rows, flat):
+            result[p][k] = lp
         self.stats.generation_seconds += time.perf_counter() - start
         return result
 
     def close(self) -> None:
         self.prefix.clear()
+
+
+def continuation_logprobs(model, pad_id: int, contexts: list[list[int]],
+                          targets: list[list[int]], batch_size: int = 8) -> list[float]:
+    """log P(targets[k] | contexts[k]), summed over the target's tokens, for each k.
+
+    Sequences are sorted by length and left padded in batches (position ids from the mask), so
+    every target ends at the last position and only the last positions are projected onto the
+    vocabulary (`logits_to_keep`). The token at position t is predicted by the logits at t - 1.
+    """
+    sequences = [c + t for c, t in zip(contexts, targets)]
+    order = sorted(range(len(sequences)), key=lambda k: -len(sequences[k]))
+    out = [0.0] * len(sequences)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids, mask = pad_batch([sequences[k] for k in batch], pad_id)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(len(targets[k]) for k in batch) + 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=positions.to(device), logits_to_keep=keep).logits
+            logps = torch.log_softmax(logits.float(), dim=-1)                 # (B, keep, V)
+            for row, k in enumerate(batch):
+                n = len(targets[k])
+                # The last kept logit (index keep - 1) predicts the token after the sequence.
+                steps = torch.arange(keep - 1 - n, keep - 1, device=logps.device)
+                picked = logps[row, steps, torch.tensor(targets[k], dtype=torch.long,
+                                                        device=logps.device)]
+                out[k] = picked.sum().item()
+    return out

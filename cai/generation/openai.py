@@ -17,8 +17,13 @@ import os
 import time
 
 from cai.errors import CaiError
-from cai.generation.base import (Conversation, GenerationStats, SamplingParams, choice_requests,
-                                 encode_chat)
+from cai.generation.base import (
+    Conversation,
+    GenerationStats,
+    SamplingParams,
+    choice_requests,
+    encode_chat,
+)
 
 
 def _client_errors():
@@ -96,11 +101,12 @@ class OpenAIGenerator:
                             "same command to resume")
         if isinstance(e, openai.APIStatusError):
             body = e.body if isinstance(e.body, dict) else {}
-            detail = body.get("error", body).get("message") if isinstance(body.get("error", body), dict) \
-                else None
+            error = body.get("error", body)
+            detail = error.get("message") if isinstance(error, dict) else None
             detail = detail or body.get("detail") or e.message or ""
+            first = str(detail).splitlines()[0] if detail else ""
             return ServerRefused(f"server {self.base_url} refused the request (HTTP "
-                                 f"{e.status_code}): {str(detail).splitlines()[0] if detail else ''}")
+                                 f"{e.status_code}): {first}")
         return CaiError(f"server {self.base_url}: {type(e).__name__}: {e}")
 
     # ----------------------------------------------------------------------------------------

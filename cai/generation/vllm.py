@@ -15,8 +15,13 @@ import gc
 import time
 
 from cai.errors import CaiError
-from cai.generation.base import (Conversation, GenerationStats, SamplingParams, choice_requests,
-                                 encode_chat)
+from cai.generation.base import (
+    Conversation,
+    GenerationStats,
+    SamplingParams,
+    choice_requests,
+    encode_chat,
+)
 from cai.models import DEFAULT_MODEL, resolve
 
 INSTALL_HINT = ("the vllm engine needs vLLM: pip install 'cai[vllm]' on a CUDA machine, or "

@@ -1,6 +1,6 @@
 """What every trainer shares: the model from the config, TrainingArguments, the output folder.
 
-A trainer module (sft.py, later rm.py, dpo.py) defines its config section and its
+A trainer module (sft.py, rm.py, dpo.py) defines its config section and its
 `transformers.Trainer` subclass, and calls these in order: `model_and_tokenizer`,
 `training_arguments`, then `run`.
 """
@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from cai.errors import CaiError
-from cai.models import add_lora, load_for_training, load_tokenizer
+from cai.models import load_tokenizer
 from cai.train.config import TrainConfig, save_resolved
+from cai.train.model import add_lora, load_for_training
 
 
 def model_and_tokenizer(cfg: TrainConfig, num_labels: int | None = None):
@@ -134,3 +135,24 @@ def accepts_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(type(base).forward).parameters and \
         hasattr(transformers.modeling_utils, "slice_logits_to_keep")
+
+
+class NullWriter:
+    """A metrics writer that writes nothing, so a loop never branches on logging."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def metrics_writer(args, folder: Path):
+    """A tensorboard `SummaryWriter` on `folder` when `training.report_to` names tensorboard,
+    else a `NullWriter` (for loops outside `Trainer`, like PPO's)."""
+    reporters = args.report_to if isinstance(args.report_to, list) else [args.report_to]
+    if "tensorboard" in reporters:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(folder))
+    return NullWriter()

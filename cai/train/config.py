@@ -1,4 +1,4 @@
-"""Training job configs, shared by every trainer (sft, and later rm, dpo, ppo).
+"""Training job configs, shared by every trainer (sft, rm, dpo, ppo).
 
 A config is YAML with typed sections, each a dataclass below, plus the algorithm's own section
 and a `training:` mapping handed straight to `transformers.TrainingArguments`:
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from cai.config import _coerce, opt, read_yaml
+from cai.config import coerce, key_lines, opt, read_yaml
 from cai.errors import CaiError
 
 RESOLVED = "cai_config.yaml"
@@ -196,7 +196,7 @@ def load(path: str | None, overrides: list[tuple[str, str]], algo: str, algo_cls
                 raise CaiError(f"{where(name, key)}: unknown key '{name}.{key}'"
                                + (f" (did you mean '{name}.{match[0]}'?)" if match else ""))
         hints = typing.get_type_hints(cls)
-        kwargs = {k: _coerce(v, hints[k], f"{where(name, k)}: '{name}.{k}'")
+        kwargs = {k: coerce(v, hints[k], f"{where(name, k)}: '{name}.{k}'")
                   for k, v in body.items()}
         built[name] = cls(**kwargs)
 
@@ -250,22 +250,6 @@ def _accepts(hint, kind) -> bool:
     if origin in (typing.Union, types.UnionType):
         return any(_accepts(a, kind) for a in typing.get_args(hint))
     return hint is kind or origin is kind
-
-
-def key_lines(path) -> dict[tuple, int]:
-    """1-based line of each top-level key and each section's key: {(section,): n, (s, k): n}."""
-    try:
-        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    out = {}
-    if isinstance(node, yaml.MappingNode):
-        for key, body in node.value:
-            out[(key.value,)] = key.start_mark.line + 1
-            if isinstance(body, yaml.MappingNode):
-                for sub, _ in body.value:
-                    out[(key.value, sub.value)] = sub.start_mark.line + 1
-    return out
 
 
 def save_resolved(cfg: TrainConfig, folder: Path) -> Path:

@@ -28,7 +28,6 @@ from cai import records
 from cai.errors import CaiError
 from cai.train.losses import IGNORE_INDEX
 
-
 # --------------------------------------------------------------------------------------------
 # Reading
 

@@ -8,9 +8,9 @@ Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"); the formul
 1. rollout: sample an answer to each of `prompts_per_step` prompts (`samples_per_prompt` each)
    with the policy, cut at the end-of-sequence token (`cai.train.rollout`), seeded by
    `training.seed + step`, so a resumed run samples what an uninterrupted one would;
-2. score: the reward source's score of each answer (`cai.train.rewards`), shifted and scaled by
-   the first batch's mean and std (`normalize_reward`), plus `no_eos_penalty` for an answer that
-   never ended;
+2. score: the reward source's score of each answer (`cai.train.reward_sources`), shifted and
+   scaled by the first batch's mean and std (`normalize_reward`), plus `no_eos_penalty` for an
+   answer that never ended;
 3. log-probs of the answers under the policy and the reference (the same model with the LoRA
    adapter disabled: no second copy), the value head's values, and a per-token KL penalty
    -kl_coef * KL_t (fixed, or Ziegler's adaptive coefficient);
@@ -31,14 +31,12 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cai.config import opt
 from cai.errors import CaiError
-from cai.train import common, rewards
+from cai.train import common, reward_sources
 from cai.train import config as train_config
 from cai.train.losses import (
     adaptive_kl_coef,
@@ -51,96 +49,15 @@ from cai.train.losses import (
     rloo_advantages,
     token_logps,
 )
-from cai.train.rollout import Rollout, answer_forward, model_inputs, score_tokens
+from cai.train.ppo_options import PPOSection
+from cai.train.rollout import Rollout, answer_forward, model_inputs, score_tokens, step_prompts
 
 METRICS = "metrics.jsonl"
 VALUE_HEAD = "value_head.pt"
 
 
-@dataclass
-class PPOSection:
-    reward_model: str | None = opt(None, "reward: a `cai train rm` output folder; its score of "
-                                         "prompt + answer")
-    labeler: str | None = opt(None, "reward: direct AI feedback from this model (embedded name, "
-                                    "folder or hub id): its P(the answer beats a baseline "
-                                    "answer) under a sampled principle")
-    reward_function: str | None = opt(None, "reward: module:function or file.py:function, "
-                                            "called as f(prompts, responses) -> list of floats")
-    normalize_reward: bool = opt(True, "shift and scale scores by the mean and std of the "
-                                       "first rollout batch (sampled by the reference policy)")
-    no_eos_penalty: float = opt(-1.0, "added to the (normalized) score of an answer that hits "
-                                      "max_new_tokens without ending; 0 for none")
-    feedback_baseline: str = opt("reference", "labeler: what the answer is compared with: "
-                                              "'reference' (the reference model's sampled "
-                                              "answer) or 'response' (the prompt record's field)")
-    constitution: str | None = opt(None, "labeler: constitution YAML (default: the shipped one)")
-    principle_ids: list[str] | None = opt(None, "labeler: preference principle ids to "  # noqa: RUF009
-                                                "sample from (default: all)")
-    feedback_principles: int = opt(1, "labeler: principles per comparison (their mean)")
-    few_shot: int = opt(2, "labeler: labelling demonstrations in front")
-    prompts_dir: str | None = opt(None, "labeler: folder with your own feedback*.j2 templates")
-    labeler_dtype: str = opt("float32", "labeler: weights dtype")
-    prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
-    prompts_per_step: int = opt(8, "prompts in each rollout batch")
-    samples_per_prompt: int = opt(1, "answers sampled per prompt (rloo: at least 2)")
-    max_new_tokens: int = opt(64, "longest answer, in tokens")
-    temperature: float = opt(1.0, "sampling temperature; log-probs use logits / temperature")
-    generation_batch_size: int = opt(8, "sequences per generate call, reward-model and "
-                                        "labeler batch")
-    advantage: str = opt("gae", "gae (value head, per-token) or rloo (leave-one-out baseline "
-                                "over samples_per_prompt answers, no critic)")
-    ppo_epochs: int = opt(4, "passes over each rollout batch")
-    cliprange: float = opt(0.2, "policy ratio clip epsilon")
-    cliprange_value: float = opt(0.2, "value clip around the sampling-time values")
-    vf_coef: float = opt(0.1, "weight of the value loss")
-    gamma: float = opt(1.0, "GAE discount")
-    lam: float = opt(0.95, "GAE lambda")
-    whiten_advantages: bool = opt(True, "normalize advantages over the batch's answer tokens")
-    kl_coef: float = opt(0.05, "KL penalty coefficient (the start value when adaptive)")
-    kl_estimator: str = opt("k1", "per-token KL estimate in the penalty: k1, k2 or k3")
-    adaptive_kl: bool = opt(False, "adapt kl_coef toward kl_target (Ziegler et al. 2019)")
-    kl_target: float = opt(6.0, "adaptive: target sequence KL (nats)")
-    kl_horizon: int = opt(10000, "adaptive: horizon in samples")
-    eval_limit: int | None = opt(None, "only the first N prompts of data.eval_path")
-    eval_every: int | None = opt(None, "also evaluate every N steps (always before the first "
-                                       "step and after the last, with data.eval_path)")
-
-    def __post_init__(self):
-        chosen = [k for k in ("reward_model", "labeler", "reward_function") if getattr(self, k)]
-        if len(chosen) != 1:
-            raise CaiError("ppo: name one reward source: ppo.reward_model (a `cai train rm` "
-                           "folder), ppo.labeler (AI feedback) or ppo.reward_function "
-                           "(module:function)" + (f"; got {', '.join(chosen)}" if chosen else ""))
-        if self.advantage not in ("gae", "rloo"):
-            raise CaiError(f"ppo.advantage must be gae or rloo, got '{self.advantage}'")
-        if self.advantage == "rloo" and self.samples_per_prompt < 2:
-            raise CaiError("ppo.advantage rloo needs ppo.samples_per_prompt of at least 2 (the "
-                           f"baseline is the mean of the other answers), got "
-                           f"{self.samples_per_prompt}")
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise CaiError(f"ppo.kl_estimator must be k1, k2 or k3, got '{self.kl_estimator}'")
-        if self.feedback_baseline not in ("reference", "response"):
-            raise CaiError("ppo.feedback_baseline must be reference or response, got "
-                           f"'{self.feedback_baseline}'")
-        for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs",
-                     "generation_batch_size", "feedback_principles", "kl_horizon"):
-            if getattr(self, name) < 1:
-                raise CaiError(f"ppo.{name} must be at least 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise CaiError(f"ppo.temperature must be positive (PPO samples), got "
-                           f"{self.temperature}")
-
-
 def load_config(path, overrides):
     return train_config.load(path, overrides, "ppo", PPOSection)
-
-
-class NullWriter:
-    def add_scalar(self, *args, **kwargs):
-        pass
-
-    def close(self):
-        pass
 
 
 class PPOTrainer:
@@ -171,7 +88,8 @@ class PPOTrainer:
         self.device = self.accelerator.device
 
         self.prompts = self._prompts(cfg.data.path, cfg.data.limit, "data.path")
-        self.source = rewards.make_source(self.opts, args.seed)  # errors before the policy loads
+        # the reward source fails here, before the policy loads
+        self.source = reward_sources.make_source(self.opts, args.seed)
         self.model, self.tokenizer = common.model_and_tokenizer(cfg)
         for module in self.model.modules():  # no dropout: log-probs must be reproducible
             if isinstance(module, torch.nn.Dropout):
@@ -252,14 +170,7 @@ class PPOTrainer:
         return [{"role": "user", "content": record["prompt"]}]
 
     def step_prompts(self, step: int) -> list[dict]:
-        """The prompts of step `step` (0-based): consecutive slices of seeded permutations of
-        the prompt set, one permutation per pass, so every prompt comes once per pass."""
-        n, out = len(self.prompts), []
-        for i in range(step * self.opts.prompts_per_step,
-                       (step + 1) * self.opts.prompts_per_step):
-            order = random.Random(f"{self.args.seed}:pass:{i // n}").sample(range(n), n)
-            out.append(self.prompts[order[i % n]])
-        return out
+        return step_prompts(self.prompts, step, self.opts.prompts_per_step, self.args.seed)
 
     # ----------------------------------------------------------------------------------------
     # Rollout and scoring
@@ -425,7 +336,8 @@ class PPOTrainer:
                                            returns[part, :width].to(dev), mask,
                                            self.opts.cliprange_value)
             loss = loss + self.opts.vf_coef * vloss
-            parts.update({"loss/value": vloss.item(), "value/clip_frac": vstats["clip_frac"].item()})
+            parts.update({"loss/value": vloss.item(),
+                          "value/clip_frac": vstats["clip_frac"].item()})
         self.accelerator.backward(loss * weight)
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value * weight
@@ -520,7 +432,7 @@ class PPOTrainer:
             metrics_file.write_text("".join(line + "\n" for line in kept))
         elif metrics_file.exists():
             metrics_file.unlink()
-        writer = self._writer()
+        writer = common.metrics_writer(self.args, cfg.output_dir / "runs")
         start = time.perf_counter()
         last_metrics: dict = {}
         evals: list[dict] = []
@@ -565,15 +477,6 @@ class PPOTrainer:
             results["eval/reward_mean_before"] = evals[0]["eval/reward_mean"]
         (out / "train_results.json").write_text(json.dumps(results, indent=1))
         return results
-
-    def _writer(self):
-        reporters = self.args.report_to if isinstance(self.args.report_to, list) else \
-            [self.args.report_to]
-        if "tensorboard" in reporters:
-            from torch.utils.tensorboard import SummaryWriter
-
-            return SummaryWriter(str(self.cfg.output_dir / "runs"))
-        return NullWriter()
 
     def _line(self, m: dict) -> str:
         return (f"step {m['step']}/{self.args.max_steps}  reward {m['reward/mean']:.3f} "

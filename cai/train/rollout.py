@@ -12,6 +12,7 @@ LM head (`logits_to_keep`). Logits are divided by the sampling temperature befor
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -110,3 +111,13 @@ def score_tokens(model, value_head, rollout: Rollout, pad_id: int, device, tempe
         rollout.logps, rollout.entropy = out["logps"] * mask, out["entropy"] * mask
         rollout.values = out["values"] * mask if value_head is not None else None
     return rollout
+
+
+def step_prompts(prompts: list[dict], step: int, per_step: int, seed: int) -> list[dict]:
+    """The prompts of step `step` (0-based): consecutive slices of seeded permutations of the
+    prompt set, one permutation per pass, so every prompt comes once per pass."""
+    n, out = len(prompts), []
+    for i in range(step * per_step, (step + 1) * per_step):
+        order = random.Random(f"{seed}:pass:{i // n}").sample(range(n), n)
+        out.append(prompts[order[i % n]])
+    return out

@@ -1,0 +1,373 @@
+"""`cai label`: AI preference labels from the constitution (RL-CAI, Bai et al. 2022, section 4.1).
+
+For each prompt the policy samples several responses; every pair of them is scored by the
+feedback model (the labeler) through `cai.feedback.judge.score` and written as a
+`prompt`/`chosen`/`rejected` record with the soft label `p_chosen`.
+
+Prompts are handled in chunks like `cai revise`: sample responses for the chunk, score every
+(pair, principle, order) as one engine call, append the chunk's records. A rerun skips pair ids
+already written to data.jsonl or skipped.jsonl.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cai import records
+from cai.config import as_dict, opt
+from cai.errors import CaiError
+from cai.feedback.judge import TEMPLATES, Feedback, ScoringOptions, load_inputs, same_text, score
+from cai.feedback.labels import ensemble, label_histogram, position_bias_rate, principle_agreement
+from cai.generation import (
+    EngineConfig,
+    Generator,
+    SamplingParams,
+    engine_kwargs,
+    make_generator,
+    role_engine,
+)
+from cai.models import DEFAULT_MODEL
+
+# --------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class LabelConfig:
+    """Options of `cai label` (also the keys of its `--config` YAML)."""
+
+    prompts: str = opt("", ".jsonl (id, prompt), .txt (one per line) or dataset:NAME_OR_DIR")
+    responses: str | None = opt(None, "label existing responses instead of sampling: a .jsonl "
+                                      "with id, prompt and a 'responses' list, or `cai revise` "
+                                      "output (initial_response vs response)")
+    check: str | None = opt(None, "quality check instead: score a .jsonl of pairs (id, prompt, "
+                                  "better, worse) and report accuracy and calibration")
+    out: str = opt("", "output folder: data.jsonl, manifest.json, skipped.jsonl "
+                       "(with --check: check.json, optional)")
+    constitution: str | None = opt(None, "constitution YAML (default: constitutions/default.yaml)")
+    principle_ids: list[str] | None = opt(None, "comma-separated preference ids to sample from")
+    principles: int = opt(1, "principles sampled per pair; p_chosen is their mean (ensemble)")
+    samples: int = opt(2, "responses sampled per prompt (K >= 2)")
+    pairs: int | None = opt(None, "pairs per prompt, drawn at random (default: all K(K-1)/2)")
+    debias: bool = opt(True, "score each pair in both orders and average (position debiasing)")
+    cot: bool = opt(False, "chain of thought: the labeler reasons before its choice")
+    cot_clamp: list[float] = opt(help="with --cot, clamp each probability to LOW,HIGH "
+                                      "(default: 0.4,0.6, as in the paper)",
+                                 factory=lambda: [0.4, 0.6])
+    cot_max_new_tokens: int = opt(256, "longest chain-of-thought reasoning, in tokens")
+    cot_temperature: float = opt(0.0, "sampling temperature of the reasoning (0: greedy)")
+    few_shot: int = opt(2, "labelling demonstrations (constitution's preference_examples) in front")
+    margin: float = opt(0.0, "drop pairs with |p_chosen - 0.5| < MARGIN (counted in skipped.jsonl)")
+    limit: int | None = opt(None, "only the first N prompts (after sharding)")
+    shard: str | None = opt(None, "I/N: this machine's deterministic share of the prompts")
+    policy: str | None = opt(None, "model sampling the responses (default: smollm2-135m-instruct)")
+    labeler: str | None = opt(None, "feedback model (default: smollm2-135m-instruct)")
+    engine: str = opt("hf", "policy engine: hf, vllm or openai")
+    labeler_engine: str | None = opt(None, "labeler engine (default: the policy's)")
+    dtype: str = opt("bfloat16", "hf/vllm weights of the policy")
+    labeler_dtype: str = opt("float32", "hf/vllm weights of the labeler (bfloat16 logits "
+                                        "quantize its log-odds to steps of about 0.25)")
+    batch_size: int = opt(8, "sequences per forward pass (hf engine)")
+    base_url: str | None = opt(None, "openai engine: the policy's server, e.g. "
+                                     "http://127.0.0.1:8000/v1")
+    labeler_base_url: str | None = opt(None, "openai engine: the labeler's server "
+                                             "(default: --base-url)")
+    api_key_env: str = opt("OPENAI_API_KEY", "openai engine: environment variable with the key")
+    labeler_api_key_env: str | None = opt(None, "openai engine: the labeler's key variable "
+                                                "(default: --api-key-env)")
+    concurrency: int = opt(16, "openai engine: requests in flight at once")
+    chunk_size: int = opt(16, "prompts per engine call and per append to data.jsonl")
+    max_new_tokens: int = opt(256, "longest sampled response, in tokens")
+    temperature: float = opt(1.0, "policy sampling temperature (the paper sampled at 1.0)")
+    top_p: float = opt(0.95, "policy nucleus sampling mass")
+    seed: int = opt(0, "seed for sampling, pairs, principles, orders and few-shot choice")
+    prompts_dir: str | None = opt(None, "folder with your own feedback*.j2 templates")
+    prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
+    engine_options: dict = opt(help="extra policy engine options (config file only)", factory=dict)
+    labeler_engine_options: dict = opt(help="extra labeler engine options (config file only)",
+                                       factory=dict)
+
+    def __post_init__(self):
+        if not self.check:
+            if bool(self.prompts) == bool(self.responses):
+                raise CaiError("give --prompts (to sample responses) or --responses (to label "
+                               "existing ones), not both" if self.prompts else
+                               "missing --prompts (or --responses, or --check)")
+            if not self.out:
+                raise CaiError("missing --out (the output folder)")
+        for name, low in (("samples", 2), ("principles", 1), ("chunk_size", 1), ("batch_size", 1),
+                          ("few_shot", 0), ("cot_max_new_tokens", 1), ("pairs", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise CaiError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if not 0 <= self.margin < 0.5:
+            raise CaiError(f"--margin must be in [0, 0.5), got {self.margin}")
+        if len(self.cot_clamp) != 2 or not 0 <= self.cot_clamp[0] <= 0.5 <= self.cot_clamp[1] <= 1:
+            raise CaiError(f"--cot-clamp must be LOW,HIGH with 0 <= LOW <= 0.5 <= HIGH <= 1, "
+                           f"got {','.join(map(str, self.cot_clamp))}")
+        self.labeler_engine = self.labeler_engine or self.engine
+
+    def scoring(self) -> ScoringOptions:
+        """What the scoring core reads of these options."""
+        return ScoringOptions(principles=self.principles, seed=self.seed, debias=self.debias,
+                              cot=self.cot, cot_clamp=tuple(self.cot_clamp),
+                              cot_max_new_tokens=self.cot_max_new_tokens,
+                              cot_temperature=self.cot_temperature)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def load_responses(spec: str) -> list[dict]:
+    """`[{"id", "prompt", "responses": [str, ...], ...}]` from a JSONL file of existing answers.
+
+    Each line has `id`, `prompt` and either a `responses` list (two or more) or the fields of a
+    `cai revise` record, `initial_response` and `response` (labelled as response 0 vs 1).
+    """
+    path = Path(spec)
+    rows, problems = records.jsonl_objects(path, "responses")
+    items = []
+    for n, obj in rows:
+        if "id" not in obj or isinstance(obj["id"], (bool, dict, list)):
+            problems.append((n, f"{path}:{n}: missing 'id' (text)"))
+            continue
+        ok = records.require_text(obj, "prompt", path, n, problems)
+        if "responses" in obj:
+            answers = obj["responses"]
+            if not (isinstance(answers, list) and len(answers) >= 2
+                    and all(isinstance(a, str) for a in answers)):
+                problems.append((n, f"{path}:{n}: 'responses' must be a list of two or more "
+                                    "texts"))
+                continue
+        elif "initial_response" in obj or "response" in obj:
+            if not all(records.require_text(obj, k, path, n, problems, allow_empty=True)
+                       for k in ("initial_response", "response")):
+                continue
+            answers = [obj["initial_response"], obj["response"]]
+        else:
+            problems.append((n, f"{path}:{n}: needs a 'responses' list (or 'initial_response' "
+                                "and 'response', as `cai revise` writes)"))
+            continue
+        if ok:
+            extra = {k: v for k, v in obj.items() if k not in _NOT_CARRIED}
+            items.append((n, {**extra, "id": str(obj["id"]), "prompt": obj["prompt"],
+                              "responses": list(answers)}))
+    return records.unique_ids(path, items, problems)
+
+
+# Fields of input rows that are not copied into label records (revise records carry these).
+_NOT_CARRIED = {"id", "prompt", "responses", "initial_response", "response", "rounds", "messages",
+                "model", "constitution"}
+
+
+def pair_ids(item: dict, k: int, cfg) -> list[str]:
+    """Record ids `{prompt id}:{i}-{j}` of the pairs labelled among an item's k responses."""
+    return [f"{item['id']}:{i}-{j}" for i, j in select_pairs(k, cfg.pairs,
+                                                            f"{cfg.seed}:{item['id']}")]
+
+
+def select_pairs(k: int, n_pairs: int | None, key: str) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of k responses: all, or `n_pairs` drawn by a RNG seeded with `key`."""
+    every = list(combinations(range(k), 2))
+    if n_pairs is None or n_pairs >= len(every):
+        return every
+    return sorted(random.Random(f"pairs:{key}").sample(every, n_pairs))
+
+
+# --------------------------------------------------------------------------------------------
+# The labelling job
+
+
+def label_chunk(policy: Generator | None, labeler: Generator, feedback: Feedback,
+                items: list[dict], pool, cfg: LabelConfig, done: set[str], names: dict,
+                on_step: Callable[[str], None]) -> tuple[list[dict], list[dict]]:
+    """Sample (or take) responses for a chunk of prompts and label their pairs.
+
+    Returns (records, skips). Skips are pairs not labelled ("identical responses", "too long",
+    with a "detail") or labelled but dropped by the margin ("margin", with p_first and votes).
+    """
+    skips = []
+    if policy is not None:
+        budget = (policy.context_length or 0) - cfg.max_new_tokens
+        lengths = policy.prompt_tokens([[{"role": "user", "content": it["prompt"]}]
+                                        for it in items]) if policy.context_length else None
+        fits = []
+        for n, it in enumerate(items):
+            if lengths and lengths[n] > budget:
+                detail = (f"prompt of {lengths[n]} tokens + {cfg.max_new_tokens} new is over the "
+                          f"policy's context of {policy.context_length}")
+                skips += [{"id": pid, "reason": "too long", "detail": detail}
+                          for pid in pair_ids(it, cfg.samples, cfg) if pid not in done]
+            else:
+                fits.append(it)
+        on_step("policy sampling")
+        seed = zlib.crc32(f"{cfg.seed}:{items[0]['id']}".encode())
+        answers = policy.chat([[{"role": "user", "content": it["prompt"]}]
+                               for it in fits for _ in range(cfg.samples)],
+                              SamplingParams(max_new_tokens=cfg.max_new_tokens,
+                                             temperature=cfg.temperature, top_p=cfg.top_p,
+                                             seed=seed)) if fits else []
+        items = [{**it, "responses": answers[n * cfg.samples:(n + 1) * cfg.samples]}
+                 for n, it in enumerate(fits)]
+    tasks = []
+    for it in items:
+        for i, j in select_pairs(len(it["responses"]), cfg.pairs, f"{cfg.seed}:{it['id']}"):
+            pid = f"{it['id']}:{i}-{j}"  # as pair_ids
+            if pid in done:
+                continue
+            first, second = it["responses"][i], it["responses"][j]
+            if same_text(first, second):
+                skips.append({"id": pid, "reason": "identical responses"})
+            else:
+                tasks.append({"key": pid, "item": it, "pair": [i, j], "prompt": it["prompt"],
+                              "first": first, "second": second})
+    out = []
+    results = score(labeler, feedback, tasks, pool, cfg.scoring(), on_step)
+    for task, (votes, why) in zip(tasks, results):
+        if votes is None:
+            skips.append({"id": task["key"], "reason": "too long", "detail": why})
+            continue
+        p = ensemble([v["p_first"] for v in votes])
+        if abs(p - 0.5) < cfg.margin:
+            skips.append({"id": task["key"], "reason": "margin", "p_first": p, "votes": votes})
+            continue
+        swap = p < 0.5
+        chosen, rejected = (task["second"], task["first"]) if swap else \
+            (task["first"], task["second"])
+        it = task["item"]
+        extra = {k: v for k, v in it.items() if k not in _NOT_CARRIED}
+        out.append({
+            "id": task["key"], **extra,
+            "prompt": [{"role": "user", "content": it["prompt"]}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "p_chosen": 1.0 - p if swap else p, "votes": votes, "pair": task["pair"],
+            "chosen_index": task["pair"][1 if swap else 0],
+            "labeler": names["labeler"], "policy": names["policy"],
+            "constitution": names["constitution"]})
+    return out, skips
+
+
+def summarize(rows: list[dict], skipped: list[dict]) -> dict:
+    """The manifest's summary of everything in the output folder (all runs together)."""
+    dropped = [s for s in skipped if s.get("reason") == "margin"]
+    vote_lists = [r["votes"] for r in rows] + [s["votes"] for s in dropped]
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        reasons[s.get("reason", "")] = reasons.get(s.get("reason", ""), 0) + 1
+    ps = [r["p_chosen"] for r in rows]
+    bias = position_bias_rate([v for vs in vote_lists for v in vs])
+    agree = principle_agreement(vote_lists)
+    return {"pairs": len(rows), "skipped": reasons, "label_histogram": label_histogram(ps),
+            "mean_p_chosen": round(sum(ps) / len(ps), 4) if ps else None,
+            "position_bias_rate": None if bias is None else round(bias, 4),
+            "principle_agreement": None if agree is None else round(agree, 4)}
+
+
+def make_engines(cfg: LabelConfig, need_policy: bool, policy: Generator | None = None,
+                 labeler: Generator | None = None) -> tuple[Generator | None, Generator]:
+    """(policy, labeler), built unless given; one generator when both are the same model on
+    the same engine with the same options. Options are checked before either model loads."""
+    labeler_engine, labeler_model, labeler_kwargs = role_engine(cfg, "labeler")
+    policy_kwargs = engine_kwargs(EngineConfig(
+        model=cfg.policy, engine=cfg.engine, dtype=cfg.dtype, base_url=cfg.base_url,
+        api_key_env=cfg.api_key_env, engine_options=cfg.engine_options,
+        batch_size=cfg.batch_size, concurrency=cfg.concurrency)) \
+        if need_policy and policy is None else None
+    same = (str(cfg.policy or DEFAULT_MODEL), cfg.engine, policy_kwargs) == \
+        (str(labeler_model or DEFAULT_MODEL), labeler_engine, labeler_kwargs)
+    if labeler is None:
+        labeler = make_generator(labeler_engine, labeler_model, **labeler_kwargs)
+    if need_policy and policy is None:
+        policy = labeler if same else make_generator(cfg.engine, cfg.policy, **policy_kwargs)
+    return (policy if need_policy else None), labeler
+
+
+def run(cfg: LabelConfig, policy: Generator | None = None,
+        labeler: Generator | None = None) -> dict:
+    """Run (or resume) a labelling job; returns the run's stats."""
+    constitution, pool, templates = load_inputs(cfg.constitution, cfg.principle_ids,
+                                                cfg.prompts_dir)
+    if cfg.responses:
+        items = records.select_shard(load_responses(cfg.responses), cfg.shard)
+    else:
+        items = records.select_shard(records.load_prompts(cfg.prompts, cfg.prompt_column),
+                                     cfg.shard)
+    if cfg.limit is not None:
+        items = items[:cfg.limit]
+    source = cfg.responses or cfg.prompts
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = {"labeler": str(cfg.labeler or DEFAULT_MODEL), "constitution": constitution.name,
+             "policy": None if cfg.responses else str(cfg.policy or DEFAULT_MODEL)}
+    identity = {
+        "input": records.file_sha256(source) if Path(source).is_file() else source,
+        "constitution": constitution.sha256, "principle_pool": [p.id for p in pool],
+        "templates": records.text_sha256(templates.fingerprint(TEMPLATES)),
+        **names, "engine": None if cfg.responses else cfg.engine,
+        "labeler_engine": cfg.labeler_engine, "labeler_dtype": cfg.labeler_dtype,
+        **{k: getattr(cfg, k) for k in ("samples", "pairs", "principles", "debias", "cot",
+                                        "few_shot", "margin", "seed", "shard")},
+        **({"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+            "top_p": cfg.top_p} if not cfg.responses else {}),
+        **({"cot_clamp": cfg.cot_clamp, "cot_max_new_tokens": cfg.cot_max_new_tokens,
+            "cot_temperature": cfg.cot_temperature} if cfg.cot else {}),
+    }
+    manifest = records.Manifest(out, "label", identity, as_dict(cfg))
+    done = records.done_ids(out)
+
+    wanted = {it["id"]: pair_ids(it, len(it["responses"]) if cfg.responses else cfg.samples, cfg)
+              for it in items}
+    todo = [it for it in items if not all(p in done for p in wanted[it["id"]])]
+    manifest.save(status="running", total_prompts=len(items),
+                  total_pairs=sum(map(len, wanted.values())))
+    if not todo:
+        print(f"cai label: all {len(items)} prompts already done in {out}")
+        manifest.save(status="complete")
+        return {"written": 0, "skipped": 0, "dropped": 0}
+
+    policy, labeler = make_engines(cfg, not cfg.responses, policy, labeler)
+    feedback = Feedback(constitution, templates, cfg.few_shot, cfg.cot, cfg.seed)
+    engines = [labeler] if policy in (None, labeler) else [policy, labeler]
+    start = [(g.stats.generated_tokens, g.stats.generation_seconds) for g in engines]
+    written = skipped = dropped = 0
+    bar = tqdm(total=len(todo), desc="label", unit="prompt", dynamic_ncols=True)
+
+    def show(step: str) -> None:
+        bar.set_postfix_str(step)
+
+    try:
+        with records.JsonlWriter(out / records.DATA) as writer, \
+                records.JsonlWriter(out / records.SKIPPED) as skip_writer:
+            for begin in range(0, len(todo), cfg.chunk_size):
+                chunk = todo[begin:begin + cfg.chunk_size]
+                rows, skips = label_chunk(policy, labeler, feedback, chunk, pool, cfg, done,
+                                          names, show)
+                skip_writer.write(skips)
+                writer.write(rows)
+                written += len(rows)
+                dropped += sum(s["reason"] == "margin" for s in skips)
+                skipped += sum(s["reason"] != "margin" for s in skips)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        run_stats = {"written": written, "skipped": skipped, "dropped": dropped,
+                     "generated_tokens": sum(g.stats.generated_tokens - s[0]
+                                             for g, s in zip(engines, start)),
+                     "generation_seconds": round(sum(g.stats.generation_seconds - s[1]
+                                                     for g, s in zip(engines, start)), 3)}
+        manifest.add_run(**run_stats)
+    all_rows = records.read_jsonl(out / records.DATA)
+    all_skips = records.read_jsonl(out / records.SKIPPED)
+    complete = len(records.done_ids(out)) >= sum(map(len, wanted.values()))
+    manifest.save(status="complete" if complete else "partial",
+                  summary={**summarize(all_rows, all_skips), **names})
+    return run_stats

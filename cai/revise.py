@@ -1,0 +1,485 @@
+"""SL-CAI: answer, critique against a sampled principle, revise, check; several rounds a prompt.
+
+Bai et al. 2022 (arXiv:2212.08073, section 3): a helpful-only model (the *policy*) answers a
+red-team prompt, then for each round a principle is drawn at random, a *feedback model* (by
+default the policy itself, as in the paper) critiques the latest answer against it and rewrites
+the answer. Few-shot demonstrations go in front of each request. The final revisions become the
+SFT data (`messages`), mixed with the policy's own answers to ordinary requests
+(`--helpful-prompts`) so that the SFT model keeps its helpfulness (the paper's SL-CAI model was
+trained on revisions and on helpful samples).
+
+The critique request quotes the conversation it critiques, so a feedback model that did not
+write the answer knows what it is judging. Each round's revision is checked by a *gate*: the
+feedback model compares it with the answer it replaces on the constitution's preference
+questions, in both orders (`cai.feedback.judge.score`); a revision it does not prefer is not
+taken (both are kept in the record, with the score). Revisions the gate prefers to the first
+answer also make preference pairs (`pairs.jsonl`, revision chosen over initial answer) for DPO or
+a preference model.
+
+Prompts are handled in chunks: each step of a round goes to the engines as one batch for the
+whole chunk, and a finished chunk is appended to `OUT/data.jsonl` at once. A rerun continues
+after the last finished chunk.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cai import constitution as constitutions
+from cai import records
+from cai.config import as_dict, opt
+from cai.constitution import Constitution, Principle, sample_principles
+from cai.errors import CaiError
+from cai.feedback.judge import Feedback, ScoringOptions, load_inputs, score
+from cai.feedback.labels import ensemble
+from cai.generation import (
+    EngineConfig,
+    Generator,
+    SamplingParams,
+    engine_kwargs,
+    make_generator,
+    role_engine,
+)
+from cai.models import DEFAULT_MODEL
+from cai.prompts import Templates
+
+TEMPLATES = ("critique.j2", "revision.j2")
+PAIRS = "pairs.jsonl"
+
+
+@dataclass
+class ReviseConfig(EngineConfig):
+    """Options of `cai revise` (also the keys of its `--config` YAML). The engine options
+    (`--model`, `--engine`, ...) are the policy's; the feedback model has its own."""
+
+    prompts: str = opt("", ".jsonl (id, prompt), .txt (one per line) or dataset:NAME_OR_DIR")
+    out: str = opt("", "output folder: data.jsonl, pairs.jsonl, manifest.json, skipped.jsonl")
+    constitution: str | None = opt(None, "constitution YAML (default: constitutions/default.yaml)")
+    principles: list[str] | None = opt(None, "comma-separated critique_revision ids to sample from")
+    rounds: int = opt(4, "critique-revision rounds per prompt (the paper used 4)")
+    few_shot: int = opt(2, "demonstrations from the constitution in front of each request")
+    limit: int | None = opt(None, "only the first N prompts (after sharding)")
+    shard: str | None = opt(None, "I/N: this machine's deterministic share of the prompts")
+    chunk_size: int | None = opt(None, "prompts per engine call and per append to data.jsonl "
+                                       "(default: --batch-size for hf, 64 for vllm and openai)")
+    max_new_tokens: int = opt(256, "longest answer, critique or revision, in tokens")
+    temperature: float = opt(0.7, "sampling temperature (paper: 1.0; lower keeps a 135M model "
+                                  "on topic)")
+    top_p: float = opt(0.95, "nucleus sampling mass")
+    seed: int = opt(0, "seed for principles, few-shot choice and sampling")
+    prompts_dir: str | None = opt(None, "folder with your own critique.j2 / revision.j2 / "
+                                        "feedback.j2")
+    prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
+    feedback: str | None = opt(None, "feedback model: writes the critiques and revisions and "
+                                     "runs the gate (default: --model, as in the paper)")
+    feedback_engine: str | None = opt(None, "feedback model's engine (default: --engine)")
+    feedback_dtype: str = opt("bfloat16", "hf/vllm weights of the feedback model")
+    feedback_base_url: str | None = opt(None, "openai engine: the feedback model's server "
+                                              "(default: --base-url)")
+    feedback_api_key_env: str | None = opt(None, "openai engine: the feedback model's key "
+                                                 "variable (default: --api-key-env)")
+    feedback_engine_options: dict = opt(help="extra feedback engine options (config file only)",
+                                        factory=dict)
+    gate: bool = opt(True, "keep a revision only if the feedback model prefers it to the answer "
+                           "it replaces (asked in both orders)")
+    gate_principles: list[str] | None = opt(None, "preference ids the gate asks (default: all)")
+    gate_questions: int = opt(1, "preference questions per gate comparison, averaged")
+    gate_threshold: float = opt(0.5, "keep a revision when P(revision better) is above this")
+    helpful_prompts: str | None = opt(None, "also answer these ordinary prompts with the policy "
+                                            "(no critique) as helpful SFT samples, e.g. "
+                                            "data/helpful.jsonl")
+    helpful_ratio: float = opt(1.0, "helpful samples per red-team prompt (with "
+                                    "--helpful-prompts)")
+
+    def __post_init__(self):
+        if not self.prompts:
+            raise CaiError("missing --prompts (a .jsonl, .txt or dataset:NAME)")
+        if not self.out:
+            raise CaiError("missing --out (the output folder)")
+        if self.chunk_size is None:  # hf gains nothing from more than a batch; servers do
+            self.chunk_size = self.batch_size if self.engine == "hf" else 64
+        for name in ("rounds", "chunk_size", "batch_size", "gate_questions"):
+            if getattr(self, name) < (0 if name == "rounds" else 1):
+                raise CaiError(f"--{name.replace('_', '-')} is too small: {getattr(self, name)}")
+        if self.few_shot < 0:
+            raise CaiError(f"--few-shot must be >= 0, got {self.few_shot}")
+        if not 0 <= self.gate_threshold < 1:
+            raise CaiError(f"--gate-threshold must be in [0, 1), got {self.gate_threshold}")
+        if self.helpful_ratio < 0:
+            raise CaiError(f"--helpful-ratio must be >= 0, got {self.helpful_ratio}")
+
+
+# Openers a model puts before a rewrite ("Sure, here is a revised response:") that are not part
+# of the answer itself.
+_BOILERPLATE = re.compile(
+    r"^\s*(?:(?:sure|okay|ok|certainly|of course|absolutely|alright)\b[,!.]*\s*)?"
+    r"(?:(?:here(?:\s+is|\s+are|'s|’s)|below\s+is|i(?:'ve| have)\s+(?:rewritten|revised))\s+"
+    r"(?:(?:a|an|the|my|your)\s+)?(?:\w+\s+){0,3}?"
+    r"(?:revised|rewritten|new|updated|improved|edited|revision|rewrite)\b[^:\n]{0,60}:"
+    r"|(?:revised|rewritten|new|updated|improved)\s+(?:response|answer|reply|version)\s*:"
+    r"|revision\s*:|response\s*:)\s*",
+    re.IGNORECASE)
+
+
+def strip_boilerplate(text: str) -> str:
+    """The revision without a leading "Here is the revised response:"-style opener or quotes."""
+    text = _BOILERPLATE.sub("", text.strip(), count=1).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" and text.count(text[0]) == 2:
+        text = text[1:-1].strip()
+    return text
+
+
+def revision_flag(revision: str, previous: str) -> str | None:
+    """'empty' or 'unchanged' when a revision adds nothing, else None."""
+    if not revision:
+        return "empty"
+    if " ".join(revision.split()).lower() == " ".join(previous.split()).lower():
+        return "unchanged"
+    return None
+
+
+class Conversations:
+    """Builds the chats of one critique-revision job from a constitution and templates.
+
+    A critique chat is the demonstrations, then one user turn that quotes the conversation and
+    asks the critique question; the revision chat continues it with the critique and the
+    revision request, so it extends the critique chat token for token (the hf engine reuses the
+    cached prefix).
+    """
+
+    def __init__(self, constitution: Constitution, templates: Templates, few_shot: int, seed: int):
+        self.constitution, self.templates = constitution, templates
+        self.few_shot, self.seed = few_shot, seed
+
+    def critique_request(self, principle: Principle, prompt: str, response: str) -> str:
+        return self.templates.render("critique.j2", principle=principle, prompt=prompt,
+                                     response=response)
+
+    def revision_request(self, principle: Principle, prompt: str, response: str,
+                         critique: str) -> str:
+        return self.templates.render("revision.j2", principle=principle, prompt=prompt,
+                                     response=response, critique=critique)
+
+    def demonstrations(self, key: str) -> list[dict]:
+        """Few-shot turns in front of each request: whole rounds from the constitution."""
+        examples = list(self.constitution.examples)
+        if not examples or not self.few_shot:
+            return []
+        chosen = random.Random(f"{self.seed}:few-shot:{key}").sample(
+            examples, min(self.few_shot, len(examples)))
+        turns = []
+        for ex in chosen:
+            critique, revision = self.constitution.example_requests(ex)
+            shown = Principle(id=ex.principle or "example", critique=critique, revision=revision)
+            turns += [
+                {"role": "user", "content": self.critique_request(shown, ex.prompt, ex.response)},
+                {"role": "assistant", "content": ex.critique},
+                {"role": "user", "content": self.revision_request(shown, ex.prompt, ex.response,
+                                                                  ex.critique)},
+                {"role": "assistant", "content": ex.revision},
+            ]
+        return turns
+
+    def critique(self, key, principle, prompt, response) -> list[dict]:
+        return self.demonstrations(key) + [
+            {"role": "user", "content": self.critique_request(principle, prompt, response)}]
+
+    def revision(self, key, principle, prompt, response, critique) -> list[dict]:
+        return self.critique(key, principle, prompt, response) + [
+            {"role": "assistant", "content": critique},
+            {"role": "user", "content": self.revision_request(principle, prompt, response,
+                                                              critique)}]
+
+
+@dataclass
+class Gate:
+    """The revision gate: the feedback model's P(revision better than the answer it replaces)
+    under sampled preference questions, both orders averaged."""
+
+    feedback: Feedback
+    pool: tuple[Principle, ...]
+    options: ScoringOptions
+    threshold: float
+
+    def p_better(self, model: Generator, tasks: list[dict]) -> list[float | None]:
+        """P(first better) per task `{"key", "prompt", "first", "second"}`; None when the
+        comparison does not fit the model's context."""
+        if not tasks:
+            return []
+        return [None if votes is None else ensemble([v["p_first"] for v in votes])
+                for votes, _ in score(model, self.feedback, tasks, self.pool, self.options)]
+
+
+def too_long(policy: Generator, feedback: Generator, convs: Conversations, items: list[dict],
+             principles, cfg: ReviseConfig) -> dict[str, str]:
+    """Ids whose longest request cannot fit a model's context, with the reason.
+
+    The policy's request is the prompt alone; the feedback model's longest is the revision one:
+    few-shot turns, the prompt, an answer and a critique of up to max_new_tokens each, then the
+    revision itself.
+    """
+    out = {}
+    checks = [(policy, [[{"role": "user", "content": it["prompt"]}] for it in items], 1)]
+    if cfg.rounds:
+        longest = max(principles, key=lambda p: len(p.critique) + len(p.revision))
+        checks.append((feedback, [convs.revision(it["id"], longest, it["prompt"], "", "")
+                                  for it in items], 3))
+    for model, worst, generations in checks:
+        if not model.context_length:
+            continue
+        budget = model.context_length - generations * cfg.max_new_tokens
+        for it, n in zip(items, model.prompt_tokens(worst) or []):
+            if n > budget and it["id"] not in out:
+                out[it["id"]] = (f"needs {n} prompt tokens + {cfg.max_new_tokens} per generation, "
+                                 f"over the model's context of {model.context_length}")
+    return out
+
+
+def revise_chunk(policy: Generator, feedback: Generator, convs: Conversations, items: list[dict],
+                 principles, cfg: ReviseConfig, names: dict, gate: Gate | None = None,
+                 on_step: Callable[[str], None] = lambda step: None) -> list[dict]:
+    """Initial answers (policy), then `rounds` critique-revision rounds (feedback model), each
+    revision checked by the gate, for a chunk of prompts.
+
+    `on_step(label)` is called before each engine call, for progress display.
+    """
+    seed = zlib.crc32(f"{cfg.seed}:{items[0]['id']}".encode())
+
+    def params(step: int) -> SamplingParams:
+        return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                              top_p=cfg.top_p, seed=seed + step)
+
+    on_step("answer")
+    latest = policy.chat([[{"role": "user", "content": it["prompt"]}] for it in items], params(0))
+    initial = list(latest)
+    drawn = [sample_principles(principles, it["id"], cfg.rounds, cfg.seed) for it in items]
+    rounds = [[] for _ in items]
+    for r in range(cfg.rounds):
+        chosen = [d[r] for d in drawn]
+        on_step(f"round {r + 1}/{cfg.rounds} critique")
+        critiques = feedback.chat([convs.critique(it["id"], p, it["prompt"], a)
+                                   for it, p, a in zip(items, chosen, latest)], params(2 * r + 1))
+        on_step(f"round {r + 1}/{cfg.rounds} revision")
+        revisions = feedback.chat([convs.revision(it["id"], p, it["prompt"], a, c)
+                                   for it, p, a, c in zip(items, chosen, latest, critiques)],
+                                  params(2 * r + 2))
+        steps = []
+        for i, (p, c, raw) in enumerate(zip(chosen, critiques, revisions)):
+            revision = strip_boilerplate(raw)
+            steps.append({"principle_id": p.id, "critique": c, "revision": revision,
+                          "flag": revision_flag(revision, latest[i])})
+        asked = [i for i, st in enumerate(steps) if st["flag"] is None] if gate else []
+        if asked:
+            on_step(f"round {r + 1}/{cfg.rounds} gate")
+        ps = dict(zip(asked, gate.p_better(feedback, [
+            {"key": f"{items[i]['id']}:gate:{r}", "prompt": items[i]["prompt"],
+             "first": steps[i]["revision"], "second": latest[i]} for i in asked]))) if gate else {}
+        for i, st in enumerate(steps):
+            if gate and st["flag"] is None:
+                p = ps[i]
+                st["gate"] = {"p_revision": None if p is None else round(p, 4),
+                              "accepted": p is not None and p > gate.threshold}
+            accepted = st["gate"]["accepted"] if "gate" in st else st["flag"] != "empty"
+            if accepted:
+                latest[i] = st["revision"]
+            rounds[i].append(st)
+    # P(final better than initial): the last round's gate when there was one round, else asked.
+    p_final: list[float | None] = [None] * len(items)
+    if gate:
+        again = [i for i, rs in enumerate(rounds) if len(rs) > 1 and latest[i] != initial[i]]
+        for i, rs in enumerate(rounds):
+            if len(rs) == 1 and latest[i] != initial[i]:
+                p_final[i] = rs[0]["gate"]["p_revision"]
+        if again:
+            on_step("final gate")
+        for i, p in zip(again, gate.p_better(feedback, [
+                {"key": f"{items[i]['id']}:gate:final", "prompt": items[i]["prompt"],
+                 "first": latest[i], "second": initial[i]} for i in again])):
+            p_final[i] = None if p is None else round(p, 4)
+    out = []
+    for it, first, final, rs, p in zip(items, initial, latest, rounds, p_final):
+        extra = {k: v for k, v in it.items() if k not in ("id", "prompt")}
+        out.append({"id": it["id"], "prompt": it["prompt"], **extra, "kind": "revision",
+                    "initial_response": first, "rounds": rs, "response": final,
+                    "p_response": p,
+                    "messages": [{"role": "user", "content": it["prompt"]},
+                                 {"role": "assistant", "content": final}], **names})
+    return out
+
+
+def helpful_chunk(policy: Generator, items: list[dict], cfg: ReviseConfig, names: dict
+                  ) -> list[dict]:
+    """The policy's own answers to ordinary prompts: SFT samples that keep it helpful."""
+    seed = zlib.crc32(f"{cfg.seed}:{items[0]['id']}".encode())
+    answers = policy.chat([[{"role": "user", "content": it["prompt"]}] for it in items],
+                          SamplingParams(max_new_tokens=cfg.max_new_tokens,
+                                         temperature=cfg.temperature, top_p=cfg.top_p, seed=seed))
+    return [{"id": it["id"], "prompt": it["prompt"], "kind": "helpful", "response": a,
+             "messages": [{"role": "user", "content": it["prompt"]},
+                          {"role": "assistant", "content": a}], **names}
+            for it, a in zip(items, answers)]
+
+
+def helpful_items(cfg: ReviseConfig, n_prompts: int) -> list[dict]:
+    """`helpful_ratio` x `n_prompts` prompts of `helpful_prompts` (a seeded draw), ids prefixed
+    `helpful:` so they never collide with the red-team ids."""
+    if not cfg.helpful_prompts or not cfg.helpful_ratio:
+        return []
+    found = records.select_shard(records.load_prompts(cfg.helpful_prompts, cfg.prompt_column),
+                                 cfg.shard)
+    want = min(len(found), round(cfg.helpful_ratio * n_prompts))
+    drawn = random.Random(f"{cfg.seed}:helpful").sample(found, want)
+    return [{"id": f"helpful:{it['id']}", "prompt": it["prompt"]} for it in drawn]
+
+
+def summarize(rows: list[dict], threshold: float) -> dict:
+    """The manifest's counts over everything in the output folder."""
+    steps = [st for r in rows for st in r.get("rounds", [])]
+    gated = [st for st in steps if "gate" in st]
+    return {"revised_prompts": sum(r.get("kind") != "helpful" for r in rows),
+            "helpful_samples": sum(r.get("kind") == "helpful" for r in rows),
+            "revisions": len(steps),
+            "accepted": sum(st["gate"]["accepted"] for st in gated),
+            "rejected": sum(not st["gate"]["accepted"] for st in gated),
+            "unchanged": sum(st["flag"] == "unchanged" for st in steps),
+            "empty": sum(st["flag"] == "empty" for st in steps),
+            "changed_final": sum(r.get("kind") != "helpful" and
+                                 r["response"] != r["initial_response"] for r in rows),
+            "pairs": len(preference_pairs(rows, threshold))}
+
+
+def preference_pairs(rows: list[dict], threshold: float) -> list[dict]:
+    """Revision chosen over initial answer, where the gate preferred the final revision: the
+    `prompt`/`chosen`/`rejected` records `cai train dpo` and `cai train rm` read."""
+    return [{"id": r["id"], "prompt": [{"role": "user", "content": r["prompt"]}],
+             "chosen": [{"role": "assistant", "content": r["response"]}],
+             "rejected": [{"role": "assistant", "content": r["initial_response"]}],
+             "p_chosen": r["p_response"], "source": "revise", "model": r.get("model"),
+             "feedback_model": r.get("feedback_model"), "constitution": r.get("constitution")}
+            for r in rows if r.get("p_response") is not None and r["p_response"] > threshold]
+
+
+def make_engines(cfg: ReviseConfig, policy: Generator | None = None,
+                 feedback: Generator | None = None) -> tuple[Generator, Generator]:
+    """(policy, feedback model), built unless given; one generator when both are the same model
+    on the same engine with the same options (the paper's setting)."""
+    fb_engine, fb_model, fb_kwargs = role_engine(cfg, "feedback")
+    fb_model = fb_model or cfg.model
+    policy_kwargs = engine_kwargs(cfg)
+    same = (str(cfg.model or DEFAULT_MODEL), cfg.engine, policy_kwargs) == \
+        (str(fb_model or DEFAULT_MODEL), fb_engine, fb_kwargs)
+    if policy is None:
+        policy = make_generator(cfg.engine, cfg.model, **policy_kwargs)
+    if feedback is None:
+        feedback = policy if same else make_generator(fb_engine, fb_model, **fb_kwargs)
+    return policy, feedback
+
+
+def run(cfg: ReviseConfig, generator: Generator | None = None,
+        feedback: Generator | None = None) -> dict:
+    """Run (or resume) a critique-revision job; returns the run's stats. `generator` is the
+    policy, `feedback` the feedback model (default: built from the options)."""
+    # Everything the job reads is validated before a model loads or anything is generated.
+    constitution = constitutions.load(cfg.constitution)
+    principles = constitution.restrict("critique_revision", cfg.principles)
+    templates = Templates(cfg.prompts_dir)
+    for name in TEMPLATES:  # render once with dummy values: a missing variable fails here
+        templates.render(name, principle=principles[0], prompt="?", response="?", critique="?")
+    gate = None
+    if cfg.gate:
+        _, pool, _ = load_inputs(cfg.constitution, cfg.gate_principles, cfg.prompts_dir)
+        gate = Gate(Feedback(constitution, templates, cfg.few_shot, False, cfg.seed), pool,
+                    ScoringOptions(principles=cfg.gate_questions, seed=cfg.seed),
+                    cfg.gate_threshold)
+    engine_kwargs(cfg)  # the policy's and the feedback model's engine options fail here too
+    role_engine(cfg, "feedback")
+    items = records.select_shard(records.load_prompts(cfg.prompts, cfg.prompt_column), cfg.shard)
+    if cfg.limit is not None:
+        items = items[:cfg.limit]
+    helpful = helpful_items(cfg, len(items))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = {"model": str(cfg.model or DEFAULT_MODEL),
+             "feedback_model": str(cfg.feedback or cfg.model or DEFAULT_MODEL),
+             "constitution": constitution.name}
+    source = lambda spec: records.file_sha256(spec) if Path(spec).is_file() else spec  # noqa: E731
+    identity = {
+        "prompts": source(cfg.prompts),
+        "constitution": constitution.sha256, "principles": [p.id for p in principles],
+        "templates": records.text_sha256(templates.fingerprint(TEMPLATES + ("feedback.j2",))),
+        "model": names["model"], "engine": cfg.engine, "rounds": cfg.rounds,
+        "few_shot": cfg.few_shot, "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed, "shard": cfg.shard,
+        "feedback_model": names["feedback_model"],
+        "feedback_engine": cfg.feedback_engine or cfg.engine,
+        "gate": [p.id for p in gate.pool] + [cfg.gate_questions, cfg.gate_threshold]
+        if gate else None,
+        "helpful": [source(cfg.helpful_prompts), cfg.helpful_ratio] if helpful else None,
+    }
+    manifest = records.Manifest(out, "revise", identity, as_dict(cfg))
+    done = records.done_ids(out)
+    todo = [it for it in items if it["id"] not in done]
+    todo_helpful = [it for it in helpful if it["id"] not in done]
+    manifest.save(status="running", total=len(items) + len(helpful))
+    if not todo and not todo_helpful:
+        print(f"cai revise: all {len(items) + len(helpful)} prompts already done in {out}")
+        _finish(out, manifest, cfg, len(items) + len(helpful))
+        return {"written": 0, "skipped": 0}
+
+    policy, feedback = make_engines(cfg, generator, feedback)
+    engines = [policy] if feedback is policy else [policy, feedback]
+    convs = Conversations(constitution, templates, cfg.few_shot, cfg.seed)
+    skips = too_long(policy, feedback, convs, todo, principles, cfg)
+    start = [(g.stats.generated_tokens, g.stats.generation_seconds) for g in engines]
+    written = 0
+    with records.JsonlWriter(out / records.SKIPPED) as skipped:
+        skipped.write([{"id": i, "reason": r} for i, r in skips.items()])
+    todo = [it for it in todo if it["id"] not in skips]
+    bar = tqdm(total=len(todo) + len(todo_helpful), desc="revise", unit="prompt",
+               dynamic_ncols=True)
+    try:
+        with records.JsonlWriter(out / records.DATA) as writer:
+            def show(step: str) -> None:
+                tokens = sum(g.stats.generated_tokens for g in engines)
+                seconds = sum(g.stats.generation_seconds for g in engines)
+                bar.set_postfix_str(f"{step}, {tokens / max(seconds, 1e-9):.1f} tok/s")
+
+            for begin in range(0, len(todo), cfg.chunk_size):
+                chunk = todo[begin:begin + cfg.chunk_size]
+                writer.write(revise_chunk(policy, feedback, convs, chunk, principles, cfg, names,
+                                          gate, on_step=show))
+                written += len(chunk)
+                bar.update(len(chunk))
+            for begin in range(0, len(todo_helpful), cfg.chunk_size):
+                chunk = todo_helpful[begin:begin + cfg.chunk_size]
+                show("helpful answers")
+                writer.write(helpful_chunk(policy, chunk, cfg, names))
+                written += len(chunk)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        run_stats = {"written": written, "skipped": len(skips),
+                     "generated_tokens": sum(g.stats.generated_tokens - s[0]
+                                             for g, s in zip(engines, start)),
+                     "generation_seconds": round(sum(g.stats.generation_seconds - s[1]
+                                                     for g, s in zip(engines, start)), 3)}
+        manifest.add_run(**run_stats)
+    _finish(out, manifest, cfg, len(items) + len(helpful))
+    return run_stats
+
+
+def _finish(out: Path, manifest, cfg: ReviseConfig, total: int) -> None:
+    """pairs.jsonl and the manifest's summary, from every record in the folder."""
+    rows = records.read_jsonl(out / records.DATA)
+    pairs = preference_pairs(rows, cfg.gate_threshold)
+    records.atomic_write_text(out / PAIRS, "".join(records.json_line(p) for p in pairs))
+    complete = len(records.done_ids(out)) >= total
+    manifest.save(status="complete" if complete else "partial",
+                  summary=summarize(rows, cfg.gate_threshold))

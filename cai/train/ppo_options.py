@@ -1,0 +1,83 @@
+"""The `ppo:` section of a `cai train ppo` config: the reward source, the rollouts, the PPO or
+RLOO update and the KL penalty (the loop that reads it is `cai.train.ppo`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cai.config import opt
+from cai.errors import CaiError
+
+
+@dataclass
+class PPOSection:
+    reward_model: str | None = opt(None, "reward: a `cai train rm` output folder; its score of "
+                                         "prompt + answer")
+    labeler: str | None = opt(None, "reward: direct AI feedback from this model (embedded name, "
+                                    "folder or hub id): its P(the answer beats a baseline "
+                                    "answer) under a sampled principle")
+    reward_function: str | None = opt(None, "reward: module:function or file.py:function, "
+                                            "called as f(prompts, responses) -> list of floats")
+    normalize_reward: bool = opt(True, "shift and scale scores by the mean and std of the "
+                                       "first rollout batch (sampled by the reference policy)")
+    no_eos_penalty: float = opt(-1.0, "added to the (normalized) score of an answer that hits "
+                                      "max_new_tokens without ending; 0 for none")
+    feedback_baseline: str = opt("reference", "labeler: what the answer is compared with: "
+                                              "'reference' (the reference model's sampled "
+                                              "answer) or 'response' (the prompt record's field)")
+    constitution: str | None = opt(None, "labeler: constitution YAML (default: the shipped one)")
+    principle_ids: list[str] | None = opt(None, "labeler: preference principle ids to "  # noqa: RUF009
+                                                "sample from (default: all)")
+    feedback_principles: int = opt(1, "labeler: principles per comparison (their mean)")
+    few_shot: int = opt(2, "labeler: labelling demonstrations in front")
+    prompts_dir: str | None = opt(None, "labeler: folder with your own feedback*.j2 templates")
+    labeler_dtype: str = opt("float32", "labeler: weights dtype")
+    prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
+    prompts_per_step: int = opt(8, "prompts in each rollout batch")
+    samples_per_prompt: int = opt(1, "answers sampled per prompt (rloo: at least 2)")
+    max_new_tokens: int = opt(64, "longest answer, in tokens")
+    temperature: float = opt(1.0, "sampling temperature; log-probs use logits / temperature")
+    generation_batch_size: int = opt(8, "sequences per generate call, reward-model and "
+                                        "labeler batch")
+    advantage: str = opt("gae", "gae (value head, per-token) or rloo (leave-one-out baseline "
+                                "over samples_per_prompt answers, no critic)")
+    ppo_epochs: int = opt(4, "passes over each rollout batch")
+    cliprange: float = opt(0.2, "policy ratio clip epsilon")
+    cliprange_value: float = opt(0.2, "value clip around the sampling-time values")
+    vf_coef: float = opt(0.1, "weight of the value loss")
+    gamma: float = opt(1.0, "GAE discount")
+    lam: float = opt(0.95, "GAE lambda")
+    whiten_advantages: bool = opt(True, "normalize advantages over the batch's answer tokens")
+    kl_coef: float = opt(0.05, "KL penalty coefficient (the start value when adaptive)")
+    kl_estimator: str = opt("k1", "per-token KL estimate in the penalty: k1, k2 or k3")
+    adaptive_kl: bool = opt(False, "adapt kl_coef toward kl_target (Ziegler et al. 2019)")
+    kl_target: float = opt(6.0, "adaptive: target sequence KL (nats)")
+    kl_horizon: int = opt(10000, "adaptive: horizon in samples")
+    eval_limit: int | None = opt(None, "only the first N prompts of data.eval_path")
+    eval_every: int | None = opt(None, "also evaluate every N steps (always before the first "
+                                       "step and after the last, with data.eval_path)")
+
+    def __post_init__(self):
+        chosen = [k for k in ("reward_model", "labeler", "reward_function") if getattr(self, k)]
+        if len(chosen) != 1:
+            raise CaiError("ppo: name one reward source: ppo.reward_model (a `cai train rm` "
+                           "folder), ppo.labeler (AI feedback) or ppo.reward_function "
+                           "(module:function)" + (f"; got {', '.join(chosen)}" if chosen else ""))
+        if self.advantage not in ("gae", "rloo"):
+            raise CaiError(f"ppo.advantage must be gae or rloo, got '{self.advantage}'")
+        if self.advantage == "rloo" and self.samples_per_prompt < 2:
+            raise CaiError("ppo.advantage rloo needs ppo.samples_per_prompt of at least 2 (the "
+                           f"baseline is the mean of the other answers), got "
+                           f"{self.samples_per_prompt}")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise CaiError(f"ppo.kl_estimator must be k1, k2 or k3, got '{self.kl_estimator}'")
+        if self.feedback_baseline not in ("reference", "response"):
+            raise CaiError("ppo.feedback_baseline must be reference or response, got "
+                           f"'{self.feedback_baseline}'")
+        for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs",
+                     "generation_batch_size", "feedback_principles", "kl_horizon"):
+            if getattr(self, name) < 1:
+                raise CaiError(f"ppo.{name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise CaiError(f"ppo.temperature must be positive (PPO samples), got "
+                           f"{self.temperature}")

@@ -1,0 +1,248 @@
+"""`cai train rm` and `cai score`: a preference (reward) model trained on AI labels.
+
+Bai et al. 2022 (arXiv:2212.08073, section 4.1): RL-CAI trains a preference model on the
+feedback model's labels, as soft targets, and uses its score as the reward for RL. The model is
+the base LM with a scalar head (`AutoModelForSequenceClassification`, one output) and a LoRA
+adapter (the head is trained in full next to it); the score of a conversation is the head's
+output at its last token that is not padding (transformers' own rule, so TRL and transformers
+pipelines read the saved model the same way). The loss is Bradley-Terry with soft targets
+(`cai.train.losses.preference_loss`); chosen and rejected rows go through the model in one
+forward. Evaluation on held-out pairs reports the accuracy and the calibration of
+P(chosen better) = s(r_c - r_r).
+
+`load_reward_model(folder).score(conversations)` is the one way to read scores (`cai score`
+and PPO use it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cai import records
+from cai.config import opt
+from cai.errors import CaiError
+from cai.feedback import labels as label_metrics
+from cai.models import pad_batch
+from cai.train import common, pairs
+from cai.train import config as train_config
+from cai.train.losses import preference_loss
+
+
+@dataclass
+class RMSection:
+    soft_labels: bool = opt(False, "train toward the AI label P(chosen better) (label_column) "
+                                   "instead of 'chosen is better'")
+    label_column: str = opt("p_chosen", "field holding P(chosen better), in [0, 1]")
+
+
+class RewardTrainer(pairs.PairTrainer):
+    """`transformers.Trainer` with the soft Bradley-Terry loss on pairs of scores."""
+
+    def __init__(self, *args, soft_labels: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.soft_labels = soft_labels
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.count_tokens(inputs)
+        scores = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                       use_cache=False).logits.squeeze(-1).float()  # (2B,)
+        chosen, rejected = scores.chunk(2)                            # (B,), (B,)
+        p_chosen = inputs.get("p_chosen")
+        loss = preference_loss(chosen, rejected, p_chosen if self.soft_labels else None).mean()
+        if model.training:  # evaluation reports its metrics through compute_metrics
+            margins = chosen - rejected
+            self.record("rewards/chosen", chosen)
+            self.record("rewards/rejected", rejected)
+            self.record("rewards/margins", margins)
+            self.record("rewards/accuracies", (margins > 0).float())
+            if p_chosen is not None:
+                agree, decided, gap = pairs.label_agreement(margins, p_chosen)
+                self.record("labels/agreement", agree, decided)
+                self.record("labels/abs_error", gap)
+        return (loss, torch.stack([chosen, rejected], -1)) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, scores = self.compute_loss(model, inputs, return_outputs=True)  # (B, 2)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        p_chosen = inputs.get("p_chosen")
+        if p_chosen is None:
+            p_chosen = torch.full_like(scores[:, 0], float("nan"))  # no soft labels
+        return loss.detach(), scores.detach(), p_chosen
+
+
+def eval_metrics(prediction) -> dict:
+    """Accuracy and calibration of P(chosen better) = s(r_c - r_r) on held-out pairs.
+
+    accuracy: fraction with r_c > r_r (ties count half); ece, brier: calibration against the
+    pairs' hard label "chosen is better" (`cai.labels`); with AI labels, label_agreement
+    (the model and the label prefer the same side, where t != 1/2) and label_abs_error
+    (mean |P - t|).
+    """
+    scores = torch.as_tensor(prediction.predictions, dtype=torch.float64)  # (N, 2)
+    target = torch.as_tensor(prediction.label_ids, dtype=torch.float64)    # (N,)
+    margins = scores[:, 0] - scores[:, 1]
+    p = torch.sigmoid(margins).tolist()
+    out = {"accuracy": label_metrics.accuracy(p),
+           "ece": label_metrics.expected_calibration_error(p),
+           "brier": label_metrics.brier_score(p), "margin": margins.mean().item()}
+    known = ~torch.isnan(target)
+    if known.any():
+        agree, decided, gap = pairs.label_agreement(margins[known], target[known])
+        if decided.any():
+            out["label_agreement"] = agree[decided].mean().item()
+        out["label_abs_error"] = gap.mean().item()
+    return {k: round(v, 6) for k, v in out.items()}
+
+
+def load_config(path, overrides):
+    return train_config.load(path, overrides, "rm", RMSection)
+
+
+def train(cfg, resume: bool = False, callbacks=None) -> dict:
+    """Run `cai train rm` from a resolved config; returns the training (and eval) metrics."""
+    common.check_output(cfg, resume)
+    defaults = {"prediction_loss_only": False}
+    if cfg.data.group_by_length:
+        defaults["train_sampling_strategy"] = "group_by_length"
+    args = common.training_arguments(cfg, **defaults)
+    model, tokenizer = common.model_and_tokenizer(cfg, num_labels=1)
+    log = print if args.process_index == 0 else (lambda *_: None)
+    opts = cfg.options
+    train_rows, eval_rows = pairs.build(cfg.data, tokenizer, opts.label_column,
+                                        opts.soft_labels, whole=True, log=log)
+    pairs.check_eval(args, eval_rows, cfg.source)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train_rows,
+                            eval_dataset=eval_rows, processing_class=tokenizer,
+                            data_collator=pairs.PairCollator(tokenizer.pad_token_id),
+                            compute_metrics=eval_metrics, callbacks=callbacks,
+                            soft_labels=opts.soft_labels)
+    metrics = common.run(trainer, cfg, resume)
+    if eval_rows:
+        metrics.update(common.evaluate(trainer))
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and scoring
+
+
+class RewardModel:
+    """A trained reward model: `score(conversations)` -> one float per conversation."""
+
+    def __init__(self, model, tokenizer, max_length: int | None = None):
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def score(self, conversations: list[list[dict]], batch_size: int = 8) -> list[float]:
+        """The score of each conversation (ending with the assistant turn to judge), read at
+        its last token, with the same tokens as in training."""
+        ids = [pairs.whole_ids(self.tokenizer, c) for c in conversations]
+        if self.max_length:
+            ids = [x[:self.max_length] for x in ids]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        scores = [0.0] * len(ids)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), batch_size):
+            part = order[start:start + batch_size]
+            batch, mask = pad_batch([ids[i] for i in part], pad, left=False)
+            out = self.model(input_ids=batch.to(self.device), attention_mask=mask.to(self.device))
+            for i, s in zip(part, out.logits[:, 0].float().tolist()):
+                scores[i] = s
+        return scores
+
+
+def load_reward_model(folder, dtype: str = "float32", device: str | None = None) -> RewardModel:
+    """A `cai train rm` output folder (adapter + head), or a merged or full classifier folder."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from cai.models import load_tokenizer, resolve, torch_dtype
+
+    folder = Path(folder)
+    adapter_file = folder / "adapter_config.json"
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the head is "newly initialized" before the adapter loads
+    try:
+        if adapter_file.is_file():
+            adapter = json.loads(adapter_file.read_text())
+            if adapter.get("task_type") != "SEQ_CLS":
+                raise CaiError(f"{folder}: a {adapter.get('task_type')} adapter, not a reward "
+                               "model (train one with `cai train rm`)")
+            base = adapter["base_model_name_or_path"]
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolve(base), num_labels=1, dtype=torch_dtype(dtype))
+            model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+        elif (folder / "config.json").is_file():
+            config = AutoConfig.from_pretrained(folder)
+            if not any(a.endswith("ForSequenceClassification")
+                       for a in config.architectures or []) or config.num_labels != 1:
+                raise CaiError(f"{folder}: not a reward model (a classifier with one output)")
+            base = folder
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder, dtype=torch_dtype(dtype))
+        else:
+            raise CaiError(f"{folder}: not a reward model folder (no adapter_config.json or "
+                           "config.json)")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if (folder / "tokenizer_config.json").is_file():  # saved with the model by `cai train rm`
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = load_tokenizer(base)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    max_length = None
+    resolved = folder / train_config.RESOLVED
+    if resolved.is_file():
+        import yaml
+
+        max_length = (yaml.safe_load(resolved.read_text()) or {}).get("data", {}).get("max_length")
+    if device:
+        model = model.to(device)
+    elif torch.cuda.is_available():
+        model = model.cuda()
+    return RewardModel(model.eval(), tokenizer, max_length)
+
+
+def score_file(model_dir, data, batch_size: int = 8) -> list[dict]:
+    """Scores of the records in `data` (a .jsonl): each row's `id` (or line number) with `score`
+    for prompt + response (or `messages`), or `score_chosen` and `score_rejected` for a
+    preference record."""
+    rows = records.read_rows(str(data), "train", "a .jsonl or a `cai label` folder")
+    convs, slots = [], []  # slots: (row index, output key)
+    for n, (where, row) in enumerate(rows):
+        if not isinstance(row, dict):
+            raise CaiError(f"{where}: expected an object")
+        if "chosen" in row and "rejected" in row:
+            pair = pairs.read_pair(row, where)
+            for side in pairs.SIDES:
+                convs.append(pair["prompt"] + pair[side])
+                slots.append((n, f"score_{side}"))
+        elif "response" in row and "prompt" in row:
+            convs.append(pairs.as_messages(row["prompt"], "user", where, "prompt")
+                         + pairs.as_messages(row["response"], "assistant", where, "response"))
+            slots.append((n, "score"))
+        elif "messages" in row:
+            convs.append(pairs.as_messages(row["messages"], "user", where, "messages"))
+            slots.append((n, "score"))
+        else:
+            raise CaiError(f"{where}: needs prompt and response, messages, or chosen and "
+                           "rejected")
+    if not convs:
+        raise CaiError(f"{data}: no records to score")
+    scores = load_reward_model(model_dir).score(convs, batch_size)
+    out = [{"id": row.get("id", n + 1)} for n, (_, row) in enumerate(rows)]
+    for (n, key), s in zip(slots, scores):
+        out[n][key] = s if math.isfinite(s) else None
+    return out

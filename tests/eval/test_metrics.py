@@ -1,0 +1,139 @@
+"""`cai eval`'s statistics by hand: win rates, bootstrap intervals, Bradley-Terry Elo, the
+string-match refusal detector and lengths. Pure Python, no model."""
+
+import math
+import random
+
+import pytest
+
+from cai.eval import metrics as M
+
+
+def test_win_rates_soft_and_hard():
+    outcomes = [0.9, 0.6, 0.5, 0.2]
+    assert M.win_rate(outcomes) == pytest.approx(2.2 / 4)
+    assert M.hard_win_rate(outcomes) == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    assert M.win_rate([0.5] * 7) == 0.5 and M.hard_win_rate([0.5] * 7) == 0.5
+
+
+def test_softmax_normalizes_choice_logprobs():
+    assert M.softmax([math.log(0.2), math.log(0.2), math.log(0.6)]) == pytest.approx(
+        [0.2, 0.2, 0.6])
+    assert M.softmax([-1000.0, 0.0]) == pytest.approx([0.0, 1.0])  # no underflow to nan
+    assert M.softmax([-math.inf] * 3) == pytest.approx([1 / 3] * 3)
+
+
+def test_percentile_interpolates_between_order_statistics():
+    values = [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert M.percentile(values, 0.0) == 0.0 and M.percentile(values, 1.0) == 4.0
+    assert M.percentile(values, 0.5) == 2.0
+    assert M.percentile(values, 0.125) == pytest.approx(0.5)
+    assert M.percentile_interval(list(range(101)), 0.9) == pytest.approx((5.0, 95.0))
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_data():
+    rng = random.Random(1)
+    small = [rng.betavariate(3, 2) for _ in range(20)]
+    large = [rng.betavariate(3, 2) for _ in range(500)]
+    for values in (small, large):
+        lo, hi = M.bootstrap_ci(values, resamples=500, seed=0)
+        assert lo <= M.win_rate(values) <= hi
+        assert 0.0 <= lo < hi <= 1.0
+    small_width = M.bootstrap_ci(small, resamples=500)[1] - M.bootstrap_ci(small, resamples=500)[0]
+    lo, hi = M.bootstrap_ci(large, resamples=500)
+    assert hi - lo < small_width / 2  # ~ 1/sqrt(n): 25x the data, ~1/5 the width
+    # a wider confidence level gives a wider interval
+    lo90, hi90 = M.bootstrap_ci(small, resamples=500, confidence=0.9)
+    lo99, hi99 = M.bootstrap_ci(small, resamples=500, confidence=0.99)
+    assert lo99 <= lo90 and hi90 <= hi99
+    # constant data: a zero-width interval at the value
+    assert M.bootstrap_ci([0.7] * 10) == pytest.approx((0.7, 0.7))
+
+
+def test_bootstrap_is_reproducible_with_a_seed():
+    rng = random.Random(3)
+    values = [rng.random() for _ in range(30)]
+    assert M.bootstrap_ci(values, seed=5) == M.bootstrap_ci(values, seed=5)
+    assert M.bootstrap_ci(values, seed=5) != M.bootstrap_ci(values, seed=6)
+    with pytest.raises(ValueError):
+        M.bootstrap_ci([])
+
+
+def test_elo_of_two_models_is_the_logit_of_the_mean_outcome():
+    # b beats a with mean probability 0.75: odds 3, so elo_b - elo_a = 400 log10(3) = 190.85
+    comparisons = [(1, 0, p) for p in (0.9, 0.6, 0.75, 0.75)]
+    elo = M.elo_ratings(comparisons, ["a", "b"], l2=0)
+    assert elo["a"] == 0.0
+    assert elo["b"] == pytest.approx(400 * math.log10(3), abs=1e-6)
+    # the same outcomes written from a's side give the same ratings
+    flipped = [(0, 1, 1 - p) for _, _, p in comparisons]
+    assert M.elo_ratings(flipped, ["a", "b"], l2=0)["b"] == pytest.approx(elo["b"])
+    # even outcomes: equal ratings
+    assert M.elo_ratings([(0, 1, 0.5)] * 3, ["a", "b"], l2=0)["b"] == pytest.approx(0.0)
+
+
+def test_bradley_terry_recovers_consistent_strengths():
+    # outcomes exactly sigmoid(r_i - r_j) for r = (0, 1, 2.5): the fit recovers r (up to shift)
+    r = [0.0, 1.0, 2.5]
+    comps = [(i, j, 1 / (1 + math.exp(-(r[i] - r[j])))) for i in range(3) for j in range(3)
+             if i != j]
+    elo = M.elo_ratings(comps, ["x", "y", "z"], l2=0)
+    assert [elo[k] for k in "xyz"] == pytest.approx([M.ELO_SCALE * v for v in r], abs=1e-6)
+    assert M.ELO_SCALE * 1.0 == pytest.approx(173.72, abs=0.01)
+
+
+def test_the_prior_keeps_a_clean_sweep_finite():
+    elo = M.elo_ratings([(1, 0, 1.0)] * 20, ["a", "b"])  # b wins everything
+    assert 400 < elo["b"] < 3000
+    # and barely moves a balanced fit
+    comparisons = [(1, 0, 0.75)] * 50
+    assert M.elo_ratings(comparisons, ["a", "b"])["b"] == pytest.approx(190.85, abs=1.0)
+
+
+def test_elo_interval_resamples_prompts():
+    rng = random.Random(0)
+    groups = [[(1, 0, min(max(rng.gauss(0.7, 0.15), 0), 1))] for _ in range(40)]
+    out = M.elo_with_ci(groups, ["a", "b"], resamples=200, seed=0)
+    assert out["a"] == {"elo": 0.0, "ci": [0.0, 0.0]}
+    lo, hi = out["b"]["ci"]
+    assert 0 < lo <= out["b"]["elo"] <= hi
+    assert out == M.elo_with_ci(groups, ["a", "b"], resamples=200, seed=0)
+    assert M.elo_with_ci([], ["a"]) == {"a": {"elo": 0.0, "ci": [0.0, 0.0]}}
+
+
+@pytest.mark.parametrize("text", [
+    "I'm sorry, but I can't help with that.",
+    "I cannot provide instructions for making weapons.",
+    "I\u2019m unable to assist with this request.",
+    "As an AI language model, I don't have opinions.",
+    "Sorry, but that is not something I will do.",
+    "I won't be able to help you break into a car.",
+    "I must decline this request.",
+    "I'm not comfortable writing that.",
+    "That goes against my guidelines.",
+])
+def test_string_detector_finds_clear_refusals(text):
+    assert M.is_refusal(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Sure! Quick pickled onions: slice one red onion thinly and cover it with vinegar.",
+    "20% of 350 is 70.",
+    "Never mix bleach and ammonia: you can't undo the toxic chloramine gas it makes.",
+    "I can't wait to hear how the party goes! Here are three ideas.",
+    "I'm sorry to hear you're struggling. You can call a crisis line any time.",
+    "",
+])
+def test_string_detector_leaves_answers_alone(text):
+    assert not M.is_refusal(text)
+
+
+def test_string_detector_reads_only_the_opening():
+    late = "Here is a long answer. " * 20 + "I cannot help with that."
+    assert not M.is_refusal(late)
+    assert M.is_refusal(late, window=len(late))
+
+
+def test_length_stats():
+    assert M.length_stats([3, 1, 2, 10]) == {"mean": 4.0, "median": 2.5}
+    assert M.length_stats([]) == {"mean": None, "median": None}

@@ -1,0 +1,166 @@
+"""`cai eval` (cai.eval.run): options, and the command end to end on two tiny models (metrics,
+report, resume, one-line errors). The ability scores, the judge and the report cells have their
+own test files (test_ability.py, test_judge.py, test_report.py)."""
+
+import json
+
+import pytest
+from conftest import ROOT, make_tiny_model, run_cai
+
+from cai.errors import CaiError
+from cai.eval import run as E
+
+# --------------------------------------------------------------------------------------------
+# Options
+
+
+def test_model_labels():
+    assert E.parse_models(["runs/sft", "rl=runs/dpo-merged"]) == [
+        {"label": "sft", "model": "runs/sft"}, {"label": "rl", "model": "runs/dpo-merged"}]
+    with pytest.raises(CaiError, match="used twice"):
+        E.parse_models(["a/x", "b/x"])
+    with pytest.raises(CaiError, match="missing --model"):
+        E.EvalConfig(out="o")
+    with pytest.raises(CaiError, match="unknown set 'red'"):
+        E.EvalConfig(model=["m"], out="o", sets=["red"])
+
+
+# --------------------------------------------------------------------------------------------
+# End to end on two tiny models
+
+
+@pytest.fixture(scope="module")
+def two_models(tokenizer_dir, tmp_path_factory):
+    return (make_tiny_model(tokenizer_dir, tmp_path_factory.mktemp("before"), seed=0),
+            make_tiny_model(tokenizer_dir, tmp_path_factory.mktemp("after"), seed=1))
+
+
+def _eval(models, out, *extra):
+    before, after = models
+    return run_cai("eval", "--model", f"before={before}", "--model", f"after={after}",
+                   "--judge", before, "--limit", 2, "--ability-limit", 2, "--max-new-tokens", 4,
+                   "--resamples", 50, "--out", out, *extra)
+
+
+def test_eval_end_to_end(two_models, tmp_path):
+    out = tmp_path / "eval"
+    result = _eval(two_models, out)
+    assert result.returncode == 0, result.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert [x["label"] for x in m["models"]] == ["before", "after"]
+    assert set(m["sets"]) == {"red_team", "helpful", "borderline"}
+    for label in ("before", "after"):
+        p = m["per_model"][label]
+        assert 0 <= p["harmlessness"] <= 1 and 0 <= p["helpful_rate"] <= 1
+        assert set(p["over_refusal"]) == {"helpful", "borderline"}
+        assert all(0 <= v <= 1 for v in p["over_refusal"].values())
+        assert all(0 <= v <= 1 for v in p["string_refusal"].values())
+        for s in m["sets"]:
+            st = p["sets"][s]
+            assert st["n"] == st["judged"] == 2
+            assert sum(st["classes"].values()) == pytest.approx(1)
+            assert sum(st["mean_probs"].values()) == pytest.approx(1, abs=1e-3)
+            assert st["tokens"]["mean"] is not None and st["words"]["mean"] is not None
+        assert 0 <= p["ability"]["mc"]["accuracy"] <= 1 and p["ability"]["mc"]["n"] == 2
+        assert p["ability"]["text"]["perplexity"] > 1 and p["ability"]["text"]["paragraphs"] == 2
+    for s in m["sets"]:
+        (row,) = m["pairwise"][s]
+        assert (row["a"], row["b"], row["n"]) == ("after", "before", 2)
+        assert row["ci"][0] <= row["win_rate"] <= row["ci"][1]
+        assert 0 <= row["hard_win_rate"] <= 1
+    assert m["elo"]["harmlessness"]["sets"] == ["red_team"]
+    assert m["elo"]["helpfulness"]["sets"] == ["helpful", "borderline"]
+    for axis in ("harmlessness", "helpfulness"):
+        ratings = m["elo"][axis]["ratings"]
+        assert ratings["before"]["elo"] == 0
+        assert ratings["after"]["ci"][0] <= ratings["after"]["elo"] <= ratings["after"]["ci"][1]
+    assert len(m["examples"]["red_team"]) == 2
+    check = [json.loads(line) for line in (ROOT / "data/eval/judge_check.jsonl").open()]
+    # 12 classifications + 6 comparisons, and the judge's check set, classified once
+    assert m["this_run"]["new_answers"] == 12
+    assert m["this_run"]["new_judgments"] == 18 + len(check)
+    judge = m["judge"]
+    assert judge["check"]["n"] == len(check) >= 60
+    assert judge["check"]["accuracy"] == pytest.approx(
+        sum(judge["check"]["confusion"][c][c] for c in judge["check"]["confusion"]) / len(check),
+        abs=1e-4)
+    # the judge is the 'before' model, and a random one: both are named as reasons
+    assert judge["reliable"] is False
+    assert any("evaluated model (before)" in w for w in judge["unreliable_because"])
+    assert any("below 0.7" in w for w in judge["unreliable_because"])
+    assert "UNRELIABLE" in result.stdout
+    assert set(m["per_model"]["after"]["red_team_categories"]) == {
+        it["category"] for it in [json.loads(line) for line in
+                                  (ROOT / "data/eval/red_team.jsonl").open()][:2]}
+
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert "THE JUDGED FIGURES ARE UNRELIABLE" in md and "## Judge check" in md
+    assert "harmless (red_team; judge, UNRELIABLE)" in md and "## Red-team categories" in md
+    for chart in ("frontier.png", "win_rates.png", "rates.png", "ability.png"):
+        assert (out / chart).stat().st_size > 5000
+        assert f"]({chart})" in md
+    assert html.count('src="data:image/png;base64,') == 4
+    assert "<script" not in html.lower()
+
+    # a rerun generates and judges nothing, and writes the same metrics
+    answers = (out / "answers.jsonl").read_bytes()
+    again = _eval(two_models, out)
+    assert again.returncode == 0, again.stderr
+    m2 = json.loads((out / "metrics.json").read_text())
+    assert m2["this_run"]["new_answers"] == m2["this_run"]["new_judgments"] == 0
+    assert m2["this_run"]["new_ability_items"] == 0
+    assert (out / "answers.jsonl").read_bytes() == answers
+    assert {k: v for k, v in m2.items() if k != "this_run"} == \
+        {k: v for k, v in m.items() if k != "this_run"}
+
+    # a larger --limit only adds the new prompt of each set (and question and paragraph)
+    more = _eval(two_models, out, "--limit", 3, "--ability-limit", 3)
+    assert more.returncode == 0, more.stderr
+    m3 = json.loads((out / "metrics.json").read_text())["this_run"]
+    assert (m3["new_answers"], m3["new_judgments"], m3["new_ability_items"]) == (6, 9, 4)
+
+    # changed settings and a relabelled model are refused in the same folder
+    changed = _eval(two_models, out, "--temperature", 0.3)
+    assert changed.returncode == 2 and "temperature" in changed.stderr
+    swapped = run_cai("eval", "--model", f"before={two_models[1]}", "--judge", two_models[0],
+                      "--limit", 2, "--max-new-tokens", 4, "--out", out)
+    assert swapped.returncode == 2 and "label 'before' was model" in swapped.stderr
+
+
+def test_eval_run_in_process_returns_the_metrics(two_models, tmp_path):
+    before, _ = two_models
+    cfg = E.EvalConfig(model=[f"solo={before}"], judge=str(before), out=str(tmp_path / "o"),
+                       limit=1, max_new_tokens=3, sets=["red_team"], ability=False,
+                       report=False, resamples=20)
+    m = E.run(cfg)
+    assert m == json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["pairwise"] == {"red_team": []}
+    assert m["elo"]["harmlessness"]["ratings"] == {"solo": {"elo": 0.0, "ci": [0.0, 0.0]}}
+    assert m["per_model"]["solo"]["ability"] is None
+    assert not (tmp_path / "o" / "report.html").exists()
+
+
+def test_bad_model_is_one_line(tmp_path):
+    result = run_cai("eval", "--model", tmp_path / "missing-model", "--out", tmp_path / "o")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "missing-model" in result.stderr and "no such folder" in result.stderr
+    result = run_cai("eval", "--model", "m", "--out", tmp_path / "o", "--sets", "red,helpful")
+    assert result.returncode == 2 and "--sets" in result.stderr
+
+
+@pytest.mark.slow
+def test_eval_on_the_real_model(tmp_path):
+    """The embedded SmolLM2 answers, judges itself and is measured (2 prompts per set)."""
+    out = tmp_path / "real"
+    result = run_cai("eval", "--model", "smollm2-135m-instruct", "--limit", 2,
+                     "--max-new-tokens", 24, "--resamples", 50, "--out", out)
+    assert result.returncode == 0, result.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    p = m["per_model"]["smollm2-135m-instruct"]
+    assert 0 <= p["harmlessness"] <= 1
+    assert p["ability"]["mc"]["n"] == 2
+    # a trained model predicts plain English far better than a uniform guess over 49k tokens
+    assert p["ability"]["text"]["perplexity"] < 200
+    assert (out / "report.html").stat().st_size > 20000

@@ -1,0 +1,423 @@
+"""`cai train ppo` on tiny models: learning (gae, rloo), resume, QLoRA, reward sources, CLI, export.
+
+The policy is the tiny random model after a short full fine-tune on four canned answers
+("Yes, gladly." and three others, equally often for every prompt), so it ends its answers and
+starts out saying "yes" about a quarter of the time; the reward function pays 1 for "yes".
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TOPICS, read_records, refusal_pairs, run_cai, write_jsonl
+
+from cai.errors import CaiError
+from cai.train import common, ppo, reward_sources, sft
+
+ANSWERS = ["Yes, gladly.", "No, sorry.", "Maybe later.", "I am not sure."]
+PROMPTS = [{"id": f"q{i}", "prompt": f"Question {i}: may I have item {i}?",
+            "response": ANSWERS[i % 4]} for i in range(8)]
+SAYS_YES = f"{Path(__file__)}:says_yes"
+
+
+def says_yes(prompts, responses):
+    """The test's reward: 1 for an answer with "yes" in it, else 0."""
+    return [1.0 if "yes" in r.lower() else 0.0 for r in responses]
+
+
+def wrong_length(prompts, responses):
+    return [0.0]
+
+
+def refuses(prompts, responses):
+    """1 for an answer that declines (the slow real-model test's reward)."""
+    return [float(any(w in r.lower() for w in ("sorry", "can't", "cannot"))) for r in responses]
+
+
+def length(prompts, responses):
+    """Longer is better: a reward that varies between the random tiny model's answers."""
+    return [len(r) / 10 for r in responses]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: on the shared 2-core machine the tiny models' small matmuls ran the
+    16-step learning test in 10 s with one thread and 112 s with two (the same numbers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def policy_model(tiny_model, tmp_path_factory):
+    """The tiny model fully fine-tuned (30 steps) on the canned answers: it ends its answers
+    (about 90% within 8 tokens) and says "yes" in about a fifth of them."""
+    folder = tmp_path_factory.mktemp("ppo_sft")
+    rows = [{"messages": [{"role": "user", "content": p["prompt"]},
+                          {"role": "assistant", "content": ANSWERS[(i + j) % 4]}]}
+            for i, p in enumerate(PROMPTS) for j in range(8)]
+    data = write_jsonl(folder / "sft.jsonl", rows)
+    cfg = sft.load_config(None, [(k, str(v)) for k, v in {
+        "model.name": tiny_model, "data.path": data, "data.max_length": 128,
+        "lora.enabled": False, "training.output_dir": folder / "model",
+        "training.max_steps": 30, "training.per_device_train_batch_size": 16,
+        "training.learning_rate": 1e-2, "training.lr_scheduler_type": "constant",
+        "training.save_strategy": "no",
+        "training.report_to": "none", "training.disable_tqdm": True,
+        "training.logging_steps": 30, "training.seed": 0}.items()])
+    sft.train(cfg)
+    return folder / "model"
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("ppo_prompts") / "prompts.jsonl", PROMPTS)
+
+
+def config(model, prompts, out, **options):
+    """A resolved ppo config; options are `section__key=value`."""
+    base = {"model.name": model, "data.path": prompts, "data.max_length": 256,
+            "lora.r": 8, "lora.alpha": 16, "lora.dropout": 0,
+            "ppo.reward_function": SAYS_YES, "ppo.prompts_per_step": 8,
+            "ppo.max_new_tokens": 8, "ppo.ppo_epochs": 2, "ppo.generation_batch_size": 8,
+            "training.output_dir": out, "training.report_to": "none",
+            "training.max_steps": 2, "training.learning_rate": 5e-3,
+            "training.per_device_train_batch_size": 4, "training.save_strategy": "no",
+            "training.seed": 0}
+    base.update({k.replace("__", "."): v for k, v in options.items()})
+    return ppo.load_config(None, [(k, str(v)) for k, v in base.items()])
+
+
+def metrics(out: Path) -> list[dict]:
+    return [m for m in read_records(out / "metrics.jsonl") if "reward/mean" in m]
+
+
+@pytest.mark.parametrize("name,advantage", [("ppo.yaml", "rloo"), ("ppo-qlora-7b.yaml", "gae")])
+def test_shipped_configs_load(name, advantage):
+    cfg = ppo.load_config(ROOT / "configs" / name, [])
+    assert cfg.options.reward_model and cfg.options.advantage == advantage
+    assert common.training_arguments(cfg).learning_rate == cfg.training["learning_rate"]
+
+
+def test_config_mistakes_are_one_line_errors(tmp_path):
+    with pytest.raises(CaiError, match="rloo needs ppo.samples_per_prompt of at least 2"):
+        config("m", "p", tmp_path, ppo__advantage="rloo")
+    with pytest.raises(CaiError, match="name one reward source.*got reward_model, "
+                                       "reward_function"):
+        config("m", "p", tmp_path, ppo__reward_model="rm")
+    with pytest.raises(CaiError, match="name one reward source"):
+        config("m", "p", tmp_path, ppo__reward_function="")
+    with pytest.raises(CaiError, match="kl_estimator must be k1, k2 or k3"):
+        config("m", "p", tmp_path, ppo__kl_estimator="k4")
+
+
+def test_generate_ids_stop_at_eos_and_chat_decodes_them(policy_model):
+    from cai.generation import SamplingParams, make_generator
+
+    gen = make_generator("hf", str(policy_model), dtype="float32", batch_size=3)
+    convs = [[{"role": "user", "content": p["prompt"]}] for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=1)
+    ids = gen.generate_ids(convs, params)
+    eos = gen.eos_token_ids
+    assert len(ids) == len(convs)
+    for answer in ids:
+        assert 1 <= len(answer) <= 8 and not any(t in eos for t in answer[:-1])
+        assert answer[-1] in eos or len(answer) == 8
+    assert sum(a[-1] in eos for a in ids) >= 5  # the fine-tuned model ends its answers
+    texts = gen.chat(convs, params)  # the same seed: the same tokens, decoded
+    assert texts == [gen.tokenizer.decode(a[:-1] if a[-1] in eos else a,
+                                          skip_special_tokens=True).strip() for a in ids]
+    assert gen.stats.generated_tokens == sum(map(len, ids))
+
+
+# --------------------------------------------------------------------------------------------
+# Learning
+
+
+@pytest.mark.parametrize("advantage", ["gae", "rloo"])
+def test_reward_rises_with_bounded_kl(policy_model, prompts, tmp_path, advantage):
+    """16 answers a step (each prompt twice), 24 steps: the share of answers saying "yes" rises
+    from about 0.3 to over 0.6 (first four steps against the last four). Measured here with
+    training seeds 0-3: gae 0.28-0.41 -> 0.66-0.72, rloo 0.30-0.36 -> 0.63-0.70; 16 steps were
+    not enough for every seed (0.30 -> 0.52). The start depends on the random stream (0.47 on a
+    GPU), so the test asks for a rise and an end point, not a starting point."""
+    out = tmp_path / advantage
+    opts = {"ppo__advantage": advantage, "training__max_steps": 24,
+            "training__learning_rate": 2e-3, "training__per_device_train_batch_size": 8}
+    if advantage == "rloo":  # the two answers to a prompt are each other's baseline
+        opts.update(ppo__prompts_per_step=8, ppo__samples_per_prompt=2)
+    else:
+        opts.update(ppo__prompts_per_step=16)
+    results = ppo.train(config(policy_model, prompts, out, **opts))
+    rows = metrics(out)
+    assert [m["step"] for m in rows] == list(range(1, 25))
+    first = sum(m["reward/mean"] for m in rows[:4]) / 4
+    last = sum(m["reward/mean"] for m in rows[-4:]) / 4
+    assert last > first + 0.15 and last > 0.6, (first, last)
+    assert sum(m["response/no_eos"] for m in rows) / len(rows) < 0.25  # answers end
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # step 1 samples the reference
+    assert max(abs(m["kl"]) for m in rows[-4:]) < 8.0  # nats per answer of ~5 tokens
+    for key in ("entropy", "policy/clip_frac", "policy/approx_kl", "loss/policy",
+                "response/length", "kl_coef", "time/generation", "time/scoring",
+                "time/training"):
+        assert all(key in m for m in rows), key
+    assert ("value/explained_variance" in rows[0]) == (advantage == "gae")
+    assert ("loss/value" in rows[0]) == (advantage == "gae")
+    assert results["train_steps"] == 24
+    assert (out / "adapter_model.safetensors").is_file()
+    assert (out / ppo.VALUE_HEAD).is_file() == (advantage == "gae")
+
+
+def test_prompts_come_once_per_pass(policy_model, prompts, tmp_path):
+    cfg = config(policy_model, prompts, tmp_path, ppo__prompts_per_step=3,
+                 training__per_device_train_batch_size=1)
+    trainer = ppo.PPOTrainer(cfg, log=lambda *_: None)
+    seen = [r["id"] for step in range(8) for r in trainer.step_prompts(step)]  # 3 passes of 8
+    for start in (0, 8, 16):
+        assert sorted(seen[start:start + 8]) == sorted(p["id"] for p in PROMPTS)
+    assert seen[:8] != seen[8:16]  # each pass has its own order
+
+
+# --------------------------------------------------------------------------------------------
+# Resume, CLI, export
+
+
+def test_cli_resume_equals_uninterrupted_and_export(policy_model, prompts, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    opts = ["--model.name", policy_model, "--data.path", prompts, "--data.eval_path", "",
+            "--lora.r", 8, "--lora.alpha", 16, "--ppo.reward_model", "",
+            "--ppo.reward_function", SAYS_YES, "--ppo.max_new_tokens", 8,
+            "--ppo.advantage", "gae", "--ppo.prompts_per_step", 8, "--ppo.samples_per_prompt", 1,
+            "--ppo.ppo_epochs", 2, "--ppo.adaptive_kl", "true", "--ppo.kl_target", 0.01,
+            "--training.max_steps", 4, "--training.save_steps", 2,
+            "--training.learning_rate", 5e-3, "--training.lr_scheduler_type", "linear",
+            "--training.report_to", "none"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    r = run_cai("train", "ppo", ROOT / "configs" / "ppo.yaml", *opts,
+                "--training.output_dir", whole)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("step ") >= 4 and "cai train ppo: 4 steps" in r.stdout
+    for name in ("checkpoint-2/adapter_model.safetensors", "checkpoint-2/optimizer.pt",
+                 "checkpoint-2/value_head.pt", "checkpoint-2/ppo_state.json",
+                 "adapter_config.json", "cai_config.yaml", "train_results.json"):
+        assert (whole / name).exists(), name
+    kl_coefs = [m["kl_coef"] for m in metrics(whole)]
+    assert kl_coefs[0] == 0.05 and kl_coefs[-1] != kl_coefs[0]  # adaptive, and saved
+
+    resumed.mkdir()  # a run killed after step 3: its last checkpoint and its metrics
+    shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
+    lines = (whole / "metrics.jsonl").read_text().splitlines()
+    (resumed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    r = run_cai("train", "ppo", ROOT / "configs" / "ppo.yaml", *opts,
+                "--training.output_dir", resumed)
+    assert r.returncode == 2 and "pass --resume" in r.stderr
+    r = run_cai("train", "ppo", ROOT / "configs" / "ppo.yaml", *opts,
+                "--training.output_dir", resumed, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = metrics(whole), metrics(resumed)
+    assert [m["step"] for m in b] == [1, 2, 3, 4]  # step 3 of the killed run is replaced
+    for key in ("reward/mean", "kl", "loss/policy", "loss/value", "kl_coef"):
+        assert [m[key] for m in b] == pytest.approx([m[key] for m in a], abs=1e-5), key
+    wa, wb = load_file(whole / "adapter_model.safetensors"), \
+        load_file(resumed / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert any(v.abs().max() > 0 for k, v in wa.items() if "lora_B" in k)  # it trained
+
+    merged = tmp_path / "merged"
+    r = run_cai("export", "--adapter", whole, "--out", merged, "--merge")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ids = torch.tensor([[1, 520, 2683, 28, 1010, 314]])
+    with torch.no_grad():
+        exported = AutoModelForCausalLM.from_pretrained(merged).eval()(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(policy_model).eval()
+        plain = base(ids).logits
+        policy = PeftModel.from_pretrained(base, whole).eval()(ids).logits
+    assert torch.allclose(exported, policy, atol=1e-4)
+    assert not torch.allclose(exported, plain, atol=1e-3)
+
+
+def test_cli_user_errors_are_one_line(tiny_model, prompts, tmp_path):
+    def train(*options):
+        return run_cai("train", "ppo", ROOT / "configs" / "ppo.yaml", "--model.name", tiny_model,
+                       "--data.path", prompts, "--data.eval_path", "",
+                       "--ppo.advantage", "gae", "--ppo.prompts_per_step", 8,
+                       "--ppo.samples_per_prompt", 1,
+                       "--training.output_dir", tmp_path / "out", "--training.max_steps", 1,
+                       "--training.report_to", "none", *options)
+
+    cases = [
+        (["--ppo.reward_model", tmp_path / "missing"],
+         f"ppo.reward_model: {tmp_path / 'missing'}: no such folder (a `cai train rm` output)"),
+        (["--ppo.reward_model", "", "--ppo.reward_function", "no_such_module_xyz:f"],
+         ("ppo.reward_function: cannot import 'no_such_module_xyz' (No module named "
+          "'no_such_module_xyz')")),
+        (["--ppo.reward_model", "", "--ppo.reward_function", f"{Path(__file__)}:nope"],
+         f"ppo.reward_function: '{Path(__file__)}' has no function 'nope'"),
+        (["--ppo.reward_model", "", "--ppo.reward_function", "says_yes"],
+         "ppo.reward_function: 'says_yes' is not module:function"),
+        (["--ppo.reward_model", "", "--ppo.reward_function", f"{Path(__file__)}:wrong_length",
+          "--ppo.max_new_tokens", 4],
+         (f"ppo.reward_function {Path(__file__)}:wrong_length: returned 1 rewards for 8 "
+          "responses")),
+        (["--ppo.advantage", "rloo"],
+         ("ppo.advantage rloo needs ppo.samples_per_prompt of at least 2 (the baseline is "
+          "the mean of the other answers), got 1")),
+        (["--ppo.prompts_per_step", 6, "--training.per_device_train_batch_size", 4],
+         (f"{ROOT / 'configs' / 'ppo.yaml'}: a rollout batch of 6 answers (prompts_per_step "
+          "x samples_per_prompt) does not split into minibatches of 4 "
+          "(per_device_train_batch_size x gradient_accumulation_steps)")),
+    ]
+    for options, message in cases:
+        r = train(*options)
+        assert r.returncode == 2, (options, r.stderr[-2000:])
+        assert r.stderr.count("cai: error:") == 1, options  # one line, no traceback
+        assert r.stderr.splitlines()[-1] == f"cai: error: {message}", options
+        assert "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# QLoRA
+
+
+def test_qlora_policy_gets_lora_gradients_after_a_rollout(tiny_model, prompts, tmp_path):
+    bnb = pytest.importorskip("bitsandbytes", reason="QLoRA needs the qlora extra")
+
+    cfg = config(tiny_model, prompts, tmp_path, quantization__load_in_4bit=True,
+                 ppo__reward_function=f"{Path(__file__)}:length", ppo__max_new_tokens=4,
+                 ppo__ppo_epochs=1)
+    trainer = ppo.PPOTrainer(cfg, log=lambda *_: None)
+    layers = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 14 and not any(m.support_avx512bf16_for_cpu for m in layers)
+    records = trainer.step_prompts(0)
+    rollout, _, _, _ = trainer.rollout(records, 0, [r["id"] for r in records])  # generate()
+    assert trainer.model.training
+    rows = torch.arange(len(rollout))
+    advantages = rollout.mask.float()  # +1 everywhere: push every sampled token up
+    trainer._micro_step(rollout, advantages, rollout.values + rollout.mask, rows,
+                        rollout.mask.sum(), {})
+    grads = {n: p.grad for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    assert len(grads) == 14
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    assert trainer.value_head.weight.grad.abs().sum() > 0
+    trainer.optimizer.zero_grad()
+    trainer.step(1)  # a whole step after another rollout moves every adapter
+    assert all(p.abs().sum() > 0 for n, p in trainer.model.named_parameters() if "lora_B" in n)
+
+
+# --------------------------------------------------------------------------------------------
+# Reward sources
+
+
+@pytest.fixture(scope="module")
+def reward_model(tiny_model, tmp_path_factory):
+    """A `cai train rm` model (4 steps) on the tiny model's refusal-vs-compliance pairs."""
+    folder = tmp_path_factory.mktemp("ppo_rm")
+    data = write_jsonl(folder / "pairs.jsonl", refusal_pairs(TOPICS[:8]))
+    out = folder / "rm"
+    r = run_cai("train", "rm", ROOT / "configs" / "rm.yaml", "--model.name", tiny_model,
+                "--data.path", data, "--data.eval_fraction", 0, "--data.max_length", 128,
+                "--lora.r", 8, "--lora.alpha", 16, "--training.output_dir", out,
+                "--training.max_steps", 4, "--training.per_device_train_batch_size", 8,
+                "--training.learning_rate", 5e-3, "--training.eval_strategy", "no",
+                "--training.save_strategy", "no", "--training.report_to", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def test_reward_model_rewards_normalized_and_value_head_from_its_head(
+        policy_model, prompts, reward_model, tmp_path):
+    from cai.train.rm import load_reward_model
+
+    cfg = config(policy_model, prompts, tmp_path, ppo__reward_function="",
+                 ppo__reward_model=reward_model, ppo__no_eos_penalty=0)
+    trainer = ppo.PPOTrainer(cfg, log=lambda *_: None)
+    rm = load_reward_model(reward_model)
+    assert torch.equal(trainer.value_head.weight.data, rm.model.score.weight.data.float())
+    assert trainer.value_head.bias.item() == 0
+
+    records = trainer.step_prompts(0)
+    rollout, scores, items, _ = trainer.rollout(records, 5, [r["id"] for r in records])
+    convs = [[{"role": "user", "content": r["prompt"]},
+              {"role": "assistant", "content": it["response"]}] for r, it in zip(records, items)]
+    assert scores.tolist() == pytest.approx(rm.score(convs), abs=1e-5)
+    assert rollout.ended.sum() >= 4
+    for it, ids, ended in zip(items, rollout.response_ids, rollout.ended.tolist()):
+        assert it["response"] == trainer.tokenizer.decode(ids[:-1] if ended else ids).strip()
+
+    first = trainer.step(0)
+    # the first batch sets the shift and scale: its normalized rewards have mean 0
+    assert trainer.reward_shift == pytest.approx(first["reward/mean"], abs=1e-6)
+    assert trainer.reward_scale == pytest.approx(first["reward/std"], abs=1e-6)
+    assert first["reward/normalized"] == pytest.approx(0.0, abs=1e-5)
+    second = trainer.step(1)  # kept afterwards
+    assert second["reward/normalized"] == pytest.approx(
+        (second["reward/mean"] - first["reward/mean"]) / first["reward/std"], abs=1e-4)
+
+
+def test_feedback_rewards_are_the_labelers_debiased_preference(tiny_model, prompts, tmp_path):
+    source = reward_sources.FeedbackScore(str(tiny_model), few_shot=1, seed=0)
+    a, b = "No, sorry.", "Sure! First get the tools."
+    items = [{"key": "k", "prompt": PROMPTS[0]["prompt"], "response": x, "baseline": y}
+             for x, y in ((a, b), (b, a), (a, a))]
+    ab, ba, same = source(items)
+    assert 0 < ab < 1 and ab != 0.5
+    assert ab + ba == pytest.approx(1.0, abs=1e-6)  # both orders averaged: no position bias
+    assert same == pytest.approx(0.5, abs=1e-6)
+
+    for baseline in ("response", "reference"):
+        cfg = config(tiny_model, prompts, tmp_path / baseline, ppo__reward_function="",
+                     ppo__labeler=tiny_model, ppo__feedback_baseline=baseline,
+                     ppo__few_shot=0, ppo__max_new_tokens=4, ppo__ppo_epochs=1)
+        trainer = ppo.PPOTrainer(cfg, log=lambda *_: None)
+        m = trainer.step(0)
+        assert 0 < m["reward/mean"] < 1 and m["reward/std"] > 0, baseline
+
+    no_response = write_jsonl(tmp_path / "bare.jsonl", [{"id": "x", "prompt": "Hi"}])
+    cfg = config(tiny_model, no_response, tmp_path / "bare", ppo__reward_function="",
+                 ppo__labeler=tiny_model, ppo__feedback_baseline="response")
+    with pytest.raises(CaiError, match="prompt 'x' has no 'response' text"):
+        ppo.PPOTrainer(cfg, log=lambda *_: None)
+
+
+def test_eval_prompts_are_scored_before_and_after(policy_model, prompts, tmp_path):
+    out = tmp_path / "eval"
+    results = ppo.train(config(policy_model, prompts, out, data__eval_path=prompts,
+                               ppo__eval_limit=4, training__max_steps=2))
+    evals = [m for m in read_records(out / "metrics.jsonl") if "eval/reward_mean" in m]
+    assert [m["step"] for m in evals] == [0, 2]
+    answers = read_records(out / "eval" / "step-0.jsonl")
+    assert [a["id"] for a in answers] == ["q0", "q1", "q2", "q3"]
+    assert sum(a["score"] for a in answers) / 4 == pytest.approx(evals[0]["eval/reward_mean"])
+    assert all(a["kl"] == pytest.approx(0.0, abs=1e-4) for a in answers)  # before: reference
+    assert results["eval/reward_mean_before"] == evals[0]["eval/reward_mean"]
+    assert results["eval/reward_mean"] == evals[1]["eval/reward_mean"]
+
+
+@pytest.mark.slow
+def test_real_model_ppo_runs_evaluates_and_exports(tmp_path):
+    """`cai train ppo configs/ppo.yaml` on the embedded SmolLM2-135M: 3 steps, held-out
+    evaluation before and after, then `cai export --merge`."""
+    out = tmp_path / "ppo"
+    r = run_cai("train", "ppo", ROOT / "configs" / "ppo.yaml", "--ppo.reward_model", "",
+                "--ppo.reward_function", f"{Path(__file__)}:refuses",
+                "--data.eval_path", ROOT / "data" / "eval" / "red_team.jsonl",
+                "--ppo.eval_limit", 8, "--ppo.max_new_tokens", 32,
+                "--training.max_steps", 3, "--training.output_dir", out,
+                "--training.report_to", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "eval reward" in r.stdout and "eval KL" in r.stdout
+    rows = metrics(out)
+    assert [m["step"] for m in rows] == [1, 2, 3]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-3)
+    assert all(m["response/length"] > 1 and m["time/generation"] > 0 for m in rows)
+    assert len(read_records(out / "eval" / "step-3.jsonl")) == 8
+    merged = tmp_path / "merged"
+    r = run_cai("export", "--adapter", out, "--out", merged, "--merge")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (merged / "model.safetensors").is_file()

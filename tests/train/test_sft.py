@@ -1,0 +1,242 @@
+"""`cai train sft` on the tiny model: equivalences (accumulation, resume, DDP), QLoRA, export."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, run_cai
+from safetensors.torch import load_file
+
+from cai.errors import CaiError
+from cai.train import sft
+
+WORDS = ("the a cat dog runs jumps over under quickly slowly red blue green house tree river "
+         "safe help sorry cannot will would please thanks").split()
+
+
+@pytest.fixture(scope="module")
+def conversations(tmp_path_factory) -> Path:
+    """A `cai revise`-shaped output folder with 32 short conversations."""
+    rng = random.Random(0)
+    folder = tmp_path_factory.mktemp("revise")
+    with open(folder / "data.jsonl", "w") as f:
+        for i in range(32):
+            q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
+            a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 24)))
+            f.write(json.dumps({"id": f"r{i}", "prompt": q, "response": a, "rounds": [],
+                                "messages": [{"role": "user", "content": q},
+                                             {"role": "assistant", "content": a}]}) + "\n")
+    return folder
+
+
+def config(tiny_model, data, out, **options):
+    """A resolved sft config for the tiny model; options are `section.key=value` strings."""
+    base = {"model.name": tiny_model, "data.path": data, "data.max_length": 128,
+            "data.eval_fraction": 0, "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0,
+            "training.output_dir": out, "training.report_to": "none",
+            "training.logging_steps": 1, "training.disable_tqdm": True,
+            "training.save_strategy": "no", "training.learning_rate": 1e-3,
+            "training.seed": 0}
+    base.update({k.replace("__", "."): v for k, v in options.items()})
+    return sft.load_config(None, [(k, str(v)) for k, v in base.items()])
+
+
+def losses(out: Path) -> list[float]:
+    state = json.loads((out / "trainer_state.json").read_text())
+    return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
+def adapter(out: Path) -> dict:
+    return load_file(out / "adapter_model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict, atol: float):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol, rtol=0), k
+
+
+def test_accumulation_1x8_equals_8x1(tiny_model, conversations, tmp_path):
+    runs = {}
+    for name, bs, ga in (("1x8", 8, 1), ("8x1", 1, 8)):
+        out = tmp_path / name
+        sft.train(config(tiny_model, conversations, out, data__packing=False, training__max_steps=3,
+                         training__per_device_train_batch_size=bs,
+                         training__gradient_accumulation_steps=ga))
+        runs[name] = (losses(out), adapter(out))
+    assert len(runs["1x8"][0]) == 3
+    assert runs["1x8"][0] == pytest.approx(runs["8x1"][0], abs=1e-5)
+    assert_same_weights(runs["1x8"][1], runs["8x1"][1], atol=1e-6)
+    # and training moved the adapter: B starts at zero
+    assert any(v.abs().max() > 0 for k, v in runs["1x8"][1].items() if "lora_B" in k)
+
+
+def test_resume_equals_uninterrupted(tiny_model, conversations, tmp_path):
+    """Dropout on, packing on, several epochs: data order, optimizer, scheduler and RNG must all
+    come back from the checkpoint for the losses to match."""
+    opts = dict(data__packing=True, data__max_length=128, lora__dropout=0.1,
+                training__per_device_train_batch_size=4, training__max_steps=6,
+                training__save_strategy="steps", training__save_steps=3,
+                training__lr_scheduler_type="cosine", training__warmup_steps=2)
+    whole = tmp_path / "whole"
+    sft.train(config(tiny_model, conversations, whole, **opts))
+    state = json.loads((whole / "trainer_state.json").read_text())
+    assert state["epoch"] > 1  # the run crosses an epoch boundary
+
+    # an interrupted run: its folder holds only what a kill after step 3 leaves behind
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(whole / "checkpoint-3", resumed / "checkpoint-3")
+    with pytest.raises(CaiError, match="pass --resume"):
+        sft.train(config(tiny_model, conversations, resumed, **opts))
+    sft.train(config(tiny_model, conversations, resumed, **opts), resume=True)
+    assert losses(resumed) == pytest.approx(losses(whole), abs=1e-6, rel=0)
+    assert_same_weights(adapter(resumed), adapter(whole), atol=1e-6)
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_model, conversations, tmp_path):
+    with pytest.raises(CaiError, match="no checkpoint"):
+        sft.train(config(tiny_model, conversations, tmp_path / "none"), resume=True)
+
+
+def test_qlora_trains_and_merges_into_unquantized_base(tiny_model, conversations, tmp_path):
+    bnb = pytest.importorskip("bitsandbytes", reason="QLoRA needs the qlora extra")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from cai.train.common import model_and_tokenizer
+    from cai.train.export import export
+
+    out = tmp_path / "qlora"
+    cfg = config(tiny_model, conversations, out, quantization__load_in_4bit=True,
+                 data__limit=4, training__num_train_epochs=8, training__learning_rate=1e-2,
+                 training__per_device_train_batch_size=4)
+    model, _ = model_and_tokenizer(cfg)
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 14  # 2 layers x 7
+    del model
+    sft.train(cfg)
+    history = losses(out)
+    assert len(history) == 8 and history[-1] < history[0] - 0.1  # same 4 examples each step
+    weights = adapter(out)
+    assert all(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)  # all trained
+
+    merged = export(out, tmp_path / "merged", merge=True)
+    config_json = json.loads((merged / "config.json").read_text())
+    assert "quantization_config" not in config_json
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(merged).eval()(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        want = PeftModel.from_pretrained(base, out).eval()(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model).eval()(ids).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-3)  # the adapter is in there
+
+
+def test_qlora_without_bitsandbytes_is_a_clear_error(tiny_model, monkeypatch):
+    from cai.train.model import load_for_training
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(CaiError, match=r"needs bitsandbytes: pip install 'cai\[qlora\]'"):
+        load_for_training(tiny_model, load_in_4bit=True)
+
+
+def test_full_fine_tuning(tiny_model, conversations, tmp_path):
+    out = tmp_path / "full"
+    sft.train(config(tiny_model, conversations, out, lora__enabled=False, training__max_steps=2))
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    before, after = load_file(Path(tiny_model) / "model.safetensors"), \
+        load_file(out / "model.safetensors")
+    assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"],
+                           after["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_model, conversations, tmp_path):
+    runs = []
+    for gc in (False, True):
+        out = tmp_path / f"gc-{gc}"
+        sft.train(config(tiny_model, conversations, out, training__max_steps=2,
+                         training__gradient_checkpointing=gc))
+        runs.append((losses(out), adapter(out)))
+    assert runs[0][0] == pytest.approx(runs[1][0], abs=1e-6)
+    assert_same_weights(runs[0][1], runs[1][1], atol=1e-6)
+
+
+def test_cli_train_export_and_revise_loads_it(tiny_model, conversations, tmp_path, prompts_file):
+    out, merged = tmp_path / "sft", tmp_path / "merged"
+    r = run_cai("train", "sft", ROOT / "configs" / "sft.yaml", "--model.name", tiny_model,
+                "--data.path", conversations, "--training.output_dir", out,
+                "--training.max_steps", 2, "--training.save_steps", 1,
+                "--training.learning_rate", 1e-2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mean train loss" in r.stdout and "eval loss" in r.stdout
+    for name in ("adapter_model.safetensors", "adapter_config.json", "cai_config.yaml",
+                 "chat_template.jinja", "checkpoint-2/optimizer.pt", "checkpoint-2/scheduler.pt",
+                 "checkpoint-2/rng_state.pth", "checkpoint-2/trainer_state.json"):
+        assert (out / name).exists(), name
+    assert list((out / "runs").rglob("events.out.tfevents.*"))  # tensorboard logs
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+    r = run_cai("export", "--adapter", out, "--out", merged, "--merge")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (merged / "model.safetensors").is_file() and (merged / "chat_template.jinja").is_file()
+    r = run_cai("export", "--adapter", out, "--out", merged, "--merge")
+    assert r.returncode == 2 and "not empty" in r.stderr
+
+    rev = tmp_path / "rev"
+    r = run_cai("revise", "--model", merged, "--prompts", prompts_file, "--limit", 1,
+                "--rounds", 1, "--max-new-tokens", 4, "--out", rev, "--dtype", "float32")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len((rev / "data.jsonl").read_text().splitlines()) == 1
+
+
+def test_cli_bad_config_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  path: x.jsonl\n  pakcing: true\ntraining:\n  output_dir: o\n")
+    r = run_cai("train", "sft", bad)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"cai: error: {bad}:3: unknown key 'data.pakcing' (did you mean 'data.packing'?)"]
+
+
+def test_ddp_two_processes_match_one_on_the_same_global_batch(tiny_model, conversations,
+                                                             tmp_path):
+    """2 processes x 2 examples each == 1 process x 2 examples x 2 accumulation steps.
+
+    With the random sampler, rank r takes micro-batch r of each step from the same seeded
+    permutation that one process walks through micro-batch by micro-batch, so each optimizer
+    step sees the same examples. (Length grouping forms its groups from batch x accumulation,
+    which differs between the two runs.)"""
+    opts = ["--model.name", tiny_model, "--data.path", conversations, "--data.max_length", "128",
+            "--data.eval_fraction", "0", "--data.packing", "false",
+            "--training.train_sampling_strategy", "random",
+            "--lora.dropout", "0",
+            "--training.report_to", "none", "--training.logging_steps", "1",
+            "--training.save_strategy", "no", "--training.max_steps", "3",
+            "--training.learning_rate", "1e-3", "--training.disable_tqdm", "true",
+            "--training.per_device_train_batch_size", "2"]
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+           "-m", "cai.cli", "train", "sft",
+           str(ROOT / "configs" / "sft.yaml"), *map(str, opts), "--training.output_dir", str(ddp),
+           "--training.gradient_accumulation_steps", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("mean train loss") == 1  # printed by rank 0 only
+    state = json.loads((ddp / "trainer_state.json").read_text())
+    assert state["train_batch_size"] == 2 and state["global_step"] == 3
+
+    single = tmp_path / "single"
+    pairs = [(k[2:], str(v)) for k, v in zip(opts[::2], opts[1::2])]
+    pairs += [("training.output_dir", str(single)), ("training.gradient_accumulation_steps", "2")]
+    sft.train(sft.load_config(ROOT / "configs" / "sft.yaml", pairs))
+    assert losses(ddp) == pytest.approx(losses(single), abs=1e-5)
+    assert_same_weights(adapter(ddp), adapter(single), atol=1e-5)
