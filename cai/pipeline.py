@@ -139,6 +139,9 @@ class Pipeline:
                 prompts = str(options.get("prompts", PROMPTS))
                 inputs["prompts"] = prompts if prompts.startswith("dataset:") else \
                     _digest(self._path(prompts))
+                helpful = options.get("helpful_prompts")
+                if isinstance(helpful, str) and not helpful.startswith("dataset:"):
+                    inputs["helpful_prompts"] = _digest(self._path(helpful))
             elif name in TRAINERS:
                 inputs["config"] = _digest(self._train_config_path(name))
                 if name == "ppo":
