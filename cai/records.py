@@ -156,6 +156,22 @@ def _from_datasets(name: str, column: str, split: str) -> list[dict]:
     return out
 
 
+def helpful_sample(spec: str | None, ratio: float, n_prompts: int, *, column: str = "prompt",
+                   shard: str | None = None, seed: int = 0) -> list[dict]:
+    """`ratio` x `n_prompts` ordinary prompts drawn (seeded) from `spec`, ids prefixed
+    `helpful:` so they never collide with the red-team ids: the helpfulness share that SL-CAI
+    and RL-CAI data mix in (Bai et al. 2022, sections 3 and 4)."""
+    if not spec or not ratio:
+        return []
+    import random
+
+    found = select_shard(load_prompts(spec, column), shard)
+    drawn = random.Random(f"{seed}:helpful").sample(found, min(len(found),
+                                                               round(ratio * n_prompts)))
+    return [{"id": f"helpful:{it['id']}", "prompt": it["prompt"], "kind": "helpful"}
+            for it in drawn]
+
+
 def select_shard(items: list[dict], shard: str | None) -> list[dict]:
     """The deterministic part `I/N` (0-based I) of `items`, chosen by a hash of each id.
 

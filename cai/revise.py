@@ -327,18 +327,6 @@ def helpful_chunk(policy: Generator, items: list[dict], cfg: ReviseConfig, names
             for it, a in zip(items, answers)]
 
 
-def helpful_items(cfg: ReviseConfig, n_prompts: int) -> list[dict]:
-    """`helpful_ratio` x `n_prompts` prompts of `helpful_prompts` (a seeded draw), ids prefixed
-    `helpful:` so they never collide with the red-team ids."""
-    if not cfg.helpful_prompts or not cfg.helpful_ratio:
-        return []
-    found = records.select_shard(records.load_prompts(cfg.helpful_prompts, cfg.prompt_column),
-                                 cfg.shard)
-    want = min(len(found), round(cfg.helpful_ratio * n_prompts))
-    drawn = random.Random(f"{cfg.seed}:helpful").sample(found, want)
-    return [{"id": f"helpful:{it['id']}", "prompt": it["prompt"]} for it in drawn]
-
-
 def summarize(rows: list[dict], threshold: float) -> dict:
     """The manifest's counts over everything in the output folder."""
     steps = [st for r in rows for st in r.get("rounds", [])]
@@ -403,7 +391,8 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
     items = records.select_shard(records.load_prompts(cfg.prompts, cfg.prompt_column), cfg.shard)
     if cfg.limit is not None:
         items = items[:cfg.limit]
-    helpful = helpful_items(cfg, len(items))
+    helpful = records.helpful_sample(cfg.helpful_prompts, cfg.helpful_ratio, len(items),
+                                     column=cfg.prompt_column, shard=cfg.shard, seed=cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     names = {"model": str(cfg.model or DEFAULT_MODEL),

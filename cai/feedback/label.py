@@ -90,6 +90,12 @@ class LabelConfig:
     seed: int = opt(0, "seed for sampling, pairs, principles, orders and few-shot choice")
     prompts_dir: str | None = opt(None, "folder with your own feedback*.j2 templates")
     prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
+    helpful_prompts: str | None = opt(None, "also label pairs on these ordinary prompts, with "
+                                            "the helpfulness questions, e.g. data/helpful.jsonl")
+    helpful_ratio: float = opt(0.5, "helpful prompts per red-team prompt (with "
+                                    "--helpful-prompts)")
+    helpful_principle_ids: list[str] = opt(help="preference ids asked on the helpful prompts",
+                                           factory=lambda: ["more-helpful", "less-preachy"])
     engine_options: dict = opt(help="extra policy engine options (config file only)", factory=dict)
     labeler_engine_options: dict = opt(help="extra labeler engine options (config file only)",
                                        factory=dict)
@@ -107,6 +113,8 @@ class LabelConfig:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise CaiError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if self.helpful_ratio < 0:
+            raise CaiError(f"--helpful-ratio must be >= 0, got {self.helpful_ratio}")
         if not 0 <= self.margin < 0.5:
             raise CaiError(f"--margin must be in [0, 0.5), got {self.margin}")
         if len(self.cot_clamp) != 2 or not 0 <= self.cot_clamp[0] <= 0.5 <= self.cot_clamp[1] <= 1:
@@ -187,7 +195,7 @@ def select_pairs(k: int, n_pairs: int | None, key: str) -> list[tuple[int, int]]
 
 
 def label_chunk(policy: Generator | None, labeler: Generator, feedback: Feedback,
-                items: list[dict], pool, cfg: LabelConfig, done: set[str], names: dict,
+                items: list[dict], pools: dict, cfg: LabelConfig, done: set[str], names: dict,
                 on_step: Callable[[str], None]) -> tuple[list[dict], list[dict]]:
     """Sample (or take) responses for a chunk of prompts and label their pairs.
 
@@ -230,7 +238,13 @@ def label_chunk(policy: Generator | None, labeler: Generator, feedback: Feedback
                 tasks.append({"key": pid, "item": it, "pair": [i, j], "prompt": it["prompt"],
                               "first": first, "second": second})
     out = []
-    results = score(labeler, feedback, tasks, pool, cfg.scoring(), on_step)
+    results = [None] * len(tasks)
+    for kind, kind_pool in pools.items():  # harmlessness questions, or helpfulness ones
+        picked = [n for n, t in enumerate(tasks)
+                  if ("helpful" if t["item"].get("kind") == "helpful" else "harmless") == kind]
+        for n, r in zip(picked, score(labeler, feedback, [tasks[n] for n in picked], kind_pool,
+                                      cfg.scoring(), on_step) if picked else []):
+            results[n] = r
     for task, (votes, why) in zip(tasks, results):
         if votes is None:
             skips.append({"id": task["key"], "reason": "too long", "detail": why})
@@ -303,6 +317,13 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
                                      cfg.shard)
     if cfg.limit is not None:
         items = items[:cfg.limit]
+    pools = {"harmless": pool}
+    helpful = [] if cfg.responses else records.helpful_sample(
+        cfg.helpful_prompts, cfg.helpful_ratio, len(items), column=cfg.prompt_column,
+        shard=cfg.shard, seed=cfg.seed)
+    if helpful:
+        pools["helpful"] = constitution.restrict("preference", cfg.helpful_principle_ids)
+        items = items + helpful
     source = cfg.responses or cfg.prompts
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -320,6 +341,10 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
             "top_p": cfg.top_p} if not cfg.responses else {}),
         **({"cot_clamp": cfg.cot_clamp, "cot_max_new_tokens": cfg.cot_max_new_tokens,
             "cot_temperature": cfg.cot_temperature} if cfg.cot else {}),
+        **({"helpful": [records.file_sha256(cfg.helpful_prompts)
+                        if Path(cfg.helpful_prompts).is_file() else cfg.helpful_prompts,
+                        cfg.helpful_ratio, [p.id for p in pools["helpful"]]]}
+           if helpful else {}),
     }
     manifest = records.Manifest(out, "label", identity, as_dict(cfg))
     done = records.done_ids(out)
@@ -349,7 +374,7 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
                 records.JsonlWriter(out / records.SKIPPED) as skip_writer:
             for begin in range(0, len(todo), cfg.chunk_size):
                 chunk = todo[begin:begin + cfg.chunk_size]
-                rows, skips = label_chunk(policy, labeler, feedback, chunk, pool, cfg, done,
+                rows, skips = label_chunk(policy, labeler, feedback, chunk, pools, cfg, done,
                                           names, show)
                 skip_writer.write(skips)
                 writer.write(rows)

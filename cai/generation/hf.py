@@ -134,10 +134,36 @@ def continuation_logprobs(model, pad_id: int, contexts: list[list[int]],
                           targets: list[list[int]], batch_size: int = 8) -> list[float]:
     """log P(targets[k] | contexts[k]), summed over the target's tokens, for each k.
 
-    Sequences are sorted by length and left padded in batches (position ids from the mask), so
-    every target ends at the last position and only the last positions are projected onto the
-    vocabulary (`logits_to_keep`). The token at position t is predicted by the logits at t - 1.
+    Targets that share a context (the options of one multiple-choice question) are scored from
+    one pass over it: the context runs once, its last logits give each target's first token,
+    and the rest of each target (a token or two: "(A)" is "(", "A", ")" or "(A", ")") runs on a
+    copy of the context's KV cache. `shared_prefix_logprobs` is that path, `_whole_logprobs` the
+    plain one (each context + target as its own sequence) for contexts used once.
     """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, c in enumerate(contexts):
+        groups.setdefault(tuple(c), []).append(k)
+    shared = [k for g in groups.values() if len(g) > 1 for k in g]
+    alone = [k for g in groups.values() if len(g) == 1 for k in g]
+    out = [0.0] * len(contexts)
+    for ks, values in (
+            (shared, shared_prefix_logprobs(model, pad_id, [contexts[k] for k in shared],
+                                            [targets[k] for k in shared], batch_size)),
+            (alone, _whole_logprobs(model, pad_id, [contexts[k] for k in alone],
+                                    [targets[k] for k in alone], batch_size))):
+        for k, v in zip(ks, values):
+            out[k] = v
+    return out
+
+
+def _whole_logprobs(model, pad_id: int, contexts: list[list[int]], targets: list[list[int]],
+                    batch_size: int) -> list[float]:
+    """Each context + target as one sequence. Sequences are sorted by length and left padded in
+    batches (position ids from the mask), so every target ends at the last position and only
+    the last positions are projected onto the vocabulary (`logits_to_keep`). The token at
+    position t is predicted by the logits at t - 1."""
+    if not contexts:
+        return []
     sequences = [c + t for c, t in zip(contexts, targets)]
     order = sorted(range(len(sequences)), key=lambda k: -len(sequences[k]))
     out = [0.0] * len(sequences)
@@ -158,4 +184,63 @@ def continuation_logprobs(model, pad_id: int, contexts: list[list[int]],
                 picked = logps[row, steps, torch.tensor(targets[k], dtype=torch.long,
                                                         device=logps.device)]
                 out[k] = picked.sum().item()
+    return out
+
+
+def shared_prefix_logprobs(model, pad_id: int, contexts: list[list[int]],
+                           targets: list[list[int]], batch_size: int = 8) -> list[float]:
+    """`continuation_logprobs` computing each distinct context once.
+
+    Distinct contexts go through the model in left-padded batches of `batch_size`, with their
+    KV cache; log P(first target token) is read from the last position. For targets longer than
+    one token, the cache is copied once per target (`batch_select_indices`) and the target's
+    tokens but its last are fed after it, positions continuing from the context's length, and
+    each next token is read from those logits.
+    """
+    if not contexts:
+        return []
+    index: dict[tuple[int, ...], int] = {}
+    for c in contexts:
+        index.setdefault(tuple(c), len(index))
+    unique = list(index)
+    owners: list[list[int]] = [[] for _ in unique]  # target indices per distinct context
+    for k, c in enumerate(contexts):
+        owners[index[tuple(c)]].append(k)
+    order = sorted(range(len(unique)), key=lambda u: -len(unique[u]))
+    out = [0.0] * len(contexts)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids, mask = pad_batch([list(unique[u]) for u in batch], pad_id)
+            ids, mask = ids.to(device), mask.to(device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            result = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                           use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(result.logits[:, -1].float(), dim=-1)      # (B, V)
+            rows = [(row, k) for row, u in enumerate(batch) for k in owners[u]]
+            for row, k in rows:
+                out[k] = first[row, targets[k][0]].item()
+            longer = [(row, k) for row, k in rows if len(targets[k]) > 1]
+            if not longer:
+                continue
+            cache = getattr(result, "cache", None) or result.past_key_values
+            cache.batch_select_indices(torch.tensor([row for row, _ in longer], device=device))
+            width = max(len(targets[k]) for _, k in longer) - 1
+            tail = torch.full((len(longer), width), pad_id, dtype=torch.long, device=device)
+            tail_mask = torch.zeros_like(tail)
+            for r, (_, k) in enumerate(longer):
+                tail[r, :len(targets[k]) - 1] = torch.tensor(targets[k][:-1])
+                tail_mask[r, :len(targets[k]) - 1] = 1
+            rows_t = torch.tensor([row for row, _ in longer], device=device)
+            lengths = mask[rows_t].sum(-1, keepdim=True)                        # (R, 1)
+            logits = model(input_ids=tail, attention_mask=torch.cat([mask[rows_t], tail_mask], -1),
+                           position_ids=lengths + torch.arange(width, device=device),
+                           use_cache=True, **{cache_kwarg(): cache}).logits
+            logps = torch.log_softmax(logits.float(), dim=-1)                  # (R, width, V)
+            for r, (_, k) in enumerate(longer):
+                rest = targets[k][1:]
+                picked = logps[r, torch.arange(len(rest), device=device),
+                               torch.tensor(rest, dtype=torch.long, device=device)]
+                out[k] += picked.sum().item()
     return out

@@ -164,3 +164,26 @@ def test_eval_on_the_real_model(tmp_path):
     # a trained model predicts plain English far better than a uniform guess over 49k tokens
     assert p["ability"]["text"]["perplexity"] < 200
     assert (out / "report.html").stat().st_size > 20000
+
+
+def test_judge_flags_name_every_reason(two_models):
+    """A judge is trusted only when it passed its check, gave no training feedback and is not
+    one of the evaluated models."""
+    before, after = (str(m) for m in two_models)
+    models = [{"label": "a", "model": before, "fingerprint": E.fingerprint(before, "hf")}]
+    good = {"n": 72, "accuracy": 0.9}
+
+    def flags(judge, check=good, **options):
+        cfg = E.EvalConfig(model=["m"], out="o", judge=judge, **options)
+        return E.judge_flags(cfg, models, E.fingerprint(judge, "hf"), check)
+
+    assert flags(after) == []
+    assert flags(after, feedback_model=after) == [
+        "the judge is the model that gave the training feedback"]
+    assert flags(before) == ["the judge is an evaluated model (a)"]
+    assert flags(after, {"n": 72, "accuracy": 0.5}) == [
+        "judge accuracy 0.50 on the check set is below 0.7"]
+    assert flags(after, None) == ["no judge-check set in the data folder"]
+    assert flags(after, None, judge_check=False) == [
+        "the judge was not checked (--no-judge-check)"]
+    assert flags(after, {"n": 72, "accuracy": 0.6}, judge_min_accuracy=0.5) == []

@@ -304,3 +304,32 @@ def test_label_on_the_real_model(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["summary"]["position_bias_rate"] is not None
+
+
+def test_helpful_prompts_are_labelled_with_the_helpfulness_questions(tiny_model, prompts_file,
+                                                                      tmp_path):
+    """RL-CAI data mixes helpfulness pairs in: ordinary prompts, asked the helpfulness
+    questions, next to the red-team ones asked the others."""
+    helpful = tmp_path / "helpful.jsonl"
+    helpful.write_text("".join(json.dumps({"id": f"h{i}", "prompt": f"Name a fruit, {i}."})
+                               + "\n" for i in range(8)))
+    out = tmp_path / "out"
+    result = run_cai("label", "--prompts", prompts_file, "--out", out, "--policy", tiny_model,
+                     "--labeler", tiny_model, "--limit", 4, "--max-new-tokens", 6,
+                     "--dtype", "float32", "--few-shot", 0, "--helpful-prompts", helpful,
+                     "--helpful-ratio", 0.5, "--helpful-principle-ids", "more-helpful")
+    assert result.returncode == 0, result.stderr
+    rows = read_records(out / "data.jsonl")
+    skipped = read_records(out / "skipped.jsonl") if (out / "skipped.jsonl").stat().st_size \
+        else []
+    ids = {r["id"].split(":")[0] if not r["id"].startswith("helpful:") else "helpful"
+           for r in rows + skipped}
+    assert "helpful" in ids  # 2 helpful prompts (0.5 x 4) were labelled or skipped
+    helpful_rows = [r for r in rows if r["id"].startswith("helpful:")]
+    other_rows = [r for r in rows if not r["id"].startswith("helpful:")]
+    assert helpful_rows and other_rows
+    assert {v["principle_id"] for r in helpful_rows for v in r["votes"]} == {"more-helpful"}
+    assert all(r["kind"] == "helpful" for r in helpful_rows)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["identity"]["helpful"][1:] == [0.5, ["more-helpful"]]
+    assert manifest["total_prompts"] == 6

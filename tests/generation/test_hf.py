@@ -57,3 +57,30 @@ def test_bad_engine_and_params():
         make_generator("tpu")
     with pytest.raises(CaiError, match="top_p"):
         SamplingParams(top_p=0)
+
+
+def test_shared_context_scoring_equals_one_sequence_per_choice(gen):
+    """Choices of one question scored from one pass over its context (KV cache copied per
+    choice) give the log-probs of scoring each context + choice as its own sequence; choices of
+    one, two and three tokens, contexts of different lengths in one batch, and a context used
+    once (which takes the plain path)."""
+    import random
+
+    from cai.generation.hf import _whole_logprobs, continuation_logprobs, shared_prefix_logprobs
+
+    rng = random.Random(0)
+    contexts, targets = [], []
+    for _ in range(5):
+        context = [rng.randrange(100, 5000) for _ in range(rng.randrange(4, 30))]
+        for choice in ([17, 33, 9], [17, 34, 9], [50], [17, 33]):
+            contexts.append(context)
+            targets.append(choice)
+    contexts.append([7, 8, 9])
+    targets.append([11, 12])
+    pad = gen.tokenizer.pad_token_id
+    plain = _whole_logprobs(gen.model, pad, contexts, targets, 4)
+    shared = shared_prefix_logprobs(gen.model, pad, contexts, targets, 3)
+    mixed = continuation_logprobs(gen.model, pad, contexts, targets, 3)
+    assert shared == pytest.approx(plain, abs=1e-4)
+    assert mixed == pytest.approx(plain, abs=1e-4)
+    assert len(set(round(v, 3) for v in plain)) > 10  # the values depend on the choice
