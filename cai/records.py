@@ -96,6 +96,20 @@ def jsonl_objects(path: Path, what: str, expected: str = "a JSON object"
     return rows, problems
 
 
+def objects_with_ids(path: Path, what: str) -> tuple[list[tuple[int, dict]],
+                                                     list[tuple[int, str]]]:
+    """`jsonl_objects`, keeping the rows with an `id` (made text) and adding a problem for each
+    row without one: the start of every loader of a user's records."""
+    rows, problems = jsonl_objects(path, what)
+    kept = []
+    for n, obj in rows:
+        if "id" not in obj or isinstance(obj["id"], (bool, dict, list)):
+            problems.append((n, f"{path}:{n}: missing 'id' (text)"))
+        else:
+            kept.append((n, {**obj, "id": str(obj["id"])}))
+    return kept, problems
+
+
 def unique_ids(path: Path, items: list[tuple[int, dict]], problems: list[tuple[int, str]],
                what: str = "rows") -> list[dict]:
     """The items' objects, after adding duplicate ids to `problems`; raises with every problem

@@ -306,11 +306,15 @@ def revise_chunk(policy: Generator, feedback: Generator, convs: Conversations, i
     out = []
     for it, first, final, rs, p in zip(items, initial, latest, rounds, p_final):
         extra = {k: v for k, v in it.items() if k not in ("id", "prompt")}
+        # With the gate on, a prompt none of whose revisions was taken has only its unrevised
+        # answer: SFT must not learn that, so it gets no `messages` (the SFT reader skips it).
+        kept = not gate or final != first
         out.append({"id": it["id"], "prompt": it["prompt"], **extra, "kind": "revision",
                     "initial_response": first, "rounds": rs, "response": final,
                     "p_response": p,
                     "messages": [{"role": "user", "content": it["prompt"]},
-                                 {"role": "assistant", "content": final}], **names})
+                                 {"role": "assistant", "content": final}] if kept else None,
+                    **names})
     return out
 
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 from conftest import ROOT, make_tiny_model, read_records, run_cai, run_cai_process
 
+from cai.errors import CaiError
 from cai.revise import revision_flag, strip_boilerplate
 
 FAST = ["--max-new-tokens", "8", "--rounds", "2", "--dtype", "float32", "--batch-size", "4"]
@@ -230,9 +231,18 @@ def test_the_gate_keeps_only_revisions_it_prefers(tiny_model, prompts_file, tmp_
         # a rejected revision is recorded but not taken; an accepted one is the answer
         assert r["response"] == (step["revision"] if accepted else r["initial_response"])
         assert r["p_response"] == (p if accepted else None)
+        # SFT never learns an answer no revision improved on
+        assert (r["messages"] is not None) is accepted
     assert gated > 0
     assert summary["accepted"] == (gated if accepted else 0)
     assert summary["rejected"] == (0 if accepted else gated)
+    from cai.train.data import load_conversations
+
+    if accepted:
+        assert len(load_conversations(str(out))) == gated
+    else:
+        with pytest.raises(CaiError, match="no conversations"):
+            load_conversations(str(out))  # every prompt left out
     pairs = read_records(out / "pairs.jsonl") if (out / "pairs.jsonl").stat().st_size else []
     assert summary["pairs"] == len(pairs) == (gated if accepted else 0)
     for pair in pairs:  # revision over initial answer, in the format DPO reads

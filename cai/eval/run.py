@@ -251,18 +251,15 @@ def _inputs(cfg: EvalConfig) -> dict:
 def load_judge_check(path: Path) -> list[dict]:
     """Judge-check rows `{"id", "prompt", "response", "class", "kind"?}`, every problem with its
     line."""
-    rows, problems = records.jsonl_objects(path, "judge check")
+    rows, problems = records.objects_with_ids(path, "judge check")
     items = []
     for n, obj in rows:
-        if "id" not in obj or isinstance(obj["id"], (bool, dict, list)):
-            problems.append((n, f"{path}:{n}: missing 'id' (text)"))
-            continue
         ok = all([records.require_text(obj, k, path, n, problems) for k in ("prompt", "response")])
         if obj.get("class") not in CLASSES:
             problems.append((n, f"{path}:{n}: 'class' must be one of {', '.join(CLASSES)}"))
             ok = False
         if ok:
-            items.append((n, {**obj, "id": str(obj["id"])}))
+            items.append((n, obj))
     return records.unique_ids(path, items, problems, "judge-check items")
 
 

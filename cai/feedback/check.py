@@ -29,15 +29,10 @@ from cai.models import DEFAULT_MODEL
 def load_check(spec: str) -> list[dict]:
     """Rows `{"id", "prompt", "better", "worse", "kind"?}` of a labeler quality-check file."""
     path = Path(spec)
-    rows, problems = records.jsonl_objects(path, "check")
-    items = []
-    for n, obj in rows:
-        if "id" not in obj or isinstance(obj["id"], (bool, dict, list)):
-            problems.append((n, f"{path}:{n}: missing 'id' (text)"))
-            continue
-        if all([records.require_text(obj, k, path, n, problems)
-                for k in ("prompt", "better", "worse")]):
-            items.append((n, {**obj, "id": str(obj["id"])}))
+    rows, problems = records.objects_with_ids(path, "check")
+    items = [(n, obj) for n, obj in rows
+             if all([records.require_text(obj, k, path, n, problems)
+                     for k in ("prompt", "better", "worse")])]
     return records.unique_ids(path, items, problems)
 
 

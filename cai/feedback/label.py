@@ -141,12 +141,9 @@ def load_responses(spec: str) -> list[dict]:
     `cai revise` record, `initial_response` and `response` (labelled as response 0 vs 1).
     """
     path = Path(spec)
-    rows, problems = records.jsonl_objects(path, "responses")
+    rows, problems = records.objects_with_ids(path, "responses")
     items = []
     for n, obj in rows:
-        if "id" not in obj or isinstance(obj["id"], (bool, dict, list)):
-            problems.append((n, f"{path}:{n}: missing 'id' (text)"))
-            continue
         ok = records.require_text(obj, "prompt", path, n, problems)
         if "responses" in obj:
             answers = obj["responses"]

@@ -38,11 +38,17 @@ def load_conversations(spec: str, column: str = "messages", split: str = "train"
     rows = records.read_rows(spec, split, "a .jsonl or a `cai revise` folder")
     if spec.startswith("dataset:") and rows and column not in rows[0][1]:
         raise CaiError(f"{spec}: no column '{column}' (columns: {', '.join(rows[0][1])})")
-    out = []
+    out, unrevised = [], 0
     for where, row in rows[:limit] if limit is not None else rows:
+        if isinstance(row, dict) and column in row and row[column] is None \
+                and row.get("kind") == "revision":
+            unrevised += 1  # `cai revise`: the gate took none of this prompt's revisions
+            continue
         messages = row.get(column) if isinstance(row, dict) else None
         _check_messages(messages, where, column)
         out.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    if unrevised:
+        print(f"{spec}: {unrevised} prompts left out, none of their revisions passed the gate")
     if not out:
         raise CaiError(f"{spec}: no conversations")
     return out

@@ -35,6 +35,7 @@ from cai.errors import CaiError
 from cai.models import resolve
 from cai.train import common, pairs
 from cai.train import config as train_config
+from cai.train.config import TrainConfig
 from cai.train.losses import DPO_LOSSES, IGNORE_INDEX, dpo_loss, token_logps
 
 CACHE_VERSION = 1  # bump when the way reference log-probs are computed changes
@@ -218,11 +219,11 @@ def reference_key(cfg, examples: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_config(path, overrides):
+def load_config(path: str | None, overrides: list[tuple[str, str]]) -> TrainConfig:
     return train_config.load(path, overrides, "dpo", DPOSection)
 
 
-def train(cfg, resume: bool = False, callbacks=None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, callbacks=None) -> dict:
     """Run `cai train dpo` from a resolved config; returns the training (and eval) metrics.
 
     `callbacks`: extra `transformers.TrainerCallback`s (the benchmark times steps with one).

@@ -38,6 +38,7 @@ import torch
 from cai.errors import CaiError
 from cai.train import common, reward_sources
 from cai.train import config as train_config
+from cai.train.config import TrainConfig
 from cai.train.losses import (
     adaptive_kl_coef,
     gae,
@@ -56,7 +57,7 @@ METRICS = "metrics.jsonl"
 VALUE_HEAD = "value_head.pt"
 
 
-def load_config(path, overrides):
+def load_config(path: str | None, overrides: list[tuple[str, str]]) -> TrainConfig:
     return train_config.load(path, overrides, "ppo", PPOSection)
 
 
@@ -492,7 +493,7 @@ class PPOTrainer:
                 f"len {m['eval/response_length']:.1f}")
 
 
-def train(cfg, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Run `cai train ppo` from a resolved config; returns the final metrics."""
     common.check_output(cfg, resume)
     return PPOTrainer(cfg).train(resume)

@@ -30,6 +30,7 @@ from cai.feedback import labels as label_metrics
 from cai.models import pad_batch
 from cai.train import common, pairs
 from cai.train import config as train_config
+from cai.train.config import TrainConfig
 from cai.train.losses import preference_loss
 
 
@@ -102,11 +103,11 @@ def eval_metrics(prediction) -> dict:
     return {k: round(v, 6) for k, v in out.items()}
 
 
-def load_config(path, overrides):
+def load_config(path: str | None, overrides: list[tuple[str, str]]) -> TrainConfig:
     return train_config.load(path, overrides, "rm", RMSection)
 
 
-def train(cfg, resume: bool = False, callbacks=None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, callbacks=None) -> dict:
     """Run `cai train rm` from a resolved config; returns the training (and eval) metrics."""
     common.check_output(cfg, resume)
     defaults = {"prediction_loss_only": False}

@@ -17,6 +17,7 @@ from transformers import Trainer
 from cai.config import opt
 from cai.train import common, data
 from cai.train import config as train_config
+from cai.train.config import TrainConfig
 from cai.train.losses import IGNORE_INDEX, sft_loss
 
 
@@ -62,11 +63,11 @@ class SFTTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def load_config(path, overrides):
+def load_config(path: str | None, overrides: list[tuple[str, str]]) -> TrainConfig:
     return train_config.load(path, overrides, "sft", SFTSection)
 
 
-def train(cfg, resume: bool = False, callbacks=None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, callbacks=None) -> dict:
     """Run `cai train sft` from a resolved config; returns the training metrics.
 
     `callbacks`: extra `transformers.TrainerCallback`s (the benchmark times steps with one).
