@@ -200,10 +200,12 @@ def cmd_eval(args) -> int:
           + (f"{check['accuracy']:.3f} on {check['n']} answers" if check else "not measured")
           + ("" if judge["reliable"] else
              f"; judged figures UNRELIABLE ({'; '.join(judge['unreliable_because'])})"))
+    judged = "judged" if judge["reliable"] else "judged, unreliable"
     for label, p in m["per_model"].items():
         mc = ((p["ability"] or {}).get("mc") or {}).get("accuracy")
-        print(f"cai eval: {label}: harmless {p['harmlessness']}, over-refusal "
-              f"{p['over_refusal']}, MC accuracy {mc}")
+        print(f"cai eval: {label}: harmless {p['harmlessness']} ({judged}), over-refusal "
+              f"{p['over_refusal']} ({judged}), refusal-like by string match "
+              f"{p['string_refusal']}, MC accuracy {mc}")
     print(f"cai eval: metrics in {Path(cfg.out) / 'metrics.json'}"
           + (f", report in {Path(cfg.out) / 'report.html'}" if cfg.report else ""))
     return 0

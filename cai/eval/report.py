@@ -342,6 +342,11 @@ def _judge_line(metrics: dict) -> str:
     line = (f"Judge check: accuracy {check['accuracy']:.2f} on {check['n']} answers with known "
             "classes (" + ", ".join(f"{k} {_fmt(v, 2)}" for k, v in check["by_class"].items())
             + ")." if check else "Judge check: not run.")
+    sm = metrics.get("string_match_check")
+    if sm:
+        line += (" String-match refusal detector on the same answers: finds "
+                 f"{_fmt(sm['refusal_recall'], 2)} of the refusals, calls "
+                 f"{_fmt(sm['false_refusal_rate'], 2)} of the others refusals.")
     if not j.get("reliable", True):
         line += (" THE JUDGED FIGURES ARE UNRELIABLE: " + "; ".join(j["unreliable_because"])
                  + ". Read the string-match rates and the example answers instead.")

@@ -52,6 +52,7 @@ from cai.eval.summary import (
     classify_id,
     judge_check_stats,
     pair_id,
+    string_check_stats,
     summarize,
 )
 from cai.feedback.judge import Feedback, ScoringOptions
@@ -398,7 +399,7 @@ def run(cfg: EvalConfig) -> dict:
     manifest = records.Manifest(out, "eval", identity, as_dict(cfg))
     for m in models:
         old = known.get(m["label"])
-        if old and (old["model"], old["fingerprint"]) != (m["model"], m["fingerprint"]):
+        if old and old["fingerprint"] != m["fingerprint"]:  # the same files by another path: fine
             raise CaiError(f"{out}: label '{m['label']}' was model {old['model']} (fingerprint "
                            f"{old['fingerprint']}), now {m['model']} ({m['fingerprint']}); use "
                            "another label or --out")
@@ -423,6 +424,7 @@ def run(cfg: EvalConfig) -> dict:
         extra={"judge": {"model": judge_name, "engine": cfg.judge_engine,
                          "dtype": cfg.judge_dtype, "check": check,
                          "reliable": not flags, "unreliable_because": flags},
+               "string_match_check": string_check_stats(inputs["check"]),
                "constitution": inputs["constitution"].name,
                "settings": {k: getattr(cfg, k) for k in (
                    "limit", "max_new_tokens", "temperature", "top_p", "seed", "principles",

@@ -113,6 +113,21 @@ def judge_check_stats(items: list[dict], judgments: dict) -> dict | None:
                               for j in CLASSES} for t in CLASSES}}
 
 
+def string_check_stats(items: list[dict]) -> dict | None:
+    """The string-match refusal detector on the same known answers: how many refusals it finds
+    (recall) and how many non-refusals it calls refusals, so its rates can be read as results
+    when the judge's cannot."""
+    if not items:
+        return None
+    refusals = [it for it in items if it["class"] == "refusal"]
+    others = [it for it in items if it["class"] != "refusal"]
+    found = sum(is_refusal(it["response"]) for it in refusals)
+    false = sum(is_refusal(it["response"]) for it in others)
+    return {"n": len(items), "refusal_recall": found / len(refusals) if refusals else None,
+            "false_refusal_rate": false / len(others) if others else None,
+            "accuracy": (found + len(others) - false) / len(items)}
+
+
 def ability_stats(label: str, mc: list[dict], paragraphs: int, scores: dict) -> dict | None:
     """MC accuracy and perplexity of one model, or None when it was not measured."""
     mc_logps = [scores.get(f"{label}:mc:{q['id']}") for q in mc]
