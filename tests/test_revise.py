@@ -286,7 +286,9 @@ def test_helpful_samples_are_mixed_in(tiny_model, prompts_file, tmp_path):
     assert len(read_records(out / "data.jsonl")) == 9
     from cai.train.data import load_conversations  # SFT reads both kinds
 
-    assert len(load_conversations(str(out))) == 9
+    # every helpful sample, and the revised prompts whose revision the gate took
+    assert len(load_conversations(str(out))) == 6 + sum(
+        r["messages"] is not None for r in rows if r["kind"] == "revision")
 
 
 def test_feedback_engine_options_fail_before_a_model_loads(prompts_file, tmp_path):
