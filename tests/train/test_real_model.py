@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 def test_sft_on_revisions_lowers_held_out_loss(tmp_path):
     revise = tmp_path / "revise"
     r = run_cai("revise", "--prompts", ROOT / "data" / "red_team.jsonl", "--limit", 12,
-                "--rounds", 1, "--max-new-tokens", 48, "--out", revise)
+                "--rounds", 1, "--max-new-tokens", 48, "--no-gate", "--out", revise)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = read_records(revise / "data.jsonl")
     train, held_out = tmp_path / "train.jsonl", tmp_path / "held_out.jsonl"
