@@ -65,6 +65,13 @@ class DPOSection:
             raise CaiError(f"dpo.beta must be positive, got {self.beta}")
         if self.loss_type == "robust" and not 0 <= self.label_smoothing < 0.5:
             raise CaiError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.loss_type == "robust" and self.soft_labels and self.label_smoothing:
+            # The expected robust loss under a soft target t acts like a label
+            # (t - e) / (1 - 2e), pushed away from 1/2 (e = 0.1, t = 0.55: optimum at
+            # logit(0.5625)): the label noise would be corrected twice.
+            raise CaiError("dpo.loss_type robust with dpo.soft_labels corrects label noise twice "
+                           "(the soft label is already a probability): use one of them, or "
+                           "label_smoothing 0")
         if self.loss_type != "robust" and self.label_smoothing:
             raise CaiError("dpo.label_smoothing applies to loss_type robust only (soft_labels "
                            "gives the sigmoid loss per-pair targets)")

@@ -46,6 +46,12 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
         config("m", "d", tmp_path, dpo__loss_type="kto")
     with pytest.raises(CaiError, match="applies to loss_type robust only"):
         config("m", "d", tmp_path, dpo__label_smoothing=0.1)
+    # robust DPO on soft labels would correct the labels' noise twice (issue 16, item 5)
+    with pytest.raises(CaiError, match="corrects label noise twice"):
+        config("m", "d", tmp_path, dpo__loss_type="robust", dpo__label_smoothing=0.1,
+               dpo__soft_labels=True)
+    assert config("m", "d", tmp_path, dpo__loss_type="robust", dpo__label_smoothing=0.1,
+                  dpo__soft_labels=False).options.label_smoothing == 0.1
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  path: x\ndpo:\n  betta: 0.2\ntraining:\n  output_dir: o\n")
     r = run_cai("train", "dpo", bad)
