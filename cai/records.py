@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import random
 import time
 import zlib
 from pathlib import Path
@@ -177,8 +178,6 @@ def helpful_sample(spec: str | None, ratio: float, n_prompts: int, *, column: st
     and RL-CAI data mix in (Bai et al. 2022, sections 3 and 4)."""
     if not spec or not ratio:
         return []
-    import random
-
     found = select_shard(load_prompts(spec, column), shard)
     drawn = random.Random(f"{seed}:helpful").sample(found, min(len(found),
                                                                round(ratio * n_prompts)))
@@ -284,6 +283,12 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def source_id(spec: str) -> str:
+    """What stands for an input in a job's identity: a file's sha256, else the spec itself
+    (a `dataset:` name)."""
+    return file_sha256(spec) if Path(spec).is_file() else spec
 
 
 def text_sha256(text: str) -> str:

@@ -402,9 +402,8 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
     names = {"model": str(cfg.model or DEFAULT_MODEL),
              "feedback_model": str(cfg.feedback or cfg.model or DEFAULT_MODEL),
              "constitution": constitution.name}
-    source = lambda spec: records.file_sha256(spec) if Path(spec).is_file() else spec  # noqa: E731
     identity = {
-        "prompts": source(cfg.prompts),
+        "prompts": records.source_id(cfg.prompts),
         "constitution": constitution.sha256, "principles": [p.id for p in principles],
         "templates": records.text_sha256(templates.fingerprint(TEMPLATES + ("feedback.j2",))),
         "model": names["model"], "engine": cfg.engine, "rounds": cfg.rounds,
@@ -414,7 +413,7 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
         "feedback_engine": cfg.feedback_engine or cfg.engine,
         "gate": [p.id for p in gate.pool] + [cfg.gate_questions, cfg.gate_threshold]
         if gate else None,
-        "helpful": [source(cfg.helpful_prompts), cfg.helpful_ratio] if helpful else None,
+        "helpful": [records.source_id(cfg.helpful_prompts), cfg.helpful_ratio] if helpful else None,
     }
     manifest = records.Manifest(out, "revise", identity, as_dict(cfg))
     done = records.done_ids(out)

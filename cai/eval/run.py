@@ -265,9 +265,10 @@ def load_judge_check(path: Path) -> list[dict]:
 
 
 def judge_flags(cfg: EvalConfig, models: list[dict], judge_fingerprint: str,
-                check: dict | None) -> list[str]:
+                check: dict | None, feedback_fingerprint: str | None = None) -> list[str]:
     """Why the judged figures cannot be trusted (empty: they can): a judge that failed or
-    skipped its check, that gave the training feedback, or that is one of the models judged."""
+    skipped its check, that gave the training feedback (same name, or same files), or that is
+    one of the models judged."""
     why = []
     if not cfg.judge_check:
         why.append("the judge was not checked (--no-judge-check)")
@@ -277,9 +278,8 @@ def judge_flags(cfg: EvalConfig, models: list[dict], judge_fingerprint: str,
         why.append(f"judge accuracy {check['accuracy']:.2f} on the check set is below "
                    f"{cfg.judge_min_accuracy}")
     judge = str(cfg.judge or DEFAULT_MODEL)
-    if cfg.feedback_model and (cfg.feedback_model == judge or (
-            cfg.judge_engine != "openai" and
-            fingerprint(cfg.feedback_model, cfg.judge_engine) == judge_fingerprint)):
+    if cfg.feedback_model and (cfg.feedback_model == judge or
+                               feedback_fingerprint == judge_fingerprint):
         why.append("the judge is the model that gave the training feedback")
     same = [m["label"] for m in models if m["model"] == judge or m["fingerprint"] ==
             judge_fingerprint]
@@ -379,6 +379,8 @@ def run(cfg: EvalConfig) -> dict:
         m["fingerprint"] = fingerprint(m["model"], cfg.engine)
     judge_name = str(cfg.judge or DEFAULT_MODEL)
     judge_fingerprint = fingerprint(judge_name, cfg.judge_engine)
+    feedback_fingerprint = fingerprint(cfg.feedback_model, cfg.judge_engine) \
+        if cfg.feedback_model else None
     engine_kwargs(cfg)  # engine options are checked before any model runs
     role_engine(cfg, "judge")
     out = Path(cfg.out)
@@ -415,7 +417,7 @@ def run(cfg: EvalConfig) -> dict:
         manifest.add_run(**stats)
     stats["wall_seconds"] = round(time.time() - started, 2)
     check = judge_check_stats(inputs["check"], judgments) if inputs["check"] else None
-    flags = judge_flags(cfg, models, judge_fingerprint, check)
+    flags = judge_flags(cfg, models, judge_fingerprint, check, feedback_fingerprint)
     metrics = summarize(
         [{k: m[k] for k in ("label", "model", "engine")} for m in models], inputs["sets"],
         answers, judgments, scores, inputs["mc"], len(inputs["paragraphs"]),

@@ -327,7 +327,7 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
     names = {"labeler": str(cfg.labeler or DEFAULT_MODEL), "constitution": constitution.name,
              "policy": None if cfg.responses else str(cfg.policy or DEFAULT_MODEL)}
     identity = {
-        "input": records.file_sha256(source) if Path(source).is_file() else source,
+        "input": records.source_id(source),
         "constitution": constitution.sha256, "principle_pool": [p.id for p in pool],
         "templates": records.text_sha256(templates.fingerprint(TEMPLATES)),
         **names, "engine": None if cfg.responses else cfg.engine,
@@ -338,9 +338,8 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
             "top_p": cfg.top_p} if not cfg.responses else {}),
         **({"cot_clamp": cfg.cot_clamp, "cot_max_new_tokens": cfg.cot_max_new_tokens,
             "cot_temperature": cfg.cot_temperature} if cfg.cot else {}),
-        **({"helpful": [records.file_sha256(cfg.helpful_prompts)
-                        if Path(cfg.helpful_prompts).is_file() else cfg.helpful_prompts,
-                        cfg.helpful_ratio, [p.id for p in pools["helpful"]]]}
+        **({"helpful": [records.source_id(cfg.helpful_prompts), cfg.helpful_ratio,
+                        [p.id for p in pools["helpful"]]]}
            if helpful else {}),
     }
     manifest = records.Manifest(out, "label", identity, as_dict(cfg))

@@ -177,7 +177,8 @@ def test_judge_flags_name_every_reason(two_models):
 
     def flags(judge, check=good, **options):
         cfg = E.EvalConfig(model=["m"], out="o", judge=judge, **options)
-        return E.judge_flags(cfg, models, E.fingerprint(judge, "hf"), check)
+        feedback = E.fingerprint(cfg.feedback_model, "hf") if cfg.feedback_model else None
+        return E.judge_flags(cfg, models, E.fingerprint(judge, "hf"), check, feedback)
 
     assert flags(after) == []
     assert flags(after, feedback_model=after) == [
