@@ -54,8 +54,9 @@ class DataSection:
     eval_fraction: float = opt(0.0, "hold out this fraction of path for evaluation instead")
     limit: int | None = opt(None, "only the first N conversations")
     max_length: int = opt(1024, "longest example in tokens (and the packed row length)")
-    truncation: str = opt("cut", "longer examples: 'cut' keeps the first max_length tokens, "
-                                 "'drop' skips them")
+    truncation: str = opt("cut", "longer examples: 'cut' keeps the first max_length tokens "
+                                 "(preference pairs: cuts the prompt from the left and keeps "
+                                 "the answers), 'drop' skips them")
     packing: bool = opt(False, "pack several examples into each row of max_length tokens "
                                "(attention stays within each example)")
     group_by_length: bool = opt(True, "without packing: batch examples of similar length")

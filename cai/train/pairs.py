@@ -11,8 +11,9 @@ Tokens. Each side is `prompt + completion` rendered with the chat template and t
 For DPO the labels mark the completion's assistant tokens with their end-of-turn token (the SFT
 masking of `data.tokenize_conversation`), and the template's whitespace after the last one is
 cut off; for the reward model the whole rendered conversation is kept, since the score is read at
-its last token. A batch stacks the B chosen rows over the B rejected rows, right-padded, so both
-sides go through the model in one forward: `input_ids` (2B, T).
+its last token. A pair too long for `max_length` loses the start of its prompt, never the end of
+an answer (`tokenize_pairs`). A batch stacks the B chosen rows over the B rejected rows,
+right-padded, so both sides go through the model in one forward: `input_ids` (2B, T).
 """
 
 from __future__ import annotations
@@ -96,56 +97,91 @@ def whole_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenize_conversation(tokenizer, messages, assistant_only=False)[0]
 
 
-def completion_ids(tokenizer, prompt: list[dict], completion: list[dict]):
-    """(ids, labels) of prompt + completion: labels on the completion's assistant tokens only;
-    the template's tokens after the last of them are cut (nothing there is scored)."""
+def side_tokens(tokenizer, prompt: list[dict], completion: list[dict], whole: bool = False):
+    """(ids, labels, start) of prompt + completion; `start` is the index of the completion's
+    first assistant token (what comes before it is the prompt and the turn's header).
+
+    labels mark the completion's assistant tokens (None with `whole`). For DPO the template's
+    tokens after the last of them are cut (nothing there is scored); the reward model keeps the
+    whole rendered conversation, since its score is read at the last token.
+    """
     ids, labels = tokenize_conversation(tokenizer, prompt + completion, first_target=len(prompt))
-    last = max((i for i, x in enumerate(labels) if x != IGNORE_INDEX), default=-1)
-    return ids[:last + 1], labels[:last + 1]
+    targets = [i for i, x in enumerate(labels) if x != IGNORE_INDEX]
+    start = targets[0] if targets else len(ids)
+    if whole:
+        return ids, None, start
+    last = targets[-1] if targets else -1
+    return ids[:last + 1], labels[:last + 1], start
+
+
+@dataclass
+class PairCounts:
+    """What tokenizing a set of pairs kept and dropped (`tokenize_pairs`)."""
+
+    kept: int = 0
+    tokens: int = 0
+    prompt_cut: int = 0     # kept, with the prompt cut from the left
+    too_long: int = 0       # dropped: a completion longer than max_length (or "drop" mode)
+    identical: int = 0      # dropped: chosen and rejected are the same tokens
+
+    def summary(self) -> str:
+        text = f"{self.kept} pairs, {self.tokens} tokens"
+        if self.prompt_cut:
+            text += f"; {self.prompt_cut} prompts cut from the left to fit max_length"
+        if self.too_long:
+            text += f"; {self.too_long} dropped (over max_length)"
+        if self.identical:
+            text += f"; {self.identical} dropped (chosen and rejected identical)"
+        return text
 
 
 def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int, truncation: str = "cut",
                    whole: bool = False) -> tuple[list[dict], str]:
-    """Tokenized pairs and a one-line summary of counts.
+    """Tokenized pairs and a one-line summary of counts (`PairCounts`).
 
     An example is `{chosen_ids, rejected_ids, p_chosen, length}` plus `chosen_labels`,
-    `rejected_labels` unless `whole` (the reward model's form). A side longer than `max_length`
-    is cut to its first `max_length` tokens (`truncation="cut"`; a pair left with no completion
-    token on a side is dropped) or the pair is dropped (`"drop"`).
+    `rejected_labels` unless `whole` (the reward model's form).
+
+    A pair longer than `max_length` keeps its completions whole: with `truncation="cut"` the
+    prompt loses its first tokens, the same number on both sides so both answers are read after
+    the same context; a pair whose completion alone does not fit is dropped, and so is every
+    long pair with `"drop"`. A pair whose two sides are the same tokens teaches nothing (and would
+    count as a tie in accuracy and calibration): dropped too.
     """
-    examples, cut, dropped, tokens = [], 0, 0, 0
+    examples, counts = [], PairCounts()
     for pair in pairs:
-        ex, was_cut = {}, False
-        for side in SIDES:
-            if whole:
-                ids, labels = whole_ids(tokenizer, pair["prompt"] + pair[side]), None
-            else:
-                ids, labels = completion_ids(tokenizer, pair["prompt"], pair[side])
-            if len(ids) > max_length:
-                if truncation == "drop":
-                    break
-                ids, was_cut = ids[:max_length], True
-                if labels is not None:
-                    labels = labels[:max_length]
-                    if all(x == IGNORE_INDEX for x in labels[1:]):
-                        break
-            elif labels is not None and all(x == IGNORE_INDEX for x in labels[1:]):
+        sides = {side: side_tokens(tokenizer, pair["prompt"], pair[side], whole)
+                 for side in SIDES}
+        for side, (_, labels, _) in sides.items():
+            if labels is not None and all(x == IGNORE_INDEX for x in labels[1:]):
                 raise CaiError(f"{pair['where']}: the {side} completion has no token to score")
-            ex[f"{side}_ids"] = ids
-            if labels is not None:
-                ex[f"{side}_labels"] = labels
-        else:
-            ex["p_chosen"] = pair["p_chosen"]
-            ex["length"] = max(len(ex["chosen_ids"]), len(ex["rejected_ids"]))
-            examples.append(ex)
-            cut += was_cut
-            tokens += len(ex["chosen_ids"]) + len(ex["rejected_ids"])
+        cut = max(len(ids) - max_length for ids, _, _ in sides.values())
+        if cut > 0 and (truncation == "drop" or any(cut > start for _, _, start in
+                                                    sides.values())):
+            counts.too_long += 1
             continue
-        dropped += 1
-    summary = f"{len(examples)} pairs, {tokens} tokens"
-    if cut or dropped:
-        summary += f"; {cut} cut to max_length, {dropped} dropped"
-    return examples, summary
+        cut = max(cut, 0)
+        ex = {}
+        for side, (ids, labels, _) in sides.items():
+            ex[f"{side}_ids"] = ids[cut:]
+            if labels is not None:
+                ex[f"{side}_labels"] = labels[cut:]
+        if ex["chosen_ids"] == ex["rejected_ids"]:
+            counts.identical += 1
+            continue
+        ex["p_chosen"] = pair["p_chosen"]
+        ex["length"] = max(len(ex["chosen_ids"]), len(ex["rejected_ids"]))
+        examples.append(ex)
+        counts.kept += 1
+        counts.prompt_cut += cut > 0
+        counts.tokens += len(ex["chosen_ids"]) + len(ex["rejected_ids"])
+    return examples, counts.summary()
+
+
+def fit_scored(ids: list[int], max_length: int | None) -> list[int]:
+    """The tokens the reward model reads of a conversation: its last `max_length` (the score is
+    read at the last token, so a long prompt loses its start, never the answer's end)."""
+    return ids[-max_length:] if max_length and len(ids) > max_length else ids
 
 
 @dataclass

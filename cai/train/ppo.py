@@ -9,34 +9,32 @@ Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"); the formul
    with the policy, cut at the end-of-sequence token (`cai.train.rollout`), seeded by
    `training.seed + step`, so a resumed run samples what an uninterrupted one would;
 2. score: the reward source's score of each answer (`cai.train.reward_sources`), shifted and
-   scaled by the first batch's mean and std (`normalize_reward`), plus `no_eos_penalty` for an
-   answer that never ended;
+   scaled by the mean and std of `reward_stats_samples` answers of the starting policy sampled
+   before the first step (Ziegler et al. 2019; `normalize_reward`, cached in
+   `reward_stats.json`), plus `no_eos_penalty` for an answer that never ended;
 3. log-probs of the answers under the policy and the reference (the same model with the LoRA
    adapter disabled: no second copy), the value head's values, and a per-token KL penalty
    -kl_coef * KL_t (fixed, or Ziegler's adaptive coefficient);
-4. advantages: GAE over the per-token rewards (score on the last token), or RLOO's
-   leave-one-out baseline on the sequence reward (no critic), whitened;
+4. advantages: GAE over the per-token rewards (score on the last token), whitened over the
+   batch's tokens; or RLOO's leave-one-out baseline on the sequence reward (no critic), one
+   advantage per answer, scaled by their std but not re-centred (`advantages`);
 5. `ppo_epochs` passes of shuffled minibatches (per_device_train_batch_size x
    gradient_accumulation_steps answers) of the clipped policy loss + vf_coef x value loss.
 
 The policy is LoRA (or QLoRA) on `model.name`; the value head is `nn.Linear(hidden, 1)` on the
-policy's last hidden state, initialized from the preference model's score head when the reward
-is a `cai train rm` model of the same width, else to zero.
+policy's last hidden state, fitted to the first rollout's returns before the first update
+(`cai.train.critic`, `value_warmup`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import random
-import shutil
 import time
-from pathlib import Path
 
 import torch
 
 from cai.errors import CaiError
-from cai.train import common, reward_sources
+from cai.train import common, critic, ppo_checkpoint, reward_sources, reward_stats
 from cai.train import config as train_config
 from cai.train.config import TrainConfig
 from cai.train.losses import (
@@ -54,7 +52,7 @@ from cai.train.ppo_options import PPOSection
 from cai.train.rollout import Rollout, answer_forward, model_inputs, score_tokens, step_prompts
 
 METRICS = "metrics.jsonl"
-VALUE_HEAD = "value_head.pt"
+VALUE_HEAD = ppo_checkpoint.VALUE_HEAD
 
 
 def load_config(path: str | None, overrides: list[tuple[str, str]]) -> TrainConfig:
@@ -109,17 +107,15 @@ class PPOTrainer:
             found = self._prompts(cfg.data.eval_path, self.opts.eval_limit, "data.eval_path")
             self.eval_prompts = self._fit(found, "eval")
 
+        if isinstance(self.source, reward_sources.RewardModelScore):
+            self.source.check_fits(self.prompts + (self.eval_prompts or []), self.messages,
+                                   self.opts.max_new_tokens)
+
         self.value_head = None
         if self.opts.advantage == "gae":
             hidden = self.model.get_base_model().config.get_text_config().hidden_size
-            self.value_head = torch.nn.Linear(hidden, 1).to(self.device)
-            torch.nn.init.zeros_(self.value_head.weight)
-            torch.nn.init.zeros_(self.value_head.bias)
-            head = self.source.head() if hasattr(self.source, "head") else None
-            if head is not None and tuple(head.weight.shape) == (1, hidden):
-                with torch.no_grad():
-                    self.value_head.weight.copy_(head.weight.float())
-                self.log("value head: initialized from the reward model's score head")
+            self.value_head = critic.zero_head(hidden, self.device)
+        self.value_fitted = not self.opts.value_warmup  # fitted on the first rollout
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.value_head is not None:
             params += list(self.value_head.parameters())
@@ -136,7 +132,7 @@ class PPOTrainer:
         self.optimizer = self.accelerator.prepare_optimizer(optimizer)  # fp16 loss scaling
         self.kl_coef = self.opts.kl_coef
         self.reward_shift, self.reward_scale = 0.0, 1.0
-        self.normalized = not self.opts.normalize_reward  # set on the first batch
+        self.normalized = not self.opts.normalize_reward  # set before the first step
         self.step_done = 0
 
     # ----------------------------------------------------------------------------------------
@@ -196,10 +192,12 @@ class PPOTrainer:
     def text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def rollout(self, records: list[dict], seed: int, keys: list[str]):
-        """(rollout with every tensor filled, raw scores (B,), seconds per phase)."""
+    def answers(self, records: list[dict], seed: int, keys: list[str],
+                start_policy: bool = False):
+        """(answer ids, items, raw scores (B,), seconds per phase): one sampled answer per
+        record (the starting policy's with `start_policy`) and the reward source's score."""
         start = time.perf_counter()
-        response_ids = self.sample(records, seed)
+        response_ids = self.sample(records, seed, reference=start_policy)
         baselines = [None] * len(records)
         if getattr(self.source, "needs_baseline", False):
             if self.opts.feedback_baseline == "response":
@@ -212,7 +210,13 @@ class PPOTrainer:
                   "response": self.text(ids), "baseline": b}
                  for k, r, ids, b in zip(keys, records, response_ids, baselines)]
         scores = torch.tensor(self.source(items), dtype=torch.float32)
-        scoring = time.perf_counter() - start - generation
+        return response_ids, items, scores, {"generation": generation,
+                                             "scoring": time.perf_counter() - start - generation}
+
+    def rollout(self, records: list[dict], seed: int, keys: list[str], keep_hidden=False):
+        """(rollout with every tensor filled, raw scores (B,), items, seconds per phase)."""
+        response_ids, items, scores, seconds = self.answers(records, seed, keys)
+        start = time.perf_counter()
         rollout = Rollout.build([self.generator.encode(self.messages(r)) for r in records],
                                 response_ids, self.generator.eos_token_ids)
         self.model.eval()
@@ -220,14 +224,44 @@ class PPOTrainer:
             common_args = (rollout, self.tokenizer.pad_token_id, self.device,
                            self.opts.temperature, self.args.per_device_eval_batch_size,
                            self.accelerator.autocast, self.keep_logits)
-            score_tokens(self.model, self.value_head, *common_args)
+            score_tokens(self.model, self.value_head, *common_args, keep_hidden=keep_hidden)
             with self.model.disable_adapter():
                 score_tokens(self.model, None, *common_args, reference=True)
         finally:
             self.model.train()
-        forward = time.perf_counter() - start - generation - scoring
-        return rollout, scores, items, {"generation": generation, "scoring": scoring,
-                                        "forward": forward}
+        seconds["forward"] = time.perf_counter() - start
+        return rollout, scores, items, seconds
+
+    def advantages(self, rollout: Rollout, final: torch.Tensor, kl: torch.Tensor):
+        """(advantages (B, R), returns (B, R) or None) from the normalized scores `final` (B,)
+        and the per-token KL estimates `kl` (B, R).
+
+        gae: per-token rewards -kl_coef KL_t plus the score on the last token; GAE with the
+        rollout's values; with `whiten_advantages` whitened over the batch's answer tokens
+        (shift and scale: Huang et al. 2023). rloo: the sequence reward score - kl_coef sum_t
+        KL_t, leave-one-out over each prompt's samples, the same advantage on every token of an
+        answer; already centred per prompt, so `whiten_advantages` only divides by their std
+        over the answers (Ahmadian et al. 2024: no token-level re-centring, which would weight
+        long answers more and shift every advantage by a batch-dependent baseline).
+        """
+        opts, mask = self.opts, rollout.mask
+        if opts.advantage == "gae":
+            rewards_t = -self.kl_coef * kl                                         # (B, R)
+            last = mask.sum(-1) - 1                                                # (B,)
+            rewards_t[torch.arange(len(rollout)), last] += final
+            if not self.value_fitted:  # the critic's start (cai.train.critic)
+                targets = critic.reward_to_go(rewards_t, mask, opts.gamma)
+                rollout.values = critic.fit_head(self.value_head, rollout.hidden, targets, mask)
+                self.value_fitted = True
+            advantages, returns = gae(rewards_t, rollout.values, mask, opts.gamma, opts.lam)
+            if opts.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+            return advantages, returns
+        sequence = final - self.kl_coef * kl.sum(-1)                               # (B,)
+        per_sample = rloo_advantages(sequence.view(-1, opts.samples_per_prompt)).view(-1)
+        if opts.whiten_advantages and len(per_sample) > 1:
+            per_sample = per_sample / (per_sample.std() + 1e-8)
+        return per_sample[:, None] * mask, None
 
     # ----------------------------------------------------------------------------------------
     # One step
@@ -237,28 +271,19 @@ class PPOTrainer:
         opts, k = self.opts, self.opts.samples_per_prompt
         records = [r for r in self.step_prompts(step) for _ in range(k)]  # prompt-major
         keys = [f"{step}:{r['id']}:{j % k}" for j, r in enumerate(records)]
-        rollout, scores, _, seconds = self.rollout(records, self.args.seed + step, keys)
-        mask = rollout.mask
-        if not self.normalized:  # the first batch: the policy still equals the reference
-            std = scores.std().item() if len(scores) > 1 else 0.0
-            self.reward_shift, self.reward_scale = scores.mean().item(), std if std > 1e-6 else 1.0
+        if not self.normalized:
+            stats = reward_stats.estimate(self)
+            self.reward_shift, self.reward_scale = stats["shift"], stats["scale"]
             self.normalized = True
+        rollout, scores, _, seconds = self.rollout(records, self.args.seed + step, keys,
+                                                   keep_hidden=not self.value_fitted)
+        mask = rollout.mask
         final = (scores - self.reward_shift) / self.reward_scale
         final = final + opts.no_eos_penalty * (~rollout.ended).float()            # (B,)
-
         kl = kl_penalty(rollout.logps, rollout.ref_logps, opts.kl_estimator) * mask  # (B, R)
         kl_k1 = ((rollout.logps - rollout.ref_logps) * mask).sum(-1)             # (B,)
-        if opts.advantage == "gae":
-            rewards_t = -self.kl_coef * kl                                         # (B, R)
-            last = mask.sum(-1) - 1                                                # (B,)
-            rewards_t[torch.arange(len(rollout)), last] += final
-            advantages, returns = gae(rewards_t, rollout.values, mask, opts.gamma, opts.lam)
-        else:
-            sequence = final - self.kl_coef * kl.sum(-1)                           # (B,)
-            per_sample = rloo_advantages(sequence.view(-1, k)).view(-1)            # (B,)
-            advantages, returns = per_sample[:, None] * mask, None
-        if opts.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+        advantages, returns = self.advantages(rollout, final, kl)
+        rollout.hidden = None
 
         start = time.perf_counter()
         stats = self.update(rollout, advantages, returns, step)
@@ -321,8 +346,8 @@ class PPOTrainer:
                                      [rollout.response_ids[i] for i in idx],
                                      self.tokenizer.pad_token_id, self.device)
         with self.accelerator.autocast():
-            logits, values = answer_forward(self.model, self.value_head, inputs, width,
-                                            self.opts.temperature, self.keep_logits)
+            logits, values, _ = answer_forward(self.model, self.value_head, inputs, width,
+                                               self.opts.temperature, self.keep_logits)
         dev = logits.device
         mask = rollout.mask[part, :width].to(dev)                                   # (b, r)
         logps = token_logps(logits, rollout.tokens[part, :width].to(dev))           # (b, r)
@@ -369,51 +394,16 @@ class PPOTrainer:
     # ----------------------------------------------------------------------------------------
     # Checkpoints
 
-    def save_checkpoint(self) -> Path:
-        out = self.cfg.output_dir
-        final = out / f"checkpoint-{self.step_done}"
-        tmp = out / f".checkpoint-{self.step_done}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        if self.value_head is not None:
-            torch.save(self.value_head.state_dict(), tmp / VALUE_HEAD)
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"python": random.getstate(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                   tmp / "rng_state.pt")
-        (tmp / "ppo_state.json").write_text(json.dumps(self.state(), indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)  # whole or absent
-        limit = self.args.save_total_limit
-        if limit:
-            for old in common.checkpoints(out)[:-limit]:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
-
     def state(self) -> dict:
         return {"step": self.step_done, "kl_coef": self.kl_coef,
                 "reward_shift": self.reward_shift, "reward_scale": self.reward_scale,
-                "normalized": self.normalized}
+                "normalized": self.normalized, "value_fitted": self.value_fitted}
 
-    def load_checkpoint(self, folder: Path) -> None:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(self.model, load_file(folder / "adapter_model.safetensors"))
-        if self.value_head is not None:
-            self.value_head.load_state_dict(torch.load(folder / VALUE_HEAD, weights_only=True))
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-        rng = torch.load(folder / "rng_state.pt", weights_only=False)
-        random.setstate(rng["python"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        state = json.loads((folder / "ppo_state.json").read_text())
+    def load_state(self, state: dict) -> None:
         self.step_done, self.kl_coef = state["step"], state["kl_coef"]
         self.reward_shift, self.reward_scale = state["reward_shift"], state["reward_scale"]
         self.normalized = state["normalized"]
+        self.value_fitted = state.get("value_fitted", True)
 
     # ----------------------------------------------------------------------------------------
     # The run
@@ -425,7 +415,7 @@ class PPOTrainer:
         metrics_file = out / METRICS
         if resume:
             last = common.checkpoints(out)[-1]
-            self.load_checkpoint(last)
+            ppo_checkpoint.load(self, last)
             self.log(f"resumed from {last} (step {self.step_done})")
             kept = [line for line in (metrics_file.read_text().splitlines()
                                       if metrics_file.is_file() else [])
@@ -462,14 +452,14 @@ class PPOTrainer:
                     self.log(self._eval_line(evals[-1]))
                 if args.save_strategy != "no" and args.save_steps and n < args.max_steps and \
                         n % int(args.save_steps) == 0:
-                    self.save_checkpoint()
+                    ppo_checkpoint.save(self)
         finally:
             writer.close()
         self.model.save_pretrained(out)  # the adapter: `cai export --adapter OUT` reads it
         self.tokenizer.save_pretrained(out)
         if self.value_head is not None:
             torch.save(self.value_head.state_dict(), out / VALUE_HEAD)
-        (out / "ppo_state.json").write_text(json.dumps(self.state(), indent=1))
+        (out / ppo_checkpoint.STATE).write_text(json.dumps(self.state(), indent=1))
         results = {"train_steps": self.step_done,
                    "train_seconds": round(time.perf_counter() - start, 2),
                    **{k: v for k, v in last_metrics.items() if k != "step"},

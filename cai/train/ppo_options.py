@@ -18,8 +18,11 @@ class PPOSection:
                                     "answer) under a sampled principle")
     reward_function: str | None = opt(None, "reward: module:function or file.py:function, "
                                             "called as f(prompts, responses) -> list of floats")
-    normalize_reward: bool = opt(True, "shift and scale scores by the mean and std of the "
-                                       "first rollout batch (sampled by the reference policy)")
+    normalize_reward: bool = opt(True, "shift and scale scores by the mean and std of "
+                                       "reward_stats_samples answers of the starting policy")
+    reward_stats_samples: int = opt(256, "answers of the starting policy sampled before "
+                                         "training for the reward's shift and scale (cached "
+                                         "in output_dir/reward_stats.json)")
     no_eos_penalty: float = opt(-1.0, "added to the (normalized) score of an answer that hits "
                                       "max_new_tokens without ending; 0 for none")
     feedback_baseline: str = opt("reference", "labeler: what the answer is compared with: "
@@ -44,10 +47,15 @@ class PPOSection:
     ppo_epochs: int = opt(4, "passes over each rollout batch")
     cliprange: float = opt(0.2, "policy ratio clip epsilon")
     cliprange_value: float = opt(0.2, "value clip around the sampling-time values")
+    value_warmup: bool = opt(True, "gae: fit the value head to the first rollout's returns "
+                                   "(ridge regression on the policy's hidden states) before "
+                                   "the first update; else it starts at zero")
     vf_coef: float = opt(0.1, "weight of the value loss")
     gamma: float = opt(1.0, "GAE discount")
     lam: float = opt(0.95, "GAE lambda")
-    whiten_advantages: bool = opt(True, "normalize advantages over the batch's answer tokens")
+    whiten_advantages: bool = opt(True, "gae: whiten advantages over the batch's answer "
+                                        "tokens; rloo: divide the per-answer advantages by "
+                                        "their std (no re-centring)")
     kl_coef: float = opt(0.05, "KL penalty coefficient (the start value when adaptive)")
     kl_estimator: str = opt("k1", "per-token KL estimate in the penalty: k1, k2 or k3")
     adaptive_kl: bool = opt(False, "adapt kl_coef toward kl_target (Ziegler et al. 2019)")
@@ -78,6 +86,9 @@ class PPOSection:
                      "generation_batch_size", "feedback_principles", "kl_horizon"):
             if getattr(self, name) < 1:
                 raise CaiError(f"ppo.{name} must be at least 1, got {getattr(self, name)}")
+        if self.normalize_reward and self.reward_stats_samples < 2:
+            raise CaiError("ppo.reward_stats_samples must be at least 2 (a mean and a std), got "
+                           f"{self.reward_stats_samples}")
         if self.temperature <= 0:
             raise CaiError(f"ppo.temperature must be positive (PPO samples), got "
                            f"{self.temperature}")

@@ -43,10 +43,20 @@ class RewardModelScore:
         self.model = load_reward_model(folder, device=device)
         self.batch_size = batch_size
 
-    def head(self):
-        """The classifier's score head (`nn.Linear(hidden, 1)`), or None if it has another name."""
-        head = getattr(self.model.model, "score", None)
-        return head if head is not None and hasattr(head, "weight") else None
+    def check_fits(self, records: list[dict], messages, max_new_tokens: int) -> None:
+        """A one-line error when a prompt plus `max_new_tokens` answer tokens is longer than the
+        preference model's max_length (it would score a cut conversation)."""
+        limit = self.model.max_length
+        if not limit:
+            return
+        for record in records:
+            n = self.model.prompt_length(messages(record))
+            if n + max_new_tokens > limit:
+                raise CaiError(
+                    f"ppo: prompt '{record['id']}' takes {n} tokens in the preference model's "
+                    f"template; with ppo.max_new_tokens {max_new_tokens} that exceeds its "
+                    f"max_length {limit} (lower ppo.max_new_tokens or data.max_length, or "
+                    "train the preference model with a larger data.max_length)")
 
     def __call__(self, items: list[dict]) -> list[float]:
         convs = [it["messages"] + [{"role": "assistant", "content": it["response"]}]

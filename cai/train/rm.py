@@ -142,13 +142,19 @@ class RewardModel:
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
         self.device = next(model.parameters()).device
 
+    def prompt_length(self, messages: list[dict]) -> int:
+        """Tokens of `messages` plus an empty assistant turn in this model's template: what
+        a conversation costs before its answer's first token."""
+        return len(pairs.whole_ids(self.tokenizer,
+                                   messages + [{"role": "assistant", "content": ""}]))
+
     @torch.no_grad()
     def score(self, conversations: list[list[dict]], batch_size: int = 8) -> list[float]:
         """The score of each conversation (ending with the assistant turn to judge), read at
-        its last token, with the same tokens as in training."""
-        ids = [pairs.whole_ids(self.tokenizer, c) for c in conversations]
-        if self.max_length:
-            ids = [x[:self.max_length] for x in ids]
+        its last token, with the same tokens as in training; past `max_length` the start of
+        the prompt is cut, never the answer (`pairs.fit_scored`)."""
+        ids = [pairs.fit_scored(pairs.whole_ids(self.tokenizer, c), self.max_length)
+               for c in conversations]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         scores = [0.0] * len(ids)
         pad = self.tokenizer.pad_token_id

@@ -33,6 +33,7 @@ class Rollout:
     ref_logps: torch.Tensor | None = None   # (B, R) reference (adapter disabled)
     values: torch.Tensor | None = None      # (B, R) value head at sampling time
     entropy: torch.Tensor | None = None     # (B, R) policy entropy per position
+    hidden: torch.Tensor | None = None      # (B, R, H) the critic's features, when kept
 
     @classmethod
     def build(cls, prompt_ids: list[list[int]], response_ids: list[list[int]],
@@ -69,47 +70,60 @@ def model_inputs(prompt_ids: list[list[int]], response_ids: list[list[int]], pad
 
 
 def answer_forward(model, value_head, inputs: dict, width_r: int, temperature: float,
-                   keep_logits: bool = True):
-    """(logits (b, R, V) float32 divided by `temperature`, values (b, R) or None).
+                   keep_logits: bool = True, keep_hidden: bool = False):
+    """(logits (b, R, V) float32 divided by `temperature`, values (b, R) or None, hidden
+    (b, R, H) or None).
 
     The value of answer position t is the value head on the last hidden state (after the final
-    norm) at the position that predicts token t, i.e. of the state prompt + answer[:t].
+    norm) at the position that predicts token t, i.e. of the state prompt + answer[:t];
+    `keep_hidden` also returns those states (the critic's features, `cai.train.critic`).
     """
     kwargs = {"logits_to_keep": width_r + 1} if keep_logits else {}
-    out = model(**inputs, use_cache=False, output_hidden_states=value_head is not None, **kwargs)
+    want_hidden = value_head is not None or keep_hidden
+    out = model(**inputs, use_cache=False, output_hidden_states=want_hidden, **kwargs)
     logits = out.logits[:, -(width_r + 1):-1].float() / temperature           # (b, R, V)
-    values = None
-    if value_head is not None:
+    values = hidden = None
+    if want_hidden:
         hidden = out.hidden_states[-1][:, -(width_r + 1):-1]                    # (b, R, H)
+    if value_head is not None:
         values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()  # (b, R)
-    return logits, values
+    return logits, values, hidden.float() if keep_hidden else None
 
 
 @torch.no_grad()
 def score_tokens(model, value_head, rollout: Rollout, pad_id: int, device, temperature: float,
-                 batch_size: int, autocast, keep_logits: bool = True, reference: bool = False):
+                 batch_size: int, autocast, keep_logits: bool = True, reference: bool = False,
+                 keep_hidden: bool = False):
     """Fill the rollout's sampling-time tensors: with `reference`, `ref_logps` (the caller has
-    disabled the adapter); otherwise `logps`, `entropy` and (with a value head) `values`."""
+    disabled the adapter); otherwise `logps`, `entropy`, (with a value head) `values` and (with
+    `keep_hidden`) `hidden`."""
     out = {k: torch.zeros(rollout.mask.shape) for k in ("logps", "entropy", "values")}
+    hidden = []
     for start in range(0, len(rollout), batch_size):
         rows = slice(start, start + batch_size)
         inputs, width = model_inputs(rollout.prompt_ids[rows], rollout.response_ids[rows],
                                      pad_id, device)
         with autocast():
-            logits, values = answer_forward(model, None if reference else value_head, inputs,
-                                            width, temperature, keep_logits)
+            logits, values, states = answer_forward(model, None if reference else value_head,
+                                                    inputs, width, temperature, keep_logits,
+                                                    keep_hidden and not reference)
         out["logps"][rows, :width] = token_logps(logits, rollout.tokens[rows, :width]
                                                  .to(logits.device)).cpu()
         if not reference:
             out["entropy"][rows, :width] = entropy_from_logits(logits).cpu()
             if values is not None:
                 out["values"][rows, :width] = values.cpu()
+            if states is not None:
+                pad = rollout.mask.size(1) - width  # to the batch's longest answer
+                hidden.append(torch.nn.functional.pad(states.cpu(), (0, 0, 0, pad)))
     mask = rollout.mask
     if reference:
         rollout.ref_logps = out["logps"] * mask
     else:
         rollout.logps, rollout.entropy = out["logps"] * mask, out["entropy"] * mask
         rollout.values = out["values"] * mask if value_head is not None else None
+        if hidden:
+            rollout.hidden = torch.cat(hidden) * mask[..., None]
     return rollout
 
 

@@ -5,10 +5,12 @@ own test files (test_ability.py, test_judge.py, test_report.py)."""
 import json
 
 import pytest
-from conftest import ROOT, make_tiny_model, run_cai
+from conftest import ROOT, make_tiny_model, read_records, run_cai
 
 from cai.errors import CaiError
+from cai.eval import metrics as M
 from cai.eval import run as E
+from cai.eval import summary as S
 
 # --------------------------------------------------------------------------------------------
 # Options
@@ -63,17 +65,25 @@ def test_eval_end_to_end(two_models, tmp_path):
             assert st["tokens"]["mean"] is not None and st["words"]["mean"] is not None
         assert 0 <= p["ability"]["mc"]["accuracy"] <= 1 and p["ability"]["mc"]["n"] == 2
         assert p["ability"]["text"]["perplexity"] > 1 and p["ability"]["text"]["paragraphs"] == 2
+    # win rates and Elo recomputed from the judgments file: the same numbers
+    judged = {r["id"]: r for r in read_records(out / "judgments.jsonl")}
+    comparisons = {}
     for s in m["sets"]:
         (row,) = m["pairwise"][s]
         assert (row["a"], row["b"], row["n"]) == ("after", "before", 2)
-        assert row["ci"][0] <= row["win_rate"] <= row["ci"][1]
-        assert 0 <= row["hard_win_rate"] <= 1
+        found = [r for k, r in judged.items() if k.startswith(f"pair:after|before:{s}:")]
+        outcomes = [S.p_better(r, "after") for r in found]
+        assert len(outcomes) == 2
+        assert row["win_rate"] == pytest.approx(sum(outcomes) / 2, abs=1e-4)
+        assert row["hard_win_rate"] == pytest.approx(
+            sum(1.0 if o > 0.5 else 0.5 if o == 0.5 else 0.0 for o in outcomes) / 2, abs=1e-4)
+        comparisons[s] = [(0, 1, S.p_better(r, "before")) for r in found]
     assert m["elo"]["harmlessness"]["sets"] == ["red_team"]
     assert m["elo"]["helpfulness"]["sets"] == ["helpful", "borderline"]
     for axis in ("harmlessness", "helpfulness"):
-        ratings = m["elo"][axis]["ratings"]
-        assert ratings["before"]["elo"] == 0
-        assert ratings["after"]["ci"][0] <= ratings["after"]["elo"] <= ratings["after"]["ci"][1]
+        flat = [c for s in m["elo"][axis]["sets"] for c in comparisons[s]]
+        want = M.elo_ratings(flat, ["before", "after"])["after"]
+        assert m["elo"][axis]["ratings"]["after"]["elo"] == pytest.approx(want, abs=0.01)
     assert len(m["examples"]["red_team"]) == 2
     check = [json.loads(line) for line in (ROOT / "data/eval/judge_check.jsonl").open()]
     # 12 classifications + 6 comparisons, and the judge's check set, classified once
@@ -138,7 +148,7 @@ def test_eval_run_in_process_returns_the_metrics(two_models, tmp_path):
     m = E.run(cfg)
     assert m == json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["pairwise"] == {"red_team": []}
-    assert m["elo"]["harmlessness"]["ratings"] == {"solo": {"elo": 0.0, "ci": [0.0, 0.0]}}
+    assert m["elo"]["harmlessness"]["comparisons"] == 0
     assert m["per_model"]["solo"]["ability"] is None
     assert not (tmp_path / "o" / "report.html").exists()
 

@@ -23,9 +23,15 @@ def test_check_reports_accuracy_and_calibration(tmp_path):
     assert summary["position_bias_rate"] == 1.0
     saved = json.loads((tmp_path / "o" / "check.json").read_text())
     assert {r["better_first"] for r in saved["rows"]} == {True, False}  # both positions used
-    blind = label_check.run_check(F.LabelConfig(check=str(path), few_shot=0, debias=False),
-                        labeler=KnownLabeler(when_a=(0.9, 0.1), when_b=(0.9, 0.1)))
-    assert 0 < blind["accuracy"] < 1  # always answering (A) is right only when GOOD is (A)
+    blind = label_check.run_check(F.LabelConfig(check=str(path), out=str(tmp_path / "b"),
+                                                few_shot=0, debias=False),
+                                  labeler=KnownLabeler(when_a=(0.9, 0.1), when_b=(0.9, 0.1)))
+    # always answering (A) is right exactly where GOOD was shown as (A): the better answer
+    # came first and was shown in order, or came second and the order was swapped
+    rows = json.loads((tmp_path / "b" / "check.json").read_text())["rows"]
+    good_at_a = [r["better_first"] == (r["votes"][0]["order"] == "ab") for r in rows]
+    assert 0 < sum(good_at_a) < len(rows)  # both placements occur
+    assert blind["accuracy"] == pytest.approx(sum(good_at_a) / len(rows), abs=1e-4)
 
 
 def test_shipped_check_set_is_well_formed():

@@ -299,7 +299,9 @@ def test_label_on_the_real_model(tmp_path):
     for r in rows:
         assert 0.5 <= r["p_chosen"] <= 1 and r["labeler"] == "smollm2-135m-instruct"
         v = r["votes"][0]
-        assert v["order"] == "both" and 0 < v["p_ab"] < 1 and 0 < v["p_ba"] < 1
+        assert v["order"] == "both"
+        assert v["p_first"] == pytest.approx(L.combine_orders(v["p_ab"], v["p_ba"]), abs=1e-4)
+        assert r["p_chosen"] == pytest.approx(max(v["p_first"], 1 - v["p_first"]), abs=1e-4)
         assert r["chosen"][0]["content"] and r["rejected"][0]["content"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"

@@ -5,6 +5,7 @@ The policy is the tiny random model after a short full fine-tune on four canned 
 starts out saying "yes" about a quarter of the time; the reward function pays 1 for "yes".
 """
 
+import json
 import shutil
 from pathlib import Path
 
@@ -330,34 +331,101 @@ def reward_model(tiny_model, tmp_path_factory):
     return out
 
 
-def test_reward_model_rewards_normalized_and_value_head_from_its_head(
+def test_reward_model_rewards_normalized_by_a_dedicated_pass(
         policy_model, prompts, reward_model, tmp_path):
+    """The shift and scale come from 256 answers of the starting policy sampled before the
+    first step (not from the first rollout batch of 8), are saved in the run folder, and a
+    rerun reads them back instead of sampling again."""
     from cai.train.rm import load_reward_model
 
     cfg = config(policy_model, prompts, tmp_path, ppo__reward_function="",
                  ppo__reward_model=reward_model, ppo__no_eos_penalty=0)
-    trainer = ppo.PPOTrainer(cfg, log=lambda *_: None)
-    rm = load_reward_model(reward_model)
-    assert torch.equal(trainer.value_head.weight.data, rm.model.score.weight.data.float())
-    assert trainer.value_head.bias.item() == 0
+    assert cfg.options.reward_stats_samples == 256
+    logged = []
+    trainer = ppo.PPOTrainer(cfg, log=logged.append)
+    assert trainer.value_head.weight.abs().max() == 0 and trainer.value_head.bias.item() == 0
 
     records = trainer.step_prompts(0)
     rollout, scores, items, _ = trainer.rollout(records, 5, [r["id"] for r in records])
+    rm = load_reward_model(reward_model)
     convs = [[{"role": "user", "content": r["prompt"]},
               {"role": "assistant", "content": it["response"]}] for r, it in zip(records, items)]
     assert scores.tolist() == pytest.approx(rm.score(convs), abs=1e-5)
-    assert rollout.ended.sum() >= 4
     for it, ids, ended in zip(items, rollout.response_ids, rollout.ended.tolist()):
         assert it["response"] == trainer.tokenizer.decode(ids[:-1] if ended else ids).strip()
 
     first = trainer.step(0)
-    # the first batch sets the shift and scale: its normalized rewards have mean 0
-    assert trainer.reward_shift == pytest.approx(first["reward/mean"], abs=1e-6)
-    assert trainer.reward_scale == pytest.approx(first["reward/std"], abs=1e-6)
-    assert first["reward/normalized"] == pytest.approx(0.0, abs=1e-5)
-    second = trainer.step(1)  # kept afterwards
-    assert second["reward/normalized"] == pytest.approx(
-        (second["reward/mean"] - first["reward/mean"]) / first["reward/std"], abs=1e-4)
+    saved = json.loads((tmp_path / "reward_stats.json").read_text())
+    assert saved["samples"] == 256
+    assert (trainer.reward_shift, trainer.reward_scale) == (saved["shift"], saved["scale"])
+    assert first["reward/normalized"] == pytest.approx(
+        (first["reward/mean"] - saved["shift"]) / saved["scale"], abs=1e-5)
+    # not the first batch's own statistics: its normalized mean is not forced to 0
+    assert (trainer.reward_shift, trainer.reward_scale) != pytest.approx(
+        (first["reward/mean"], first["reward/std"]), abs=1e-6)
+    assert any("from 256 answers of the starting policy" in line for line in logged)
+
+    logged.clear()
+    again = ppo.PPOTrainer(cfg, log=logged.append)
+    again.step(0)
+    assert (again.reward_shift, again.reward_scale) == (saved["shift"], saved["scale"])
+    assert any(line.startswith("reward normalization: from") for line in logged)
+
+
+def test_prompt_and_answer_must_fit_the_reward_models_max_length(
+        policy_model, prompts, reward_model, tmp_path):
+    """The preference model was trained with max_length 128: an answer budget that cannot fit
+    after a prompt is refused up front, naming the prompt (before: the answer was cut)."""
+    cfg = config(policy_model, prompts, tmp_path, ppo__reward_function="",
+                 ppo__reward_model=reward_model, ppo__max_new_tokens=120)
+    with pytest.raises(CaiError, match=r"prompt 'q\d' takes \d+ tokens .* ppo.max_new_tokens "
+                                       r"120 .* max_length 128"):
+        ppo.PPOTrainer(cfg, log=lambda *_: None)
+
+
+def test_value_head_fitted_before_the_first_update_explains_the_returns(
+        policy_model, prompts, tmp_path):
+    """The critic starts at zero and is fitted to the first rollout's returns: on that fixed
+    buffer its values explain over half the returns' variance, after one solve. (Before: the
+    values started at 0 or at a copied preference head, explained variance 0 or below, and
+    the clipped value loss moved them by at most cliprange_value a rollout.)"""
+    cfg = config(policy_model, prompts, tmp_path, ppo__reward_function=f"{Path(__file__)}:length",
+                 ppo__prompts_per_step=16, ppo__max_new_tokens=12, training__max_steps=3,
+                 ppo__reward_stats_samples=32)
+    trainer = ppo.PPOTrainer(cfg, log=lambda *_: None)
+    steps = [trainer.step(n) for n in range(3)]
+    assert steps[0]["value/explained_variance"] > 0.5, steps[0]
+    assert trainer.value_head.weight.abs().max() > 0
+    assert trainer.state()["value_fitted"]
+    off = config(policy_model, prompts, tmp_path / "off", ppo__value_warmup=False,
+                 ppo__reward_function=f"{Path(__file__)}:length", ppo__prompts_per_step=16,
+                 ppo__max_new_tokens=12, ppo__reward_stats_samples=32)
+    cold = ppo.PPOTrainer(off, log=lambda *_: None).step(0)
+    assert cold["value/explained_variance"] == pytest.approx(0.0, abs=1e-6)  # values all 0
+
+
+def test_rloo_advantages_are_per_answer_and_not_recentred(policy_model, prompts, tmp_path):
+    """RLOO: one advantage per answer, on every one of its tokens, centred per prompt by the
+    leave-one-out baseline and only scaled by whitening. (Before: whitening over tokens
+    re-centred them, so a long answer's tokens outweighed a short one's and each prompt's
+    advantages no longer summed to 0.)"""
+    from cai.train.rollout import Rollout
+
+    cfg = config(policy_model, prompts, tmp_path, ppo__advantage="rloo",
+                 ppo__prompts_per_step=2, ppo__samples_per_prompt=2)
+    trainer = ppo.PPOTrainer(cfg, log=lambda *_: None)
+    lengths = [1, 6, 2, 3]
+    rollout = Rollout.build([[1]] * 4, [[5] * n for n in lengths], eos_ids=[])
+    final = torch.tensor([1.0, 0.0, 0.5, 2.0])
+    kl = torch.zeros(rollout.mask.shape)
+    advantages, returns = trainer.advantages(rollout, final, kl)
+    assert returns is None
+    per_answer = torch.tensor([1.0, -1.0, -1.5, 1.5])  # R_i minus the other answer's R
+    expected = per_answer / per_answer.std()
+    for row, n in enumerate(lengths):
+        assert advantages[row, :n].tolist() == pytest.approx([expected[row].item()] * n)
+        assert advantages[row, n:].abs().sum() == 0
+    assert advantages[:2, 0].sum().item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_feedback_rewards_are_the_labelers_debiased_preference(tiny_model, prompts, tmp_path):

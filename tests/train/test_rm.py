@@ -68,6 +68,24 @@ def test_saved_model_scores_like_the_trainer_and_padding_does_not_matter(trained
     assert len({round(s, 4) for s in chosen}) > 1  # scores depend on the text
 
 
+def test_a_long_prompt_costs_the_prompt_start_not_the_answer(trained):
+    """Past max_length (128 here) the reward model reads the end of the conversation: two
+    answers after the same long prompt get different scores, each equal to the score of the
+    conversation's last 128 tokens. (Before: the first 128 tokens, the same for both.)"""
+    out, held_out, _, _ = trained
+    model = rm.load_reward_model(out)
+    assert model.max_length == 128
+    row = read_records(held_out)[0]
+    prompt = [{"role": "user", "content": "Please read this first. " * 60
+               + row["prompt"][0]["content"]}]
+    long = model.score([prompt + row["chosen"], prompt + row["rejected"]])
+    assert long[0] != pytest.approx(long[1], abs=1e-4)
+    ids = rm.pairs.whole_ids(model.tokenizer, prompt + row["chosen"])
+    assert len(ids) > 128
+    tail = model.model(input_ids=torch.tensor([ids[-128:]])).logits[0, 0].item()
+    assert long[0] == pytest.approx(tail, abs=1e-4)
+
+
 def test_cai_score_cli(trained, tmp_path):
     out, held_out, _, _ = trained
     rows = read_records(held_out)

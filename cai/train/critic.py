@@ -1,0 +1,69 @@
+"""PPO's critic: a linear value head on the policy's last hidden state, and where it starts.
+
+The value targets are normalized returns: the score shifted and scaled by the starting policy's
+statistics (so about mean 0 and std 1 at the start), plus the per-token KL penalty. A head
+copied from the preference model's score head would start off by the shift and by a factor of
+1/scale, and it would read the hidden states of another network (the preference model is the
+base with its own adapter; the critic reads the SFT policy). PPO's clipped value loss then keeps
+the values within `cliprange_value` of their sampling-time values each rollout, so a critic that
+starts far off stays off (explained variance below 0 for many steps).
+
+So the head starts at zero, and before the first update it is fitted to the first rollout's
+returns by ridge regression on the policy's hidden states at the answer tokens (`fit_linear`):
+the least-squares head for the features it will read, in one solve, with no learning rate to
+tune. From then on it learns with the policy as usual.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cai.train.losses import gae
+
+
+def zero_head(hidden_size: int, device) -> torch.nn.Linear:
+    head = torch.nn.Linear(hidden_size, 1).to(device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+def fit_linear(features: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-2):
+    """Ridge regression with an unpenalized bias, solved in float64.
+
+        (w, b) = argmin  sum_n (x_n . w + b - y_n)^2 + lam |w|^2
+        w = (Xc^T Xc + lam I)^-1 Xc^T yc,   b = mean(y) - mean(x) . w
+
+    with Xc, yc the centred features and targets, and lam = ridge * trace(Xc^T Xc) / H (the
+    penalty in units of the features' mean variance, so `ridge` means the same for any width).
+
+    Shape: features (N, H), targets (N,); returns (w (H,), b scalar) float64
+    """
+    x, y = features.double(), targets.double()
+    mx, my = x.mean(0), y.mean()
+    xc, yc = x - mx, y - my
+    gram = xc.T @ xc
+    lam = ridge * gram.diagonal().mean().clamp(min=1e-12)
+    w = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), xc.T @ yc)
+    return w, my - mx @ w
+
+
+def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_{l >= 0} gamma^l r_{t+l}: the Monte-Carlo returns (GAE with lambda 1 and no
+    values), the critic's targets before it knows anything. Shape: (B, T) -> (B, T)"""
+    return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[1]
+
+
+@torch.no_grad()
+def fit_head(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
+             mask: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
+    """Set `head` to the ridge fit of `targets` from `hidden` at the positions in `mask`;
+    returns the head's new values (B, T), 0 outside the mask.
+
+    Shape: hidden (B, T, H), targets (B, T), mask (B, T) bool
+    """
+    w, b = fit_linear(hidden[mask], targets[mask], ridge)
+    head.weight.copy_(w.to(head.weight.dtype)[None])
+    head.bias.fill_(b.item())
+    values = hidden.double() @ w + b
+    return values.float() * mask
