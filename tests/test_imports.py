@@ -36,8 +36,8 @@ def _cai_imports(path) -> set[str]:
 
 
 def test_dependencies_point_one_way():
-    """docs/architecture.md's rule: nothing imports cli, no job imports pipeline, engines and
-    the foundation import no job, and the losses import only torch."""
+    """docs/architecture.md's rule: nothing imports cli, only cli and schemas import pipeline,
+    engines and the foundation import no job, and the losses import only torch."""
     from pathlib import Path
 
     root = Path(cai.__file__).parent
@@ -46,7 +46,7 @@ def test_dependencies_point_one_way():
         module = "cai." + ".".join(path.relative_to(root).with_suffix("").parts)
         imports = _cai_imports(path)
         assert not any(i == "cai.cli" or i.startswith("cai.cli.") for i in imports), module
-        if module != "cai.cli":
+        if module not in ("cai.cli", "cai.schemas"):  # schemas describes the pipeline YAML too
             assert not any(i.startswith("cai.pipeline") for i in imports), module
         if module.startswith("cai.generation") or module in (
                 "cai.errors", "cai.config", "cai.records", "cai.models", "cai.prompts",

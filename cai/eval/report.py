@@ -97,9 +97,14 @@ def _frontier(metrics: dict, plt):
 
 
 def _path(ax, xs, ys, labels) -> None:
-    """Label each point and draw arrows in list order (before -> after)."""
+    """Label each point and draw arrows in list order (before -> after). Models at the same
+    point share one label ("base, sft"), so their names do not print over each other."""
+    at: dict[tuple, list[str]] = {}
     for x, y, label in zip(xs, ys, labels):
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        at.setdefault((round(x, 9), round(y, 9)), []).append(label)
+    for (x, y), names in at.items():
+        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 6),
+                    fontsize=9)
     for k in range(len(xs) - 1):
         ax.annotate("", xy=(xs[k + 1], ys[k + 1]), xytext=(xs[k], ys[k]),
                     arrowprops={"arrowstyle": "->", "color": "0.5", "lw": 1})
@@ -402,6 +407,7 @@ def html_report(metrics: dict, images: dict[str, Path]) -> str:
         body += [f"<h3>{html.escape(s)}</h3>", _html_table(header, rows, "examples")]
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;"
              "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;"
+             "display:block;max-width:100%;overflow-x:auto;"  # a wide table scrolls by itself
              "font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;"
              "vertical-align:top}th{background:#f3f3f3}table.examples td{white-space:pre-wrap;"
              "max-width:380px}img{max-width:100%}figure{margin:1em 0}"

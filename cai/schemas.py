@@ -1,0 +1,172 @@
+"""JSON Schemas of the files people edit: constitutions, job configs, training and pipeline
+configs. YAML editors (VS Code and JetBrains through the YAML language server) validate and
+complete a file from the schema its first-line comment names:
+
+    # yaml-language-server: $schema=schemas/sft.schema.json
+
+Each schema is made from the definitions the loader reads (a constitution's tables in
+`cai.constitution`, the option dataclasses of each job), so the two cannot drift apart; the
+shipped files are rewritten with `python -m cai.schemas` and a test checks they are current.
+A schema knows types, keys and help texts; checks that need code (a value in range, a file that
+exists, one reward source of three) stay with the loaders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+
+from cai import ROOT
+
+DRAFT = "http://json-schema.org/draft-07/schema#"
+#: The comment that points editors at a file's schema (a path relative to the YAML file).
+MODELINE = "# yaml-language-server: $schema="
+CONFIG_SCHEMAS = "configs/schemas"
+
+
+def type_schema(hint) -> dict:
+    """The JSON Schema of one field type (str, int, float, bool, list[...], dict, X | None)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        inner = type_schema(args[0])
+        if "type" in inner and type(None) in typing.get_args(hint):
+            inner["type"] = [inner["type"], "null"]
+        return inner
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(hint) or (typing.Any,)
+        return {"type": "array", "items": type_schema(item)}
+    if origin is dict or hint is dict:
+        return {"type": "object"}
+    simple = {str: "string", bool: "boolean", int: "integer", float: "number"}
+    return {"type": simple[hint]} if hint in simple else {}
+
+
+def dataclass_schema(cls, description: str = "") -> dict:
+    """An object schema from a dataclass of options: one property per field, with its type,
+    default and help (`cai.config.opt`); unknown keys are errors, as in the loaders."""
+    hints = typing.get_type_hints(cls)
+    properties = {}
+    for f in dataclasses.fields(cls):
+        prop = type_schema(hints[f.name])
+        if f.metadata.get("help"):
+            prop["description"] = f.metadata["help"]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+            else f.default
+        if default is not dataclasses.MISSING and default not in (None, "", {}):
+            prop["default"] = default
+        properties[f.name] = prop
+    out = {"type": "object", "additionalProperties": False, "properties": properties}
+    return {"description": description, **out} if description else out
+
+
+def _document(title: str, body: dict) -> dict:
+    return {"$schema": DRAFT, "title": title, **body}
+
+
+def job_schema(name: str) -> dict:
+    """`cai revise|label|eval --config FILE`: the job's options."""
+    from cai.eval.run import EvalConfig
+    from cai.feedback.label import LabelConfig
+    from cai.revise import ReviseConfig
+
+    cls = {"revise": ReviseConfig, "label": LabelConfig, "eval": EvalConfig}[name]
+    return _document(f"cai {name} config", dataclass_schema(
+        cls, f"options of `cai {name} --config FILE`: any of its command-line options"))
+
+
+def train_schema(algo: str) -> dict:
+    """`cai train ALGO CONFIG`: the typed sections, the algorithm's own and `training:`."""
+    from cai.train.config import COMMON
+    from cai.train.dpo import DPOSection
+    from cai.train.ppo_options import PPOSection
+    from cai.train.rm import RMSection
+    from cai.train.sft import SFTSection
+
+    own = {"sft": SFTSection, "dpo": DPOSection, "rm": RMSection, "ppo": PPOSection}[algo]
+    what = {"model": "the model to train", "data": "the training data",
+            "lora": "the LoRA adapter", "quantization": "QLoRA: the 4-bit base model",
+            algo: f"the options of {algo}"}
+    sections = {name: dataclass_schema(cls, what[name]) for name, cls in
+                {**COMMON, algo: own}.items()}
+    sections["training"] = {
+        "type": "object",
+        "description": "any transformers.TrainingArguments field (output_dir, learning_rate, "
+                       "max_steps, ...), passed through unchanged; the trainer checks the names"}
+    return _document(f"cai train {algo} config", {
+        "type": "object", "additionalProperties": False, "properties": sections})
+
+
+def pipeline_schema() -> dict:
+    """`cai pipeline run|status FILE`: the roles, and each stage's options."""
+    from cai.pipeline import PipelineSpec
+
+    body = dataclass_schema(PipelineSpec)
+    props = body["properties"]
+    for name in ("revise", "label", "eval"):
+        job = job_schema(name)
+        props[name] = {**props[name], "type": ["object", "null"],
+                       "properties": job["properties"], "additionalProperties": False}
+    for name in ("sft", "dpo", "rm", "ppo"):
+        stage = {"config": {"type": "string", "description": f"a `cai train {name}` config "
+                                                             f"(default: configs/{name}.yaml)"},
+                 "set": {"type": "object", "description": "section.key: value overrides, e.g. "
+                                                          "training.max_steps: 96"}}
+        if name == "ppo":
+            stage["prompts"] = {"type": "string", "description": "the prompts PPO answers"}
+        props[name] = {**props[name], "type": ["object", "null"], "properties": stage,
+                       "additionalProperties": False}
+    props["preference"]["enum"] = ["dpo", "ppo"]
+    return _document("cai pipeline", body)
+
+
+def constitution_schema() -> dict:
+    from cai.constitution import schema
+
+    return schema()
+
+
+#: Every shipped schema file and what makes it.
+SHIPPED = {
+    "constitutions/constitution.schema.json": constitution_schema,
+    **{f"{CONFIG_SCHEMAS}/{n}.schema.json": (lambda n=n: job_schema(n))
+       for n in ("revise", "label", "eval")},
+    **{f"{CONFIG_SCHEMAS}/{a}.schema.json": (lambda a=a: train_schema(a))
+       for a in ("sft", "dpo", "rm", "ppo")},
+    f"{CONFIG_SCHEMAS}/pipeline.schema.json": pipeline_schema,
+}
+
+
+def dumps(schema: dict) -> str:
+    """The text of a schema file (what `cai constitution schema` prints)."""
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+def modeline_target(path: str | Path) -> Path | None:
+    """The schema file a YAML file's `# yaml-language-server: $schema=...` comment names."""
+    path = Path(path)
+    for line in path.read_text(encoding="utf-8").splitlines()[:5]:
+        if line.startswith(MODELINE):
+            return (path.parent / line[len(MODELINE):].strip()).resolve()
+    return None
+
+
+def write_all(root: Path = ROOT) -> list[Path]:
+    """(Re)write every shipped schema file; returns those whose text changed."""
+    changed = []
+    for rel, make in SHIPPED.items():
+        path = root / rel
+        text = dumps(make())
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    for p in write_all():
+        print(f"wrote {p.relative_to(ROOT)}")
