@@ -16,10 +16,10 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cai import lock
 from cai.errors import CaiError
 
 
@@ -101,7 +101,7 @@ def _embedded(name: str) -> Path:
         return target
     files = _find_parts(name, entry)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.parent / f".{name}.lock"):
+    with lock.waiting(target.parent / f".{name}.lock"):
         if (target / "config.json").is_file():  # converted by another process meanwhile
             return target
         for stale in target.parent.glob(f".{name}.tmp-*"):
@@ -163,23 +163,6 @@ def _find_parts(name: str, entry: EmbeddedModel) -> list[Path]:
     return files
 
 
-@contextmanager
-def _lock(path: Path):
-    """An exclusive lock on `path` (created if need be, never removed: removing a lock file
-    races with its next user); a no-op where fcntl is missing (Windows)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -232,6 +215,23 @@ def _from_hub(repo_id: str) -> Path:
         detail = str(e).splitlines()[0] if str(e) else ""
         raise CaiError(f"model '{repo_id}': cannot download from the hub "
                        f"({type(e).__name__}: {detail})") from None
+
+
+def fingerprint(name: str | os.PathLike | None, engine: str = "hf") -> str:
+    """What identifies a model in a job's identity or a cache key, without reading its weights:
+    the name, size and modification time of each file of its folder (config, weights,
+    tokenizer, chat template). A model retrained or re-exported in the same folder changes it;
+    the same folder reached by another path does not. A served model (`engine` openai) is its
+    name: the server's settings go into the identity beside it."""
+    if engine == "openai":
+        return str(name)
+    folder = resolve(name)
+    files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def load_tokenizer(name=None):

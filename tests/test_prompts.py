@@ -85,3 +85,14 @@ def test_default_examples_render_through_templates():
         critique, revision = c.example_requests(ex)
         shown = Principle(id="e", critique=critique, revision=revision)
         assert t.render("critique.j2", principle=shown, prompt=ex.prompt, response=ex.response)
+
+
+def test_fingerprint_covers_included_templates(tmp_path):
+    (tmp_path / "critique.j2").write_text("{% include 'shared.j2' %} {{ principle.critique }}")
+    (tmp_path / "shared.j2").write_text("Be fair.")
+    t = Templates(tmp_path)
+    first = t.fingerprint(["critique.j2", "revision.j2"])
+    (tmp_path / "shared.j2").write_text("Be harsh.")  # only the included file changes
+    assert Templates(tmp_path).fingerprint(["critique.j2", "revision.j2"]) != first
+    (tmp_path / "critique.j2").write_text("{% include name %}")  # chosen at render time
+    assert "Be harsh." in Templates(tmp_path).fingerprint(["critique.j2"])

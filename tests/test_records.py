@@ -105,3 +105,67 @@ def test_manifest_refuses_to_mix_runs(tmp_path):
         records.Manifest(tmp_path, "revise", {"model": "b", "seed": 1}, {})
     with pytest.raises(CaiError, match="holds the output of 'cai revise'"):
         records.Manifest(tmp_path, "label", {}, {})
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 17: nothing lost, nothing mixed
+
+
+def test_a_folder_with_records_but_no_manifest_is_refused(tmp_path):
+    (tmp_path / "data.jsonl").write_text('{"id": "a"}\n')
+    with pytest.raises(CaiError) as e:
+        records.Manifest(tmp_path, "revise", {"seed": 0}, {})
+    assert str(e.value) == (f"{tmp_path}: holds data.jsonl but no manifest.json, so what made "
+                            "them is unknown; use another --out folder to start over")
+    assert (tmp_path / "data.jsonl").read_text() == '{"id": "a"}\n'  # nothing touched
+
+
+def test_limit_may_grow_and_completeness_is_by_ids(tmp_path):
+    m = records.Manifest(tmp_path, "revise", {"seed": 0, "limit": 2}, {})
+    m.expect(["a", "b"])
+    assert m.status({"a", "x"}) == "partial"  # two ids done, but not the two expected
+    assert m.status({"a", "b", "x"}) == "complete"
+    m.save(status="complete")
+    records.Manifest(tmp_path, "revise", {"seed": 0, "limit": 3}, {})  # a larger --limit adds
+    with pytest.raises(CaiError, match="different seed"):
+        records.Manifest(tmp_path, "revise", {"seed": 1, "limit": 3}, {})
+
+
+def test_url_credentials_never_reach_the_manifest(tmp_path):
+    url = "http://alice:s3cret@10.0.0.1:8000/v1"
+    records.Manifest(tmp_path, "label", {"server": url},
+                     {"base_url": url, "more": [{"labeler_base_url": url}]}).save()
+    text = (tmp_path / "manifest.json").read_text()
+    assert "s3cret" not in text and "alice" not in text
+    assert text.count("http://10.0.0.1:8000/v1") == 3
+
+
+def test_a_dataset_input_is_known_by_its_content(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    write(folder / "train.jsonl", ['{"question": "what?"}'])
+    first = records.source_id(f"dataset:{folder}", "question")
+    assert first == records.source_id(f"dataset:{folder}", "question")
+    write(folder / "train.jsonl", ['{"question": "why?"}'])  # same name, other content
+    assert records.source_id(f"dataset:{folder}", "question") != first
+
+
+def test_atomic_write_uses_a_fresh_temporary_file_and_fsyncs(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    target = tmp_path / "manifest.json"
+    (tmp_path / ".manifest.json.tmp").mkdir()  # what a fixed temporary name would trip over
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    records.atomic_write_text(target, "one\n")
+    records.atomic_write_text(target, "two\n")
+    assert target.read_text() == "two\n"
+    assert synced == ["file", "folder", "file", "folder"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".manifest.json.tmp", "manifest.json"]

@@ -4,7 +4,6 @@ one model in memory at a time, appended to the caches as they come."""
 from __future__ import annotations
 
 import gc
-import zlib
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
@@ -12,7 +11,7 @@ from tqdm.auto import tqdm
 from cai import records
 from cai.eval import ability as abilities
 from cai.eval.summary import answer_id
-from cai.generation import Generator, SamplingParams, engine_kwargs, make_generator
+from cai.generation import Generator, SamplingParams, engine_kwargs, item_seeds, make_generator
 
 if TYPE_CHECKING:
     from cai.eval.run import EvalConfig
@@ -41,11 +40,11 @@ def _answer(gen: Generator, model: dict, todo: list[tuple[str, dict]], cfg: Eval
     try:
         for begin in range(0, len(todo), cfg.chunk_size):
             chunk = todo[begin:begin + cfg.chunk_size]
-            seed = zlib.crc32(f"{cfg.seed}:{chunk[0][0]}:{chunk[0][1]['id']}".encode())
+            seeds = item_seeds(cfg.seed, (f"{set_name}:{it['id']}" for set_name, it in chunk))
             texts = gen.chat([[{"role": "user", "content": it["prompt"]}] for _, it in chunk],
                              SamplingParams(max_new_tokens=cfg.max_new_tokens,
                                             temperature=cfg.temperature, top_p=cfg.top_p,
-                                            seed=seed))
+                                            seeds=seeds))
             rows = []
             for (set_name, it), text in zip(chunk, texts):
                 rows.append({

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import random
 import re
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cai import constitution as constitutions
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.feedback.labels import choice_probability, clamp, combine_orders, p_first
-from cai.generation import Generator, SamplingParams
+from cai.generation import Generator, SamplingParams, item_seeds
 from cai.prompts import Templates
 
 TEMPLATES = ("feedback.j2", "feedback_cot.j2", "feedback_answer.j2")
@@ -138,9 +137,10 @@ def score(model: Generator, feedback: Feedback, tasks: list[dict], pool, opts: S
     reasoning = [""] * len(queries)
     if opts.cot and queries:
         on_step("labeler reasoning")
-        reasoning = model.chat(convs, SamplingParams(
+        reasoning = model.chat(convs, SamplingParams(  # seeded per question, not per batch
             max_new_tokens=opts.cot_max_new_tokens, temperature=opts.cot_temperature,
-            seed=zlib.crc32(f"{opts.seed}:cot:{tasks[0]['key']}".encode())))
+            seeds=item_seeds(opts.seed, (f"cot:{tasks[q[0]]['key']}:{q[1]}:{q[3]}"
+                                         for q in queries))))
         convs = [c + [{"role": "assistant", "content": r},
                       {"role": "user", "content": feedback.answer_request(q[2].question)}]
                  for c, r, q in zip(convs, reasoning, queries)]

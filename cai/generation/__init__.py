@@ -4,10 +4,13 @@ from cai.generation.base import (
                                  EngineConfig,
                                  Generator,
                                  SamplingParams,
+                                 engine_identity,
                                  engine_kwargs,
+                                 item_seeds,
                                  make_generator,
+                                 record_options,
                                  role_engine,
 )
 
-__all__ = ["EngineConfig", "Generator", "SamplingParams", "engine_kwargs", "make_generator",
-           "role_engine"]
+__all__ = ["EngineConfig", "Generator", "SamplingParams", "engine_identity", "engine_kwargs",
+           "item_seeds", "make_generator", "record_options", "role_engine"]

@@ -88,10 +88,11 @@ class VLLMGenerator:
         self.stats = GenerationStats()
 
     def sampling_params(self, params: SamplingParams, index: int = 0):
-        """Our SamplingParams as vLLM's, one to one; request i gets seed + i when seeded."""
+        """Our SamplingParams as vLLM's, one to one; request i gets its own seed
+        (`SamplingParams.seed_for`)."""
         return self.vllm.SamplingParams(
             max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-            seed=None if params.seed is None else params.seed + index)
+            seed=params.seed_for(index))
 
     def prompt_tokens(self, conversations: list[Conversation]) -> list[int]:
         return [len(encode_chat(self.tokenizer, c)) for c in conversations]

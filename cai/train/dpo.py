@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from cai.config import opt
 from cai.errors import CaiError
-from cai.models import resolve
+from cai.models import fingerprint
 from cai.train import common, pairs
 from cai.train import config as train_config
 from cai.train.config import TrainConfig
@@ -209,13 +209,11 @@ class DPOTrainer(pairs.PairTrainer):
 
 
 def reference_key(cfg, examples: list[dict]) -> str:
-    """A hash of what the reference log-probs depend on: the base weights (files, sizes, times),
-    their precision and quantization, and every token id and label of the pairs."""
-    folder = resolve(cfg.model.name)
-    files = sorted(f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+    """A hash of what the reference log-probs depend on: the base model (`models.fingerprint`:
+    its files' names, sizes and times), its precision and quantization, and every token id and
+    label of the pairs."""
     h = hashlib.sha256(json.dumps({
-        "version": CACHE_VERSION, "model": str(folder.resolve()),
-        "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+        "version": CACHE_VERSION, "model": fingerprint(cfg.model.name),
         "dtype": cfg.model.dtype, "attn": cfg.model.attn_implementation,
         "quantization": dataclasses.asdict(cfg.quantization),
         "autocast": [bool(cfg.training.get("bf16")), bool(cfg.training.get("fp16"))],

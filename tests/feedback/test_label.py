@@ -232,6 +232,33 @@ def test_kill_minus_nine_then_resume(tiny_model, tmp_path, kill_midway):
     assert manifest["summary"]["pairs"] == 10
 
 
+def test_killed_and_resumed_writes_what_an_uninterrupted_run_writes(tiny_model, tmp_path,
+                                                                    kill_midway):
+    """Seeds are per prompt and sample: a run killed midway and resumed (with another chunk
+    size, which is no setting of the records) writes the very records of an uninterrupted one."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"k{i}", "prompt": f"Prompt {i}?"}
+                                                  for i in range(8)])
+    common = ["label", "--prompts", prompts, "--policy", tiny_model, "--labeler", tiny_model,
+              "--samples", 3, "--max-new-tokens", 8, "--few-shot", 0, "--dtype", "float32",
+              "--batch-size", 1]
+    whole = run_cai(*common, "--out", tmp_path / "whole", "--chunk-size", 4)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "resumed"
+    before = kill_midway([sys.executable, "-m", "cai.cli", *map(str, common), "--out", str(out),
+                          "--chunk-size", "1"], out / "data.jsonl", lines=3)
+    assert 3 <= before < 24, "the job should have been killed midway"
+    resumed = run_cai(*common, "--out", out, "--chunk-size", 2)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def by_id(folder, name):
+        path = folder / name
+        return {r["id"]: r for r in read_records(path)} if path.exists() else {}
+
+    for name in ("data.jsonl", "skipped.jsonl"):
+        assert by_id(out, name) == by_id(tmp_path / "whole", name)
+    assert len(by_id(out, "data.jsonl")) + len(by_id(out, "skipped.jsonl")) == 24
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input: one line each, exit 2, before any model loads
 

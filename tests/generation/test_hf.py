@@ -84,3 +84,23 @@ def test_shared_context_scoring_equals_one_sequence_per_choice(gen):
     assert shared == pytest.approx(plain, abs=1e-4)
     assert mixed == pytest.approx(plain, abs=1e-4)
     assert len(set(round(v, 3) for v in plain)) > 10  # the values depend on the choice
+
+
+def test_per_conversation_seeds_make_each_answer_its_own(tiny_model):
+    """With `seeds`, an answer depends on its own seed only: not on the other conversations of
+    the call, nor on how they are batched (so a resumed or re-chunked job samples the same)."""
+    alone = make_generator("hf", str(tiny_model), dtype="float32", batch_size=1)
+    batched = make_generator("hf", str(tiny_model), dtype="float32", batch_size=3)
+
+    def params(seeds):
+        return SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seeds=seeds)
+
+    every = alone.chat(CONVS, params([11, 12, 13]))
+    assert [alone.chat([c], params([s]))[0] for c, s in zip(CONVS, [11, 12, 13])] == every
+    assert alone.chat(CONVS[::-1], params([13, 12, 11])) == every[::-1]
+    assert alone.chat(CONVS, params([11, 99, 13]))[1] != every[1]
+    # the same conversation twice, two seeds: two different samples
+    twice = alone.chat([CONVS[0], CONVS[0]], params([1, 2]))
+    assert twice[0] != twice[1]
+    # in a batch, padding moves logits only by float rounding: the draws stay the same
+    assert batched.chat(CONVS, params([11, 12, 13])) == every

@@ -102,7 +102,8 @@ def test_cai_revise_engine_vllm_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(read_records(out / "data.jsonl")) == 2
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["identity"]["engine"] == "vllm" and manifest["totals"]["generated_tokens"] > 0
+    assert manifest["identity"]["policy.engine"] == "vllm"
+    assert manifest["totals"]["generated_tokens"] > 0
 
 
 @with_vllm
