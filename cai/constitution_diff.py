@@ -89,10 +89,8 @@ def mark_words(old: str, new: str) -> tuple[str, str]:
 
 
 def _wrap(text: str, indent: str, first: str = "") -> list[str]:
-    lines = textwrap.wrap(" ".join(text.split()) or "(empty)", WIDTH, initial_indent=indent
-                          + first, subsequent_indent=indent + " " * len(first),
-                          break_on_hyphens=False)
-    return lines
+    return textwrap.wrap(" ".join(text.split()) or "(empty)", WIDTH, initial_indent=indent + first,
+                         subsequent_indent=indent + " " * len(first), break_on_hyphens=False)
 
 
 def _label(change: Change) -> str:
@@ -119,13 +117,11 @@ def format_diff(changes: list[Change]) -> list[str]:
                 lines += _wrap(c.key, "  ", "order now: ")
             elif c.kind == "renamed":
                 lines.append(f"  > {c.old_key} renamed to {c.key} (same text)")
-            elif c.kind == "added":
-                lines.append(f"  + {_label(c)}")
-                for f, text in c.new.items():
+            elif c.kind in ("added", "removed"):
+                lines.append(f"  {'+' if c.kind == 'added' else '-'} {_label(c)}")
+                for f, text in (c.new or c.old).items():
                     if text:
                         lines += _wrap(text, "      ", f"{f}: ")
-            elif c.kind == "removed":
-                lines.append(f"  - {_label(c)}")
             else:
                 lines.append(f"  ~ {_label(c)}")
                 for f in c.new:
