@@ -1,7 +1,7 @@
 """The `cai` command: parses options and hands each command to one function. Nothing else.
 
-User mistakes (`CaiError`) print as one line on stderr with exit code 2; anything else is a bug
-and keeps its traceback.
+User mistakes (`CaiError`) and what the system refuses (`OSError`: permission denied, disk full)
+print as one line on stderr with exit code 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,20 +14,70 @@ from cai import config as cfgmod
 from cai.errors import CaiError
 
 
+def _annotation(text: str, prop: bool = False) -> str:
+    """Text escaped for a GitHub Actions workflow command (a property value also escapes : ,)."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+
 def cmd_constitution_check(args) -> int:
+    import json
+
     from cai.constitution import ConstitutionError, load
 
-    failed = False
+    found = []
     for path in args.files:
         try:
             c = load(path)
+        except ConstitutionError as e:
+            found += e.problems
+            for p in e.problems if args.format != "json" else ():
+                if args.format == "github":  # stdout: where GitHub reads workflow commands
+                    print(f"::error file={_annotation(p.path, True)}"
+                          + (f",line={p.line}" if p.line else "") + f"::{_annotation(p.message)}")
+                else:
+                    print(p, file=sys.stderr)
+            continue
+        if args.format == "text":
             print(f"{path}: ok ({len(c.critique_revision)} critique/revision, "
                   f"{len(c.preference)} preference, {len(c.examples)} examples)")
-        except ConstitutionError as e:
-            failed = True
-            for problem in e.problems:
-                print(problem, file=sys.stderr)
-    return 2 if failed else 0
+    if args.format == "json":
+        print(json.dumps([{"file": p.path, "line": p.line, "field": p.field,
+                           "message": p.message} for p in found], indent=2))
+    return 2 if found else 0
+
+
+def cmd_constitution_schema(args) -> int:
+    from cai.constitution import schema
+    from cai.schemas import dumps
+
+    sys.stdout.write(dumps(schema()))
+    return 0
+
+
+def cmd_constitution_diff(args) -> int:
+    import textwrap
+
+    from cai.constitution import load
+    from cai.constitution_diff import diff, format_diff
+    from cai.pipeline import DEFAULT_PIPELINE, Pipeline
+
+    changes = diff(load(args.old), load(args.new))
+    print(f"{args.old} -> {args.new}: " + (f"{len(changes)} change(s)" if changes else
+                                          "the same principles and examples"))
+    for line in format_diff(changes):
+        print(line)
+    if args.pipeline is None and not DEFAULT_PIPELINE.is_file():
+        return 0
+    pipe = Pipeline(args.pipeline)
+    reruns = pipe.rerun_by_edit(Path(args.old).read_bytes(), Path(args.new).read_bytes())
+    text = (f"Pipeline {args.pipeline or 'configs/pipeline.yaml'} (constitution "
+            f"{pipe.spec.constitution}): an edit like this reruns "
+            + (", ".join(reruns) if reruns else "no stage (the files are byte for byte the same)")
+            + ("; stages are keyed by the file's bytes, so comments and layout count too"
+               if reruns and not changes else "") + ".")
+    print("\n" + textwrap.fill(text, 100))
+    return 0
 
 
 def cmd_constitution_show(args) -> int:
@@ -67,25 +117,18 @@ def cmd_constitution_import(args) -> int:
 
 
 def cmd_constitution_try(args) -> int:
-    from cai.constitution import load, sample_principles
-    from cai.generation import SamplingParams, make_generator
-    from cai.prompts import Templates
-    from cai.revise import Conversations, strip_boilerplate
+    from cai.constitution_try import format_table, try_principles
+    from cai.revise import ReviseConfig
 
-    c = load(args.file)
-    principle = c.get("critique_revision", args.principle) if args.principle else \
-        sample_principles(c.principles("critique_revision"), args.prompt, 1, args.seed)[0]
-    convs = Conversations(c, Templates(args.prompts_dir), args.few_shot, args.seed)
-    gen = make_generator("hf", args.model)
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7, seed=args.seed)
-    answer = gen.chat([[{"role": "user", "content": args.prompt}]], params)[0]
-    critique = gen.chat([convs.critique("try", principle, args.prompt, answer)], params)[0]
-    revision = gen.chat([convs.revision("try", principle, args.prompt, answer, critique)],
-                        params)[0]
-    for title, text in (("prompt", args.prompt), ("answer", answer),
-                        (f"critique [{principle.id}]", critique),
-                        ("revision", strip_boilerplate(revision))):
-        print(f"--- {title}\n{text}\n")
+    options = cfgmod.overrides(args, ReviseConfig)
+    # the gate judges revisions when a feedback model is named (or --gate asks for it)
+    options["gate"] = args.gate if args.gate is not None else bool(args.feedback)
+    # `prompts` and `out` are what a whole `cai revise` run reads and writes; a try has neither
+    cfg = cfgmod.build(ReviseConfig, {**options, "constitution": args.file, "prompts": "-",
+                                      "out": "-"}, "options")
+    ids = None if args.principle == "all" else [i for i in args.principle.split(",") if i]
+    for line in format_table(try_principles(cfg, args.prompt, ids)):
+        print(line)
     return 0
 
 
@@ -120,14 +163,28 @@ def cmd_label(args) -> int:
     return 0
 
 
+OVERWRITE_HELP = "train anew in a folder that holds a finished or unfinished run (its " \
+    "checkpoints and results are removed first)"
+
+
 def _train_args(args, module):
     """(config, resume) of a `cai train` command: `--resume` may come before or among the
     `--section.key value` overrides."""
     from cai.train.config import parse_overrides
 
-    rest = [a for a in args.overrides if a != "--resume"]
+    rest = [a for a in args.overrides if a not in ("--resume", "--overwrite")]
     cfg = module.load_config(args.config, parse_overrides(rest))
-    return cfg, args.resume or len(rest) != len(args.overrides)
+    resume = args.resume or "--resume" in args.overrides
+    if args.overwrite or "--overwrite" in args.overrides:
+        if resume:
+            raise CaiError("--resume and --overwrite: choose one (continue the run, or train "
+                           "anew in its folder)")
+        from cai import lock
+        from cai.train.resume import clear_run
+
+        lock.keep(cfg.output_dir)  # not while another run writes there
+        clear_run(cfg.output_dir)
+    return cfg, resume
 
 
 def cmd_train_sft(args) -> int:
@@ -236,7 +293,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_records_merge(args) -> int:
-    from cai.records import merge
+    from cai.merge import merge
 
     stats = merge([Path(f) for f in args.folders], Path(args.out))
     print(f"merged {stats['shards']} shards into {args.out}: {stats['records']} records"
@@ -275,28 +332,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cai", description="Constitutional AI toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    con = sub.add_parser("constitution", help="check, show, import or try a constitution")
+    con = sub.add_parser("constitution", help="check, show, diff, import or try a constitution")
     con_sub = con.add_subparsers(dest="action", required=True)
     p = con_sub.add_parser("check", help="validate files; one line per problem, exit 2 if any")
     p.add_argument("files", nargs="+")
+    p.add_argument("--format", choices=("text", "github", "json"), default="text",
+                   help="text: file:line: message lines; github: ::error annotations for GitHub "
+                        "Actions; json: a list of {file, line, field, message}")
     p.set_defaults(func=cmd_constitution_check)
+    p = con_sub.add_parser("schema", help="print the JSON Schema of constitution files (what "
+                                          "constitutions/constitution.schema.json holds)")
+    p.set_defaults(func=cmd_constitution_schema)
     p = con_sub.add_parser("show", help="the principles as a table")
     p.add_argument("file")
     p.set_defaults(func=cmd_constitution_show)
+    p = con_sub.add_parser("diff", help="principles added, removed or reworded, and the "
+                                        "pipeline stages the edit reruns")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--pipeline", help="pipeline YAML whose stages are checked (default: "
+                                      "configs/pipeline.yaml)")
+    p.set_defaults(func=cmd_constitution_diff)
     p = con_sub.add_parser("import", help="convert the public CAI JSON layout to our YAML")
     p.add_argument("file")
     p.add_argument("-o", "--out", required=True, help="YAML file to write")
     p.add_argument("--name", help="constitution name (default: from the file name)")
     p.set_defaults(func=cmd_constitution_import)
-    p = con_sub.add_parser("try", help="one live critique-revision round, printed")
+    p = con_sub.add_parser("try", help="one critique-revision round per principle on one "
+                                       "prompt's answer, as a table (with the gate's verdicts)")
     p.add_argument("file")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--principle", help="critique_revision id (default: one drawn at random)")
-    p.add_argument("--model", help="model (default: smollm2-135m-instruct)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--few-shot", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompts-dir")
+    p.add_argument("--principle", default="all",
+                   help="'all' (default) or comma-separated critique_revision ids")
+    p.add_argument("--feedback-model", dest="feedback", help="same as --feedback")
+    p.add_argument("--gate", action=argparse.BooleanOptionalAction, default=None,
+                   help="judge each revision with the gate (default: when a feedback model is "
+                        "named)")
+    cfgmod.add_arguments(p, ReviseConfig, skip=(
+        "prompts", "out", "constitution", "principles", "rounds", "limit", "shard", "chunk_size",
+        "prompt_column", "helpful_prompts", "helpful_ratio", "gate"))
     p.set_defaults(func=cmd_constitution_try)
 
     p = sub.add_parser("revise", help="SL-CAI: critique and revise answers to a prompt set")
@@ -327,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML: model, data, lora, quantization, sft, training sections")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in training.output_dir")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key value ...")
     p.set_defaults(func=cmd_train_sft)
     for algo, func, text in (
@@ -341,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "sections")
         p.add_argument("--resume", action="store_true",
                        help="continue from the last checkpoint in training.output_dir")
+        p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         p.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key value ...")
         p.set_defaults(func=func)
 
@@ -393,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     except CaiError as e:
         for line in str(e).splitlines() or ["error"]:
             print(f"cai: error: {line}", file=sys.stderr)
+        return 2
+    except OSError as e:  # permission denied, disk full, a folder where a file should be
+        where = e.filename or "a file"
+        print(f"cai: error: {where}: {e.strerror or e}; records written so far are kept",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cai: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -80,34 +81,44 @@ def coerce(value, hint, where: str):
             raise CaiError(f"{where}: expected true or false, got {value!r}")
         return value
     if hint in (int, float):
+        kind = "an integer" if hint is int else "a number"
         if isinstance(value, bool):
-            raise CaiError(f"{where}: expected a number, got {value!r}")
+            raise CaiError(f"{where}: expected {kind}, got {value!r}")
         try:
             converted = hint(value)
         except (TypeError, ValueError):
-            raise CaiError(f"{where}: expected {'an integer' if hint is int else 'a number'}, "
-                           f"got {value!r}") from None
+            raise CaiError(f"{where}: expected {kind}, got {value!r}") from None
+        except OverflowError:  # int(inf)
+            converted = math.inf
+        if not math.isfinite(converted):
+            raise CaiError(f"{where}: expected {kind}, not {value!r} (a finite value)")
         if hint is int and isinstance(value, float) and value != converted:
             raise CaiError(f"{where}: expected an integer, got {value!r}")
         return converted
     if hint is str:
+        if value is None:
+            raise CaiError(f"{where}: expected text, got null")
         if isinstance(value, (dict, list)):
             raise CaiError(f"{where}: expected text, got {value!r}")
         return str(value)
     return value
 
 
-def build(cls, values: dict, source: str):
-    """An instance of dataclass `cls` from `values`; unknown keys and bad types name `source`."""
+def build(cls, values: dict, source: str, cli_keys=()):
+    """An instance of dataclass `cls` from `values`; unknown keys and bad types name `source`
+    (or the `--option` for `cli_keys`, the values given on the command line)."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in values.items():
         if key not in hints:
             match = difflib.get_close_matches(str(key), names, n=1)
             raise CaiError(f"{source}: unknown key '{key}'"
                            + (f" (did you mean '{match[0]}'?)" if match else ""))
-        kwargs[key] = coerce(value, hints[key], f"{source}: '{key}'")
+        where = f"--{key.replace('_', '-')}" if key in cli_keys else f"{source}: '{key}'"
+        kwargs[key] = coerce(value, hints[key], where)
+        check_minimum(fields[key], kwargs[key], where)
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
@@ -120,19 +131,28 @@ def build(cls, values: dict, source: str):
 def load(cls, config_file: str | None, overrides: dict):
     """Config file values, then non-None CLI overrides on top."""
     values = read_yaml(config_file) if config_file else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return build(cls, values, config_file or "options")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    return build(cls, values, config_file or "options", cli_keys=set(given))
 
 
 def as_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def opt(default=None, help: str = "", factory=None):
-    """A config field with its help text (shown by `--help` and kept next to the default)."""
+def opt(default=None, help: str = "", factory=None, minimum=None):
+    """A config field with its help text (shown by `--help` and kept next to the default) and,
+    for a number, the smallest value it takes (checked when a config loads)."""
+    metadata = {"help": help} if minimum is None else {"help": help, "minimum": minimum}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_minimum(field: dataclasses.Field, value, where: str) -> None:
+    low = field.metadata.get("minimum")
+    if low is not None and value is not None and value < low:
+        raise CaiError(f"{where} must be at least {low}, got {value!r}")
 
 
 def add_arguments(parser, cls, skip=()) -> None:

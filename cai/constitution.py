@@ -267,7 +267,7 @@ def _section(path, name, node, problems) -> list[dict]:
         fields = _mapping(path, item, required + optional, required, what, problems, what + ".")
         entry = {k: _string(path, v, f"{what}.{k}", problems) for k, v in fields.items()}
         for key, value in entry.items():
-            if key in FORMS and value and not FORMS[key][0].match(value):
+            if key in FORMS and value and not FORMS[key][0].fullmatch(value):
                 problems.append(_problem(path, fields[key], f"{what}.{key}", f"{what}.{key} "
                                          f"'{value}' must be {FORMS[key][1]}"))
             if key in CHOICES and value and value not in CHOICES[key]:

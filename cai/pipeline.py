@@ -6,12 +6,15 @@ Stages, each in its own folder under `workdir`:
                           \\-> rm -> ppo     -/      (with `preference: ppo`)
 
 A stage's *key* is a hash of everything that determines its output: its options, the content of
-the files it reads (prompts, constitution, templates, training config, evaluation sets) and the
+the files it reads (prompts, constitution, templates, training config and the files that config
+names, evaluation sets, local model folders), the versions of cai and transformers, and the
 keys of the stages it consumes. `STAGE/stage.json` records the key the folder was made with and
 whether the stage finished. On `run`, a finished stage whose key is unchanged is reused; an
 unfinished one with the same key resumes in place (every stage is resumable); a stage whose key
-changed moves its old folder to `workdir/previous/STAGE-KEY` (nothing is deleted) and runs anew,
-and so does every stage downstream of it, because their keys include its key.
+changed moves its old folder to `workdir/previous/STAGE-KEY` (nothing is deleted, not even an
+earlier archive of the same name) and runs anew, and so does every stage downstream of it,
+because their keys include its key. `workdir` is relative to the YAML's folder, and a run holds
+a lock on it (`cai.lock`).
 
 The pipeline fills in what connects the stages (models, data paths, output folders): the base
 `model` revises and labels; the SFT model (merged) samples the responses to label and is the
@@ -25,15 +28,15 @@ import gc
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cai import ROOT
+from cai import ROOT, lock
 from cai import config as cfgmod
 from cai.errors import CaiError
-from cai.records import atomic_write_text
+from cai.models import fingerprint
+from cai.records import atomic_write_text, package_versions, redact, source_id
 
 DEFAULT_PIPELINE = ROOT / "configs" / "pipeline.yaml"
 STATE = "stage.json"
@@ -46,7 +49,7 @@ class PipelineSpec:
     """The keys of a pipeline YAML."""
 
     workdir: str = cfgmod.opt("runs/pipeline", "folder for every stage's outputs "
-                                               "(relative to the YAML's folder)")
+                                               "(relative to the YAML's folder, always)")
     model: str = cfgmod.opt("smollm2-135m-instruct", "the policy: the helpful-only model being "
                                                      "aligned")
     feedback_model: str | None = cfgmod.opt(None, "writes critiques and revisions, gates them and "
@@ -105,12 +108,13 @@ class Pipeline:
                 raise CaiError(f"{self.where(key)}: '{key}' must be a mapping of options")
         self.spec = cfgmod.build(PipelineSpec, raw, str(self.path))
         self.base = self.path.resolve().parent
-        self.workdir = self._path(self.spec.workdir).resolve()
+        # Outputs go next to the YAML only: never into the repository's own runs.
+        self.workdir = (self.base / Path(self.spec.workdir).expanduser()).resolve()
         self.stages = self._stages()
 
     def _path(self, value: str) -> Path:
-        """A path in the YAML, relative to the YAML's folder (or to the repository root for the
-        shipped data/, configs/, constitutions/ when the YAML's folder has none)."""
+        """An input path in the YAML, relative to the YAML's folder (or to the repository root
+        for the shipped data/, configs/, constitutions/ when the YAML's folder has none)."""
         path = Path(value).expanduser()
         if path.is_absolute():
             return path
@@ -127,35 +131,88 @@ class Pipeline:
             ["eval"]
         upstream = {"revise": (), "sft": ("revise",), "label": ("sft",), "dpo": ("sft", "label"),
                     "rm": ("label",), "ppo": ("sft", "rm"), "eval": ("sft", final)}
-        shared = {"model": spec.model, "feedback_model": spec.feedback_model,
+        shared = {"model": _model_key(spec.model),
+                  "feedback_model": _model_key(spec.feedback_model),
                   "constitution": _digest(self._path(spec.constitution)),
                   "templates": _digest(*self._template_dirs())}
+        versions = {k: v for k, v in package_versions().items() if k in ("cai", "transformers")}
         stages = {}
         for name in order:
             options = getattr(spec, name)
-            inputs = {"options": options}
+            inputs = {"options": options, "versions": versions}
             if name in ("revise", "label"):
                 inputs.update(shared)
-                prompts = str(options.get("prompts", PROMPTS))
-                inputs["prompts"] = prompts if prompts.startswith("dataset:") else \
-                    _digest(self._path(prompts))
-                helpful = options.get("helpful_prompts")
-                if isinstance(helpful, str) and not helpful.startswith("dataset:"):
-                    inputs["helpful_prompts"] = _digest(self._path(helpful))
+                column = str(options.get("prompt_column", "prompt"))
+                inputs["prompts"] = self._input_key(options.get("prompts", PROMPTS), column)
+                if isinstance(options.get("helpful_prompts"), str):
+                    inputs["helpful_prompts"] = self._input_key(options["helpful_prompts"],
+                                                                column)
             elif name in TRAINERS:
                 inputs["config"] = _digest(self._train_config_path(name))
+                inputs["files"] = self._named_files(name)
                 if name == "ppo":
                     inputs["prompts"] = _digest(self._path(options.get("prompts", PROMPTS)))
             elif name == "eval":
-                inputs.update(shared, judge=spec.judge)
+                inputs.update(shared, judge=_model_key(spec.judge))
                 inputs["data"] = _digest(self._path(options.get("data_dir") or "data/eval"))
-            stage = Stage(name, inputs=inputs, upstream=upstream[name])
-            text = json.dumps({"stage": name, "inputs": inputs,
+            stage = Stage(name, inputs=redact(inputs), upstream=upstream[name])
+            text = json.dumps({"stage": name, "inputs": stage.inputs,
                                "upstream": {u: stages[u].key for u in stage.upstream}},
                               sort_keys=True, default=str)
             stage.key = hashlib.sha256(text.encode()).hexdigest()[:16]
             stages[name] = stage
         return stages
+
+    def rerun_by_edit(self, old: bytes, new: bytes) -> list[str]:
+        """The stages an edit of the pipeline's constitution file, from `old` to `new` bytes,
+        would rerun: those whose key differs (`cai constitution diff`). Each version is hashed
+        under the file's own name, as `run` and `status` hash it."""
+        import tempfile
+
+        spec, name = self.spec, self._path(self.spec.constitution).name
+        keys = []
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                for i, data in enumerate((old, new)):
+                    path = Path(tmp) / str(i) / name
+                    path.parent.mkdir()
+                    path.write_bytes(data)
+                    self.spec = dataclasses.replace(spec, constitution=str(path))
+                    keys.append({s: stage.key for s, stage in self._stages().items()})
+        finally:
+            self.spec = spec
+        return [s for s in self.stages if keys[0][s] != keys[1][s]]
+
+    def _input_key(self, spec: str, column: str) -> str:
+        """A prompt set's key: a file's bytes, or a `dataset:`'s prompts."""
+        spec = str(spec)
+        return source_id(spec, column)[:16] if spec.startswith("dataset:") else \
+            _digest(self._path(spec))
+
+    def _named_files(self, name: str) -> dict:
+        """The files and folders a training stage's config names (with its `set` overrides), by
+        key, each by its content: `data.eval_path`, `ppo.constitution`, a `reward_function`'s
+        file, a local model folder... Keys the pipeline sets (upstream outputs) are left out,
+        their stages' keys stand for them. Paths are the trainer's: relative to the working
+        folder."""
+        raw = cfgmod.read_yaml(self._train_config_path(name))
+        values = {f"{section}.{key}": value for section, body in raw.items()
+                  if isinstance(body, dict) for key, value in body.items()}
+        values.update(getattr(self.spec, name).get("set") or {})
+        skip = set(self._fixed(name)) | {"training.output_dir"}
+        out = {}
+        for key, value in sorted(values.items()):
+            if key in skip:
+                continue
+            for text in value if isinstance(value, list) else [value]:
+                if not isinstance(text, str) or not text:
+                    continue
+                for candidate in dict.fromkeys([text, text.rpartition(":")[0]]):
+                    path = Path(candidate).expanduser()
+                    if candidate and path.exists():
+                        out[f"{key}:{candidate}"] = fingerprint(path) \
+                            if (path / "config.json").is_file() else _digest(path)
+        return out
 
     def _template_dirs(self) -> list[Path]:
         dirs = [ROOT / "prompts"]
@@ -191,7 +248,9 @@ class Pipeline:
         rows = []
         for name, stage in self.stages.items():
             state = self.state(name)
-            if not state:
+            if not state and stage.folder(self.workdir).exists():
+                status, why = "rerun", f"no readable {STATE}"
+            elif not state:
                 status, why = "new", ""
             elif state.get("key") == stage.key:
                 status, why = ("current" if state.get("done") else "resume"), ""
@@ -211,9 +270,11 @@ class Pipeline:
         stage, state = self.stages[name], self.state(name)
         folder = stage.folder(self.workdir)
         if state and state.get("key") != stage.key or not state and folder.exists():
-            old = self.workdir / "previous" / f"{name}-{state.get('key', 'unknown')}"
-            if old.exists():
-                shutil.rmtree(old)  # the same older run, archived before
+            base = self.workdir / "previous" / f"{name}-{state.get('key', 'unknown')}"
+            old, n = base, 1
+            while old.exists():  # archived before (or its stage.json was unreadable): keep both
+                n += 1
+                old = base.with_name(f"{base.name}-{n}")
             old.parent.mkdir(parents=True, exist_ok=True)
             os.rename(folder, old)
             print(f"[pipeline] {name}: inputs changed; earlier outputs moved to {old}",
@@ -234,7 +295,11 @@ class Pipeline:
 
     def run(self) -> dict:
         """Run every stage that is not current; return the last stage's result (the evaluation
-        summary)."""
+        summary). The workdir stays locked meanwhile: a second `cai pipeline run` on it stops."""
+        with lock.hold(self.workdir):
+            return self._run_stages()
+
+    def _run_stages(self) -> dict:
         result = {}
         for row in self.status():
             name = row["stage"]
@@ -255,7 +320,7 @@ class Pipeline:
         return result
 
     def _out(self, name: str) -> Path:
-        return self.stages[name].folder(self.workdir)
+        return self.workdir / name
 
     def _merged(self, name: str) -> Path:
         return self._out(name) / "merged"
@@ -293,14 +358,25 @@ class Pipeline:
     def _prompts_dir(self) -> str | None:
         return str(self._path(self.spec.prompts_dir)) if self.spec.prompts_dir else None
 
-    def _train(self, name: str, folder: Path, fixed: dict, merge: bool = True) -> dict:
+    def _fixed(self, name: str) -> dict:
+        """What the pipeline sets in training stage `name`'s config: its starting model and
+        its data, from the stages before it."""
+        prompts = str(self._path(self.spec.ppo.get("prompts", PROMPTS)))
+        return {"sft": {"model.name": self.spec.model, "data.path": str(self._out("revise"))},
+                "dpo": {"model.name": str(self._merged("sft")),
+                        "data.path": str(self._out("label"))},
+                "rm": {"model.name": self.spec.model, "data.path": str(self._out("label"))},
+                "ppo": {"model.name": str(self._merged("sft")), "data.path": prompts,
+                        "ppo.reward_model": str(self._out("rm") / "model")}}[name]
+
+    def _train(self, name: str, folder: Path) -> dict:
         import importlib
 
         from cai.train.common import checkpoints
         from cai.train.export import export
 
         module = importlib.import_module(f"cai.train.{name}")
-        options = getattr(self.spec, name)
+        options, fixed = getattr(self.spec, name), self._fixed(name)
         sets = options.get("set") or {}
         if not isinstance(sets, dict):
             raise CaiError(f"{self.where(name, 'set')}: '{name}.set' must map section.key to "
@@ -314,31 +390,30 @@ class Pipeline:
             [(k, str(v)) for k, v in fixed.items()] + [("training.output_dir", str(output))]
         cfg = module.load_config(str(self._train_config_path(name)), overrides)
         metrics = {}
-        done = (output / "adapter_config.json").is_file() and (output / "train_results.json") \
-            .is_file()
+        # An adapter (LoRA) or a whole model (lora.enabled: false), and the final metrics.
+        done = ((output / "adapter_config.json").is_file() or (output / "config.json").is_file()) \
+            and (output / "train_results.json").is_file()
         if not done:
             metrics = module.train(cfg, resume=output.is_dir() and bool(checkpoints(output)))
-        if merge and not self._merged(name).exists():
-            export(output, self._merged(name), merge=True)
+        merged = self._merged(name)
+        if name != "rm" and not merged.exists():
+            if (output / "adapter_config.json").is_file():
+                export(output, merged, merge=True)
+            else:  # full fine-tuning: the model folder already is the merged model
+                merged.symlink_to(output.name, target_is_directory=True)
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
 
     def _run_sft(self, folder: Path) -> dict:
-        return self._train("sft", folder, {"model.name": self.spec.model,
-                                           "data.path": str(self._out("revise"))})
+        return self._train("sft", folder)
 
     def _run_dpo(self, folder: Path) -> dict:
-        return self._train("dpo", folder, {"model.name": str(self._merged("sft")),
-                                           "data.path": str(self._out("label"))})
+        return self._train("dpo", folder)
 
     def _run_rm(self, folder: Path) -> dict:
-        return self._train("rm", folder, {"model.name": self.spec.model,
-                                          "data.path": str(self._out("label"))}, merge=False)
+        return self._train("rm", folder)
 
     def _run_ppo(self, folder: Path) -> dict:
-        prompts = str(self._path(self.spec.ppo.get("prompts", PROMPTS)))
-        return self._train("ppo", folder, {"model.name": str(self._merged("sft")),
-                                           "data.path": prompts,
-                                           "ppo.reward_model": str(self._out("rm") / "model")})
+        return self._train("ppo", folder)
 
     def _run_eval(self, folder: Path) -> dict:
         from cai.eval.run import EvalConfig, run
@@ -350,6 +425,12 @@ class Pipeline:
             "out": str(folder), "judge": self.spec.judge,
             "feedback_model": self.spec.feedback_model}, {"feedback_model": self.spec.model})
         return run(cfg)
+
+
+def _model_key(name: str | None) -> str | None:
+    """A model in a stage key: a local folder by its files (`models.fingerprint`), a name (an
+    embedded model, a hub id) as it is."""
+    return fingerprint(name) if name and Path(name).expanduser().is_dir() else name
 
 
 def _digest(*paths: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jinja2
+from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from cai import ROOT
@@ -46,11 +47,35 @@ class Templates:
         except jinja2.UndefinedError as e:
             raise CaiError(f"{self.filename(name)}: {e.message} (variables given: "
                            f"{', '.join(sorted(variables))})") from None
+        except jinja2.TemplateError as e:  # the sandbox refused something (SecurityError)
+            raise CaiError(f"{self.filename(name)}: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else 'refused'}") from None
+        except Exception as e:  # the template's own code failed, e.g. {{ 1 / 0 }}
+            raise CaiError(f"{self.filename(name)}: rendering failed: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
     def filename(self, name: str) -> str:
         source, filename, _ = self.env.loader.get_source(self.env, name)
         return filename
 
     def fingerprint(self, names) -> str:
-        """Text of the templates a job uses, for the manifest's change detection."""
-        return "\n".join(self.env.loader.get_source(self.env, n)[0] for n in sorted(names))
+        """Text of the templates a job uses and of every template they include, import or
+        extend, for the manifest's change detection. A template named only at render time
+        (`{% include some_variable %}`) brings in every template of the folders."""
+        found: dict[str, str] = {}
+        todo = sorted(names)
+        while todo:
+            name = todo.pop(0)
+            if name in found:
+                continue
+            try:
+                found[name] = self.env.loader.get_source(self.env, name)[0]
+                refs = list(meta.find_referenced_templates(self.env.parse(found[name])))
+            except jinja2.TemplateNotFound:
+                raise CaiError(f"template '{name}' not found in "
+                               f"{self.env.loader.searchpath}") from None
+            except jinja2.TemplateSyntaxError as e:
+                raise CaiError(f"{e.filename or name}:{e.lineno}: template syntax error: "
+                               f"{e.message}") from None
+            todo += sorted(self.env.list_templates()) if None in refs else sorted(refs)
+        return "\n".join(found.values())

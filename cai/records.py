@@ -15,6 +15,8 @@ import json
 import os
 import platform
 import random
+import re
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -93,6 +95,10 @@ def jsonl_objects(path: Path, what: str, expected: str = "a JSON object"
         if not isinstance(obj, dict):
             problems.append((n, f"{path}:{n}: expected {expected}"))
             continue
+        bad = unpaired_surrogate(obj)
+        if bad:
+            problems.append((n, f"{path}:{n}: not valid Unicode (an unpaired surrogate, {bad})"))
+            continue
         rows.append((n, obj))
     return rows, problems
 
@@ -139,6 +145,25 @@ def require_text(obj: dict, key: str, path, n: int, problems: list, allow_empty:
                             + ("text" if allow_empty else "non-empty text")))
         return False
     return True
+
+
+def unpaired_surrogate(value) -> str | None:
+    """The first text in `value` (a JSON value) holding a lone UTF-16 surrogate, described; or
+    None. JSON's "\\ud800" decodes to one, which no tokenizer or file encoding accepts, so it
+    would fail only after a model has run."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"\\u{ord(value[e.start]):04x} at character {e.start + 1}"
+        return None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) \
+        else ()
+    for item in items:
+        found = unpaired_surrogate(item)
+        if found:
+            return found
+    return None
 
 
 def load_dataset(name: str, split: str = "train"):
@@ -285,10 +310,34 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def source_id(spec: str) -> str:
-    """What stands for an input in a job's identity: a file's sha256, else the spec itself
-    (a `dataset:` name)."""
-    return file_sha256(spec) if Path(spec).is_file() else spec
+def source_id(spec: str, column: str = "prompt") -> str:
+    """What stands for an input in a job's identity: a file's sha256, or for `dataset:NAME` the
+    sha256 of the prompts read from it (ids and `column` texts), so an edited dataset under the
+    same name is noticed."""
+    if spec.startswith("dataset:"):
+        rows = load_prompts(spec, column)
+        return text_sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False))
+    return file_sha256(spec)
+
+
+def ids_sha256(ids) -> str:
+    """One hash of a set of record ids: what a manifest expects its folder to hold."""
+    return text_sha256("\n".join(sorted(ids)))
+
+
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(value):
+    """`value` (text, or lists and mappings of it) without the `user:password@` of any URL in it:
+    what goes into manifests and stage files, which users share."""
+    if isinstance(value, str):
+        return _CREDENTIALS.sub("", value)
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
 
 
 def text_sha256(text: str) -> str:
@@ -324,37 +373,86 @@ def read_rows(spec: str, split: str = "train", expected: str = "a .jsonl or a jo
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` all at once: a kill leaves the old file or the new, never half."""
+    """Replace `path` with `text` all at once: a kill or a power cut leaves the old file or the
+    new, never half. The text goes to a temporary file of a unique name in the same folder, is
+    fsynced, renamed over `path`, and the folder is fsynced so the rename itself is on disk."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Put a folder's entries (a rename, a new file) on disk; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Manifest:
     """`OUT/manifest.json`: what produced the records, so resuming mixes no two different runs.
 
-    `identity` holds everything that determines the records (inputs' hashes, model, settings);
-    a rerun into the same folder must match it, key by key.
+    `identity` holds everything that determines the records (inputs' hashes, models'
+    fingerprints, engine and sampling settings); a rerun into the same folder must match it, key
+    by key. Keys in `GROWS` choose how many inputs the folder covers, not what a record holds:
+    they may change on a rerun (a larger `--limit` adds to the folder), and `merge` compares them.
+    URL credentials never reach the file (`redact`).
     """
+
+    GROWS = ("limit",)
 
     def __init__(self, out: Path, job: str, identity: dict, config: dict):
         self.path = out / MANIFEST
+        identity, config = redact(identity), redact(config)
         self.data = {"job": job, "identity": identity, "config": config,
                      "versions": package_versions(), "runs": []}
-        if self.path.exists():
-            old = json.loads(self.path.read_text())
+        self.expected: set[str] | None = None
+        if not self.path.exists():
+            found = sorted(p.name for p in out.glob("*.jsonl"))
+            if found:
+                raise CaiError(f"{out}: holds {', '.join(found)} but no {MANIFEST}, so what "
+                               "made them is unknown; use another --out folder to start over")
+        else:
+            try:
+                old = json.loads(self.path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                raise CaiError(f"{self.path}: not valid JSON; use another --out folder") from None
             if old.get("job") != job:
                 raise CaiError(f"{out}: holds the output of 'cai {old.get('job')}', not '{job}'; "
                                "use another --out")
-            changed = sorted(k for k in set(identity) | set(old.get("identity", {}))
-                             if identity.get(k) != old["identity"].get(k))
+            before = old.get("identity", {})
+            changed = sorted(k for k in set(identity) | set(before)
+                             if identity.get(k) != before.get(k) and k not in self.GROWS)
             if changed:
                 raise CaiError(f"{out}: holds a run with different {', '.join(changed)}; "
                                "use another --out folder (or delete this one) to start over")
             self.data["runs"] = old.get("runs", [])
             self.data["totals"] = old.get("totals", {})
         self.started = time.time()
+
+    def expect(self, ids) -> None:
+        """The ids (records and skips) this run must leave in the folder for it to be complete;
+        kept in the manifest as a count and a hash, which `merge` checks."""
+        self.expected = set(ids)
+        self.data.update(total=len(self.expected), ids_sha256=ids_sha256(self.expected))
+
+    def status(self, done: set[str]) -> str:
+        """'complete' when every expected id is done, else 'partial'."""
+        return "complete" if self.expected is not None and self.expected <= done else "partial"
 
     def save(self, **fields) -> None:
         self.data.update(fields)
@@ -370,76 +468,3 @@ class Manifest:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 totals[k] = round(totals.get(k, 0) + v, 4)
         self.save()
-
-
-def merge(folders: list[Path], out: Path) -> dict:
-    """Join the outputs of `--shard I/N` runs into one folder, checking they belong together.
-
-    The manifests must agree on everything but the shard, every shard 0..N-1 must be there and
-    complete, and no id may appear twice.
-    """
-    if out.exists() and any(out.iterdir()):
-        raise CaiError(f"{out}: already exists and is not empty")
-    manifests = []
-    for folder in folders:
-        path = Path(folder) / MANIFEST
-        if not path.is_file():
-            raise CaiError(f"{folder}: no {MANIFEST}; not a cai output folder")
-        manifests.append(json.loads(path.read_text()))
-    first = manifests[0]
-    for folder, m in zip(folders, manifests):
-        if m.get("job") != first.get("job"):
-            raise CaiError(f"{folder}: a '{m.get('job')}' output, not '{first.get('job')}'")
-        a = {k: v for k, v in m["identity"].items() if k != "shard"}
-        b = {k: v for k, v in first["identity"].items() if k != "shard"}
-        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        if changed:
-            raise CaiError(f"{folder}: differs from {folders[0]} in {', '.join(changed)}")
-        if m.get("status") != "complete":
-            raise CaiError(f"{folder}: is not complete ({m.get('status')}); rerun its command "
-                           "first")
-    shards = [m["identity"].get("shard") for m in manifests]
-    if any(s is None for s in shards):
-        raise CaiError("every folder to merge must come from a --shard I/N run")
-    n = {int(s.split("/")[1]) for s in shards}
-    if len(n) != 1:
-        raise CaiError(f"the folders come from different shard counts: {sorted(n)}")
-    n = n.pop()
-    have = sorted(int(s.split("/")[0]) for s in shards)
-    if have != list(range(n)):
-        missing = sorted(set(range(n)) - set(have))
-        doubled = sorted({i for i in have if have.count(i) > 1})
-        raise CaiError(f"shards of {n}: " + "; ".join(
-            ([f"missing {', '.join(f'{i}/{n}' for i in missing)}"] if missing else [])
-            + ([f"given twice {', '.join(f'{i}/{n}' for i in doubled)}"] if doubled else [])))
-    seen: dict[str, Path] = {}
-    data, skipped = [], []
-    for folder, m in zip(folders, manifests):
-        rows = read_jsonl(Path(folder) / DATA)
-        skips = read_jsonl(Path(folder) / SKIPPED)
-        if len(rows) + len(skips) != m.get("total"):
-            raise CaiError(f"{folder}: holds {len(rows) + len(skips)} ids but its manifest "
-                           f"expects {m.get('total')}")
-        for r in rows + skips:
-            if r["id"] in seen:
-                raise CaiError(f"id '{r['id']}' is in both {seen[r['id']]} and {folder}")
-            seen[r["id"]] = folder
-        data += rows
-        skipped += skips
-    out.mkdir(parents=True, exist_ok=True)
-    with JsonlWriter(out / DATA) as w:
-        w.write(data)
-    if skipped:
-        with JsonlWriter(out / SKIPPED) as w:
-            w.write(skipped)
-    identity = {**first["identity"], "shard": None}
-    totals: dict = {}
-    for m in manifests:
-        for k, v in m.get("totals", {}).items():
-            totals[k] = round(totals.get(k, 0) + v, 4)
-    merged = {"job": first["job"], "identity": identity, "config": first.get("config"),
-              "versions": package_versions(), "runs": [], "totals": totals,
-              "total": len(data) + len(skipped), "status": "complete",
-              "merged_from": [str(f) for f in folders]}
-    (out / MANIFEST).write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
-    return {"records": len(data), "skipped": len(skipped), "shards": n}

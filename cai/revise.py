@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import random
 import re
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cai import constitution as constitutions
-from cai import records
+from cai import lock, records
 from cai.config import as_dict, opt
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.errors import CaiError
@@ -43,7 +42,9 @@ from cai.generation import (
     EngineConfig,
     Generator,
     SamplingParams,
+    engine_identity,
     engine_kwargs,
+    item_seeds,
     make_generator,
     role_engine,
 )
@@ -63,14 +64,18 @@ class ReviseConfig(EngineConfig):
     out: str = opt("", "output folder: data.jsonl, pairs.jsonl, manifest.json, skipped.jsonl")
     constitution: str | None = opt(None, "constitution YAML (default: constitutions/default.yaml)")
     principles: list[str] | None = opt(None, "comma-separated critique_revision ids to sample from")
-    rounds: int = opt(4, "critique-revision rounds per prompt (the paper used 4)")
-    few_shot: int = opt(2, "demonstrations from the constitution in front of each request")
-    limit: int | None = opt(None, "only the first N prompts (after sharding)")
+    rounds: int = opt(4, minimum=0, help="critique-revision rounds per prompt (the paper used 4)")
+    few_shot: int = opt(2, minimum=0,
+                        help="demonstrations from the constitution in front of each request")
+    limit: int | None = opt(None, minimum=1, help="only the first N prompts (after sharding)")
     shard: str | None = opt(None, "I/N: this machine's deterministic share of the prompts")
-    chunk_size: int | None = opt(None, "prompts per engine call and per append to data.jsonl "
-                                       "(default: --batch-size for hf, 64 for vllm and openai)")
-    max_new_tokens: int = opt(256, "longest answer, critique or revision, in tokens")
-    temperature: float = opt(0.7, "sampling temperature (paper: 1.0; lower keeps a 135M model "
+    chunk_size: int | None = opt(None, minimum=1,
+                                 help="prompts per engine call and per append to data.jsonl "
+                                      "(default: --batch-size for hf, 64 for vllm and openai)")
+    max_new_tokens: int = opt(256, minimum=1,
+                              help="longest answer, critique or revision, in tokens")
+    temperature: float = opt(0.7, minimum=0,
+                             help="sampling temperature (paper: 1.0; lower keeps a 135M model "
                                   "on topic)")
     top_p: float = opt(0.95, "nucleus sampling mass")
     seed: int = opt(0, "seed for principles, few-shot choice and sampling")
@@ -90,13 +95,15 @@ class ReviseConfig(EngineConfig):
     gate: bool = opt(True, "keep a revision only if the feedback model prefers it to the answer "
                            "it replaces (asked in both orders)")
     gate_principles: list[str] | None = opt(None, "preference ids the gate asks (default: all)")
-    gate_questions: int = opt(1, "preference questions per gate comparison, averaged")
-    gate_threshold: float = opt(0.5, "keep a revision when P(revision better) is above this")
+    gate_questions: int = opt(1, minimum=1,
+                              help="preference questions per gate comparison, averaged")
+    gate_threshold: float = opt(0.5, minimum=0,
+                                help="keep a revision when P(revision better) is above this")
     helpful_prompts: str | None = opt(None, "also answer these ordinary prompts with the policy "
                                             "(no critique) as helpful SFT samples, e.g. "
                                             "data/helpful.jsonl")
-    helpful_ratio: float = opt(1.0, "helpful samples per red-team prompt (with "
-                                    "--helpful-prompts)")
+    helpful_ratio: float = opt(1.0, minimum=0, help="helpful samples per red-team prompt (with "
+                                                    "--helpful-prompts)")
 
     def __post_init__(self):
         if not self.prompts:
@@ -217,6 +224,17 @@ class Gate:
                 for votes, _ in score(model, self.feedback, tasks, self.pool, self.options)]
 
 
+def make_gate(cfg: ReviseConfig, constitution: Constitution, templates: Templates
+              ) -> Gate | None:
+    """The revision gate these options ask for (None when `gate` is off); its questions are
+    checked here, before any model loads."""
+    if not cfg.gate:
+        return None
+    _, pool, _ = load_inputs(cfg.constitution, cfg.gate_principles, cfg.prompts_dir)
+    return Gate(Feedback(constitution, templates, cfg.few_shot, False, cfg.seed), pool,
+                ScoringOptions(principles=cfg.gate_questions, seed=cfg.seed), cfg.gate_threshold)
+
+
 def too_long(policy: Generator, feedback: Generator, convs: Conversations, items: list[dict],
              principles, cfg: ReviseConfig) -> dict[str, str]:
     """Ids whose longest request cannot fit a model's context, with the reason.
@@ -248,13 +266,15 @@ def revise_chunk(policy: Generator, feedback: Generator, convs: Conversations, i
     """Initial answers (policy), then `rounds` critique-revision rounds (feedback model), each
     revision checked by the gate, for a chunk of prompts.
 
-    `on_step(label)` is called before each engine call, for progress display.
+    `on_step(label)` is called before each engine call, for progress display. Each prompt's
+    sampling seeds come from (seed, prompt id, step) alone, so chunking and resuming never
+    change its text.
     """
-    seed = zlib.crc32(f"{cfg.seed}:{items[0]['id']}".encode())
 
     def params(step: int) -> SamplingParams:
         return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                              top_p=cfg.top_p, seed=seed + step)
+                              top_p=cfg.top_p,
+                              seeds=item_seeds(cfg.seed, (f"{it['id']}:{step}" for it in items)))
 
     on_step("answer")
     latest = policy.chat([[{"role": "user", "content": it["prompt"]}] for it in items], params(0))
@@ -321,10 +341,10 @@ def revise_chunk(policy: Generator, feedback: Generator, convs: Conversations, i
 def helpful_chunk(policy: Generator, items: list[dict], cfg: ReviseConfig, names: dict
                   ) -> list[dict]:
     """The policy's own answers to ordinary prompts: SFT samples that keep it helpful."""
-    seed = zlib.crc32(f"{cfg.seed}:{items[0]['id']}".encode())
     answers = policy.chat([[{"role": "user", "content": it["prompt"]}] for it in items],
                           SamplingParams(max_new_tokens=cfg.max_new_tokens,
-                                         temperature=cfg.temperature, top_p=cfg.top_p, seed=seed))
+                                         temperature=cfg.temperature, top_p=cfg.top_p,
+                                         seeds=item_seeds(cfg.seed, (it["id"] for it in items))))
     return [{"id": it["id"], "prompt": it["prompt"], "kind": "helpful", "response": a,
              "messages": [{"role": "user", "content": it["prompt"]},
                           {"role": "assistant", "content": a}], **names}
@@ -384,94 +404,93 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
     templates = Templates(cfg.prompts_dir)
     for name in TEMPLATES:  # render once with dummy values: a missing variable fails here
         templates.render(name, principle=principles[0], prompt="?", response="?", critique="?")
-    gate = None
-    if cfg.gate:
-        _, pool, _ = load_inputs(cfg.constitution, cfg.gate_principles, cfg.prompts_dir)
-        gate = Gate(Feedback(constitution, templates, cfg.few_shot, False, cfg.seed), pool,
-                    ScoringOptions(principles=cfg.gate_questions, seed=cfg.seed),
-                    cfg.gate_threshold)
-    engine_kwargs(cfg)  # the policy's and the feedback model's engine options fail here too
-    role_engine(cfg, "feedback")
+    gate = make_gate(cfg, constitution, templates)
+    policy_kwargs = engine_kwargs(cfg)  # both models' engine options fail here, before a load
+    fb_engine, fb_model, fb_kwargs = role_engine(cfg, "feedback")
     items = records.select_shard(records.load_prompts(cfg.prompts, cfg.prompt_column), cfg.shard)
     if cfg.limit is not None:
         items = items[:cfg.limit]
     helpful = records.helpful_sample(cfg.helpful_prompts, cfg.helpful_ratio, len(items),
                                      column=cfg.prompt_column, shard=cfg.shard, seed=cfg.seed)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     names = {"model": str(cfg.model or DEFAULT_MODEL),
              "feedback_model": str(cfg.feedback or cfg.model or DEFAULT_MODEL),
              "constitution": constitution.name}
     identity = {
-        "prompts": records.source_id(cfg.prompts),
+        "prompts": records.source_id(cfg.prompts, cfg.prompt_column),
+        "prompt_column": cfg.prompt_column,
         "constitution": constitution.sha256, "principles": [p.id for p in principles],
         "templates": records.text_sha256(templates.fingerprint(TEMPLATES + ("feedback.j2",))),
-        "model": names["model"], "engine": cfg.engine, "rounds": cfg.rounds,
+        "model": names["model"], "rounds": cfg.rounds,
+        **engine_identity("policy", cfg.engine, cfg.model, policy_kwargs),
         "few_shot": cfg.few_shot, "max_new_tokens": cfg.max_new_tokens,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed, "shard": cfg.shard,
+        "limit": cfg.limit,
         "feedback_model": names["feedback_model"],
-        "feedback_engine": cfg.feedback_engine or cfg.engine,
+        **engine_identity("feedback", fb_engine, fb_model or cfg.model, fb_kwargs),
         "gate": [p.id for p in gate.pool] + [cfg.gate_questions, cfg.gate_threshold]
         if gate else None,
-        "helpful": [records.source_id(cfg.helpful_prompts), cfg.helpful_ratio] if helpful else None,
+        "helpful": [records.source_id(cfg.helpful_prompts, cfg.prompt_column), cfg.helpful_ratio]
+        if helpful else None,
     }
-    manifest = records.Manifest(out, "revise", identity, as_dict(cfg))
-    done = records.done_ids(out)
-    todo = [it for it in items if it["id"] not in done]
-    todo_helpful = [it for it in helpful if it["id"] not in done]
-    manifest.save(status="running", total=len(items) + len(helpful))
-    if not todo and not todo_helpful:
-        print(f"cai revise: all {len(items) + len(helpful)} prompts already done in {out}")
-        _finish(out, manifest, cfg, len(items) + len(helpful))
-        return {"written": 0, "skipped": 0}
+    with lock.hold(out):  # no second job appends to this folder meanwhile
+        manifest = records.Manifest(out, "revise", identity, as_dict(cfg))
+        done = records.done_ids(out)
+        todo = [it for it in items if it["id"] not in done]
+        todo_helpful = [it for it in helpful if it["id"] not in done]
+        manifest.expect(it["id"] for it in items + helpful)
+        manifest.save(status="running")
+        if not todo and not todo_helpful:
+            print(f"cai revise: all {len(items) + len(helpful)} prompts already done in {out}")
+            _finish(out, manifest, cfg)
+            return {"written": 0, "skipped": 0}
 
-    policy, feedback = make_engines(cfg, generator, feedback)
-    engines = [policy] if feedback is policy else [policy, feedback]
-    convs = Conversations(constitution, templates, cfg.few_shot, cfg.seed)
-    skips = too_long(policy, feedback, convs, todo, principles, cfg)
-    start = [(g.stats.generated_tokens, g.stats.generation_seconds) for g in engines]
-    written = 0
-    with records.JsonlWriter(out / records.SKIPPED) as skipped:
-        skipped.write([{"id": i, "reason": r} for i, r in skips.items()])
-    todo = [it for it in todo if it["id"] not in skips]
-    bar = tqdm(total=len(todo) + len(todo_helpful), desc="revise", unit="prompt",
-               dynamic_ncols=True)
-    try:
-        with records.JsonlWriter(out / records.DATA) as writer:
-            def show(step: str) -> None:
-                tokens = sum(g.stats.generated_tokens for g in engines)
-                seconds = sum(g.stats.generation_seconds for g in engines)
-                bar.set_postfix_str(f"{step}, {tokens / max(seconds, 1e-9):.1f} tok/s")
+        policy, feedback = make_engines(cfg, generator, feedback)
+        engines = [policy] if feedback is policy else [policy, feedback]
+        convs = Conversations(constitution, templates, cfg.few_shot, cfg.seed)
+        skips = too_long(policy, feedback, convs, todo, principles, cfg)
+        start = [(g.stats.generated_tokens, g.stats.generation_seconds) for g in engines]
+        written = 0
+        with records.JsonlWriter(out / records.SKIPPED) as skipped:
+            skipped.write([{"id": i, "reason": r} for i, r in skips.items()])
+        todo = [it for it in todo if it["id"] not in skips]
+        bar = tqdm(total=len(todo) + len(todo_helpful), desc="revise", unit="prompt",
+                   dynamic_ncols=True)
+        try:
+            with records.JsonlWriter(out / records.DATA) as writer:
+                def show(step: str) -> None:
+                    tokens = sum(g.stats.generated_tokens for g in engines)
+                    seconds = sum(g.stats.generation_seconds for g in engines)
+                    bar.set_postfix_str(f"{step}, {tokens / max(seconds, 1e-9):.1f} tok/s")
 
-            for begin in range(0, len(todo), cfg.chunk_size):
-                chunk = todo[begin:begin + cfg.chunk_size]
-                writer.write(revise_chunk(policy, feedback, convs, chunk, principles, cfg, names,
-                                          gate, on_step=show))
-                written += len(chunk)
-                bar.update(len(chunk))
-            for begin in range(0, len(todo_helpful), cfg.chunk_size):
-                chunk = todo_helpful[begin:begin + cfg.chunk_size]
-                show("helpful answers")
-                writer.write(helpful_chunk(policy, chunk, cfg, names))
-                written += len(chunk)
-                bar.update(len(chunk))
-    finally:
-        bar.close()
-        run_stats = {"written": written, "skipped": len(skips),
-                     "generated_tokens": sum(g.stats.generated_tokens - s[0]
-                                             for g, s in zip(engines, start)),
-                     "generation_seconds": round(sum(g.stats.generation_seconds - s[1]
-                                                     for g, s in zip(engines, start)), 3)}
-        manifest.add_run(**run_stats)
-    _finish(out, manifest, cfg, len(items) + len(helpful))
-    return run_stats
+                for begin in range(0, len(todo), cfg.chunk_size):
+                    chunk = todo[begin:begin + cfg.chunk_size]
+                    writer.write(revise_chunk(policy, feedback, convs, chunk, principles, cfg,
+                                              names, gate, on_step=show))
+                    written += len(chunk)
+                    bar.update(len(chunk))
+                for begin in range(0, len(todo_helpful), cfg.chunk_size):
+                    chunk = todo_helpful[begin:begin + cfg.chunk_size]
+                    show("helpful answers")
+                    writer.write(helpful_chunk(policy, chunk, cfg, names))
+                    written += len(chunk)
+                    bar.update(len(chunk))
+        finally:
+            bar.close()
+            run_stats = {"written": written, "skipped": len(skips),
+                         "generated_tokens": sum(g.stats.generated_tokens - s[0]
+                                                 for g, s in zip(engines, start)),
+                         "generation_seconds": round(sum(g.stats.generation_seconds - s[1]
+                                                         for g, s in zip(engines, start)), 3)}
+            manifest.add_run(**run_stats)
+        _finish(out, manifest, cfg)
+        return run_stats
 
 
-def _finish(out: Path, manifest, cfg: ReviseConfig, total: int) -> None:
+def _finish(out: Path, manifest, cfg: ReviseConfig) -> None:
     """pairs.jsonl and the manifest's summary, from every record in the folder."""
     rows = records.read_jsonl(out / records.DATA)
     pairs = preference_pairs(rows, cfg.gate_threshold)
     records.atomic_write_text(out / PAIRS, "".join(records.json_line(p) for p in pairs))
-    complete = len(records.done_ids(out)) >= total
-    manifest.save(status="complete" if complete else "partial",
+    manifest.save(status=manifest.status(records.done_ids(out)),
                   summary=summarize(rows, cfg.gate_threshold))

@@ -47,13 +47,15 @@ def type_schema(hint) -> dict:
 
 def dataclass_schema(cls, description: str = "") -> dict:
     """An object schema from a dataclass of options: one property per field, with its type,
-    default and help (`cai.config.opt`); unknown keys are errors, as in the loaders."""
+    default, help and floor (`cai.config.opt`); unknown keys are errors, as in the loaders."""
     hints = typing.get_type_hints(cls)
     properties = {}
     for f in dataclasses.fields(cls):
         prop = type_schema(hints[f.name])
         if f.metadata.get("help"):
             prop["description"] = f.metadata["help"]
+        if f.metadata.get("minimum") is not None:  # the loader's floor (`opt(minimum=...)`)
+            prop["minimum"] = f.metadata["minimum"]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
             else f.default
         if default is not dataclasses.MISSING and default not in (None, "", {}):

@@ -110,7 +110,7 @@ def test_a_user_error_in_a_real_process_is_one_line_and_exit_2(tmp_path):
 def test_bad_options_are_one_line_errors(tmp_path, prompts_file):
     cases = [
         (["--principles", "harmful-contnt"], "no critique_revision principle 'harmful-contnt'"),
-        (["--rounds", "two"], "'rounds': expected an integer, got 'two'"),
+        (["--rounds", "two"], "--rounds: expected an integer, got 'two'"),
         (["--constitution", tmp_path / "none.yaml"], "none.yaml: cannot read the constitution"),
         (["--shard", "5/2"], "--shard '5/2': expected I/N"),
     ]

@@ -28,7 +28,6 @@ the model behind each label (a fingerprint of its files), so new models, sets or
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cai import ROOT, records
+from cai import ROOT, lock, records
 from cai import constitution as constitutions
 from cai.config import as_dict, opt
 from cai.errors import CaiError
@@ -58,11 +57,13 @@ from cai.eval.summary import (
 from cai.feedback.judge import Feedback, ScoringOptions
 from cai.generation import (
     EngineConfig,
+    engine_identity,
     engine_kwargs,
     make_generator,
+    record_options,
     role_engine,
 )
-from cai.models import DEFAULT_MODEL, resolve
+from cai.models import DEFAULT_MODEL, fingerprint
 from cai.prompts import Templates
 
 JUDGMENTS, METRICS = "judgments.jsonl", "metrics.json"
@@ -87,7 +88,8 @@ class EvalConfig(EngineConfig):
                                            "evaluated models, is flagged as unreliable")
     judge_check: bool = opt(True, "first check the judge on DATA_DIR/judge_check.jsonl "
                                   "(answers with known classes); its accuracy heads the report")
-    judge_min_accuracy: float = opt(0.7, "a judge below this check accuracy is flagged as "
+    judge_min_accuracy: float = opt(0.7, minimum=0,
+                                    help="a judge below this check accuracy is flagged as "
                                          "unreliable")
     judge_engine: str | None = opt(None, "judge engine (default: --engine)")
     judge_dtype: str = opt("float32", "hf/vllm weights of the judge (float32: bfloat16 logits "
@@ -106,8 +108,9 @@ class EvalConfig(EngineConfig):
                                                                       "less-overcautious"])
     harmless_principles: list[str] | None = opt(None, "preference ids asked on red_team "
                                                       "(default: all but --helpful-principles)")
-    principles: int = opt(1, "preference questions per comparison, averaged")
-    few_shot: int = opt(2, "judging demonstrations (constitution's preference_examples) in front")
+    principles: int = opt(1, minimum=1, help="preference questions per comparison, averaged")
+    few_shot: int = opt(2, minimum=0,
+                        help="judging demonstrations (constitution's preference_examples) in front")
     debias: bool = opt(True, "judge every comparison in both orders and every classification "
                              "in all option orders")
     sets: list[str] = opt(help="comma-separated prompt sets: red_team, helpful, borderline",
@@ -116,18 +119,20 @@ class EvalConfig(EngineConfig):
                                      "neutral_text.txt (default: data/eval)")
     ability: bool = opt(True, "measure neutral ability: MC accuracy and perplexity")
     ability_dtype: str = opt("float32", "weights dtype for the ability measurements")
-    limit: int | None = opt(None, "only the first N prompts of each set")
-    ability_limit: int | None = opt(None, "only the first N multiple-choice questions and text "
-                                          "paragraphs (default: all)")
-    chunk_size: int | None = opt(None, "prompts per engine call and per append (default: "
-                                       "--batch-size for hf, 64 for vllm and openai)")
-    max_new_tokens: int = opt(256, "longest answer, in tokens")
-    temperature: float = opt(0.7, "answer sampling temperature (0: greedy)")
+    limit: int | None = opt(None, minimum=1, help="only the first N prompts of each set")
+    ability_limit: int | None = opt(None, minimum=1,
+                                    help="only the first N multiple-choice questions and text "
+                                         "paragraphs (default: all)")
+    chunk_size: int | None = opt(None, minimum=1,
+                                 help="prompts per engine call and per append (default: "
+                                      "--batch-size for hf, 64 for vllm and openai)")
+    max_new_tokens: int = opt(256, minimum=1, help="longest answer, in tokens")
+    temperature: float = opt(0.7, minimum=0, help="answer sampling temperature (0: greedy)")
     top_p: float = opt(0.95, "nucleus sampling mass")
     seed: int = opt(0, "seed for sampling, principles, few-shot choice and bootstrap")
-    resamples: int = opt(1000, "bootstrap resamples for the confidence intervals")
+    resamples: int = opt(1000, minimum=1, help="bootstrap resamples for the confidence intervals")
     confidence: float = opt(0.95, "confidence level of the intervals")
-    examples: int = opt(3, "example prompts per set shown in the report")
+    examples: int = opt(3, minimum=0, help="example prompts per set shown in the report")
     report: bool = opt(True, "write report.md, report.html and the charts")
     prompts_dir: str | None = opt(None, "folder with your own feedback.j2 / judge_classify.j2")
 
@@ -180,26 +185,6 @@ def parse_models(specs: list[str]) -> list[dict]:
         seen.add(label)
         out.append({"label": label, "model": name})
     return out
-
-
-def fingerprint(name: str, engine: str) -> str:
-    """What identifies a model's weights: for a local folder, the sizes of its weight files and
-    a sample of 64 KiB blocks spread through each (so a retrained model in the same folder is
-    noticed, a copied one is not); for a served model, its name."""
-    if engine == "openai":
-        return name
-    folder = resolve(name)
-    h = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if not (f.suffix in (".safetensors", ".bin") or f.name == "config.json"):
-            continue
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            for k in range(16):
-                fh.seek(size * k // 16)
-                h.update(fh.read(1 << 16))
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,63 +366,66 @@ def run(cfg: EvalConfig) -> dict:
     judge_fingerprint = fingerprint(judge_name, cfg.judge_engine)
     feedback_fingerprint = fingerprint(cfg.feedback_model, cfg.judge_engine) \
         if cfg.feedback_model else None
-    engine_kwargs(cfg)  # engine options are checked before any model runs
-    role_engine(cfg, "judge")
+    # engine options are checked before any model runs
+    settings = {f"models.{k}": v for k, v in record_options(engine_kwargs(cfg)).items()}
+    judge_engine, judge_model, judge_kwargs = role_engine(cfg, "judge")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     identity = {
         "data": inputs["hashes"], "constitution": inputs["constitution"].sha256,
         "pools": {k: [p.id for p in v] for k, v in inputs["pools"].items()},
         "templates": records.text_sha256(inputs["templates"].fingerprint(TEMPLATES)),
-        "judge": judge_name, "judge_fingerprint": judge_fingerprint,
-        "judge_engine": cfg.judge_engine, "judge_dtype": cfg.judge_dtype,
-        **{k: getattr(cfg, k) for k in ("engine", "dtype", "max_new_tokens", "temperature",
-                                        "top_p", "seed", "principles", "few_shot", "debias",
+        "judge": judge_name, **engine_identity("judge", judge_engine, judge_model, judge_kwargs),
+        **settings,  # the evaluated models' engine options (server, dtype, ...)
+        **{k: getattr(cfg, k) for k in ("engine", "max_new_tokens", "temperature", "top_p",
+                                        "seed", "principles", "few_shot", "debias",
                                         "ability_dtype")},
     }
-    known = {}
-    if (out / records.MANIFEST).is_file():
-        known = json.loads((out / records.MANIFEST).read_text()).get("models", {})
-    manifest = records.Manifest(out, "eval", identity, as_dict(cfg))
-    for m in models:
-        old = known.get(m["label"])
-        if old and old["fingerprint"] != m["fingerprint"]:  # the same files by another path: fine
-            raise CaiError(f"{out}: label '{m['label']}' was model {old['model']} (fingerprint "
-                           f"{old['fingerprint']}), now {m['model']} ({m['fingerprint']}); use "
-                           "another label or --out")
-        known[m["label"]] = {"model": m["model"], "fingerprint": m["fingerprint"]}
-    manifest.save(status="running", models=known)
+    with lock.hold(out):  # no second job appends to this folder meanwhile
+        known = {}
+        if (out / records.MANIFEST).is_file():
+            known = json.loads((out / records.MANIFEST).read_text()).get("models", {})
+        manifest = records.Manifest(out, "eval", identity, as_dict(cfg))
+        for m in models:
+            old = known.get(m["label"])
+            if old and old["fingerprint"] != m["fingerprint"]:  # same files, other path: fine
+                raise CaiError(f"{out}: label '{m['label']}' was model {old['model']} "
+                               f"(fingerprint {old['fingerprint']}), now {m['model']} "
+                               f"({m['fingerprint']}); use another label or --out")
+            known[m["label"]] = {"model": m["model"], "fingerprint": m["fingerprint"]}
+        manifest.save(status="running", models=known)
 
-    answers, judgments, scores = _read(out / ANSWERS), _read(out / JUDGMENTS), _read(out / ABILITY)
-    stats = {"new_answers": 0, "generated_tokens": 0, "new_ability_items": 0, "new_judgments": 0}
-    try:
-        models_pass(models, inputs, cfg, out, answers, scores, stats)
-        _judge_pass(models, inputs, cfg, out, answers, judgments, stats)
-    finally:
-        manifest.add_run(**stats)
-    stats["wall_seconds"] = round(time.time() - started, 2)
-    check = judge_check_stats(inputs["check"], judgments) if inputs["check"] else None
-    flags = judge_flags(cfg, models, judge_fingerprint, check, feedback_fingerprint)
-    metrics = summarize(
-        [{k: m[k] for k in ("label", "model", "engine")} for m in models], inputs["sets"],
-        answers, judgments, scores, inputs["mc"], len(inputs["paragraphs"]),
-        resamples=cfg.resamples, seed=cfg.seed, confidence=cfg.confidence,
-        example_count=cfg.examples,
-        extra={"judge": {"model": judge_name, "engine": cfg.judge_engine,
-                         "dtype": cfg.judge_dtype, "check": check,
-                         "reliable": not flags, "unreliable_because": flags},
-               "string_match_check": string_check_stats(inputs["check"]),
-               "constitution": inputs["constitution"].name,
-               "settings": {k: getattr(cfg, k) for k in (
-                   "limit", "max_new_tokens", "temperature", "top_p", "seed", "principles",
-                   "few_shot", "debias", "resamples", "confidence", "helpful_principles")}
-               | {"harmless_principles": identity["pools"]["harmlessness"]},
-               "this_run": stats})
-    records.atomic_write_text(out / METRICS, json.dumps(metrics, indent=2, ensure_ascii=False)
-                              + "\n")
-    if cfg.report:
-        from cai.eval.report import write_report
+        answers, judgments = _read(out / ANSWERS), _read(out / JUDGMENTS)
+        scores = _read(out / ABILITY)
+        stats = {"new_answers": 0, "generated_tokens": 0, "new_ability_items": 0,
+                 "new_judgments": 0}
+        try:
+            models_pass(models, inputs, cfg, out, answers, scores, stats)
+            _judge_pass(models, inputs, cfg, out, answers, judgments, stats)
+        finally:
+            manifest.add_run(**stats)
+        stats["wall_seconds"] = round(time.time() - started, 2)
+        check = judge_check_stats(inputs["check"], judgments) if inputs["check"] else None
+        flags = judge_flags(cfg, models, judge_fingerprint, check, feedback_fingerprint)
+        metrics = summarize(
+            [{k: m[k] for k in ("label", "model", "engine")} for m in models], inputs["sets"],
+            answers, judgments, scores, inputs["mc"], len(inputs["paragraphs"]),
+            resamples=cfg.resamples, seed=cfg.seed, confidence=cfg.confidence,
+            example_count=cfg.examples,
+            extra={"judge": {"model": judge_name, "engine": cfg.judge_engine,
+                             "dtype": cfg.judge_dtype, "check": check,
+                             "reliable": not flags, "unreliable_because": flags},
+                   "string_match_check": string_check_stats(inputs["check"]),
+                   "constitution": inputs["constitution"].name,
+                   "settings": {k: getattr(cfg, k) for k in (
+                       "limit", "max_new_tokens", "temperature", "top_p", "seed", "principles",
+                       "few_shot", "debias", "resamples", "confidence", "helpful_principles")}
+                   | {"harmless_principles": identity["pools"]["harmlessness"]},
+                   "this_run": stats})
+        records.atomic_write_text(out / METRICS,
+                                  json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+        if cfg.report:
+            from cai.eval.report import write_report
 
-        write_report(metrics, out)
-    manifest.save(status="complete")
-    return metrics
+            write_report(metrics, out)
+        manifest.save(status="complete")
+        return metrics

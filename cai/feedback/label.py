@@ -12,7 +12,6 @@ already written to data.jsonl or skipped.jsonl.
 from __future__ import annotations
 
 import random
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cai import records
+from cai import lock, records
 from cai.config import as_dict, opt
 from cai.errors import CaiError
 from cai.feedback.judge import TEMPLATES, Feedback, ScoringOptions, load_inputs, same_text, score
@@ -29,7 +28,9 @@ from cai.generation import (
     EngineConfig,
     Generator,
     SamplingParams,
+    engine_identity,
     engine_kwargs,
+    item_seeds,
     make_generator,
     role_engine,
 )
@@ -53,19 +54,26 @@ class LabelConfig:
                        "(with --check: check.json, optional)")
     constitution: str | None = opt(None, "constitution YAML (default: constitutions/default.yaml)")
     principle_ids: list[str] | None = opt(None, "comma-separated preference ids to sample from")
-    principles: int = opt(1, "principles sampled per pair; p_chosen is their mean (ensemble)")
-    samples: int = opt(2, "responses sampled per prompt (K >= 2)")
-    pairs: int | None = opt(None, "pairs per prompt, drawn at random (default: all K(K-1)/2)")
+    principles: int = opt(1, minimum=1,
+                          help="principles sampled per pair; p_chosen is their mean (ensemble)")
+    samples: int = opt(2, minimum=2, help="responses sampled per prompt (K >= 2)")
+    pairs: int | None = opt(None, minimum=1,
+                            help="pairs per prompt, drawn at random (default: all K(K-1)/2)")
     debias: bool = opt(True, "score each pair in both orders and average (position debiasing)")
     cot: bool = opt(False, "chain of thought: the labeler reasons before its choice")
     cot_clamp: list[float] = opt(help="with --cot, clamp each probability to LOW,HIGH "
                                       "(default: 0.4,0.6, as in the paper)",
                                  factory=lambda: [0.4, 0.6])
-    cot_max_new_tokens: int = opt(256, "longest chain-of-thought reasoning, in tokens")
-    cot_temperature: float = opt(0.0, "sampling temperature of the reasoning (0: greedy)")
-    few_shot: int = opt(2, "labelling demonstrations (constitution's preference_examples) in front")
-    margin: float = opt(0.0, "drop pairs with |p_chosen - 0.5| < MARGIN (counted in skipped.jsonl)")
-    limit: int | None = opt(None, "only the first N prompts (after sharding)")
+    cot_max_new_tokens: int = opt(256, minimum=1,
+                                  help="longest chain-of-thought reasoning, in tokens")
+    cot_temperature: float = opt(0.0, minimum=0,
+                                 help="sampling temperature of the reasoning (0: greedy)")
+    few_shot: int = opt(2, minimum=0,
+                        help="labelling demonstrations (constitution's preference_examples) "
+                             "in front")
+    margin: float = opt(0.0, minimum=0,
+                        help="drop pairs with |p_chosen - 0.5| < MARGIN (counted in skipped.jsonl)")
+    limit: int | None = opt(None, minimum=1, help="only the first N prompts (after sharding)")
     shard: str | None = opt(None, "I/N: this machine's deterministic share of the prompts")
     policy: str | None = opt(None, "model sampling the responses (default: smollm2-135m-instruct)")
     labeler: str | None = opt(None, "feedback model (default: smollm2-135m-instruct)")
@@ -74,26 +82,30 @@ class LabelConfig:
     dtype: str = opt("bfloat16", "hf/vllm weights of the policy")
     labeler_dtype: str = opt("float32", "hf/vllm weights of the labeler (bfloat16 logits "
                                         "quantize its log-odds to steps of about 0.25)")
-    batch_size: int = opt(8, "sequences per forward pass (hf engine)")
+    batch_size: int = opt(8, minimum=1, help="sequences per forward pass (hf engine)")
     base_url: str | None = opt(None, "openai engine: the policy's server, e.g. "
                                      "http://127.0.0.1:8000/v1")
     labeler_base_url: str | None = opt(None, "openai engine: the labeler's server "
                                              "(default: --base-url)")
-    api_key_env: str = opt("OPENAI_API_KEY", "openai engine: environment variable with the key")
+    api_key_env: str | None = opt(None, "openai engine: environment variable with the server's "
+                                        "key (default: none sent, except OPENAI_API_KEY to "
+                                        "api.openai.com)")
     labeler_api_key_env: str | None = opt(None, "openai engine: the labeler's key variable "
                                                 "(default: --api-key-env)")
-    concurrency: int = opt(16, "openai engine: requests in flight at once")
-    chunk_size: int = opt(16, "prompts per engine call and per append to data.jsonl")
-    max_new_tokens: int = opt(256, "longest sampled response, in tokens")
-    temperature: float = opt(1.0, "policy sampling temperature (the paper sampled at 1.0)")
+    concurrency: int = opt(16, minimum=1, help="openai engine: requests in flight at once")
+    chunk_size: int = opt(16, minimum=1,
+                          help="prompts per engine call and per append to data.jsonl")
+    max_new_tokens: int = opt(256, minimum=1, help="longest sampled response, in tokens")
+    temperature: float = opt(1.0, minimum=0,
+                             help="policy sampling temperature (the paper sampled at 1.0)")
     top_p: float = opt(0.95, "policy nucleus sampling mass")
     seed: int = opt(0, "seed for sampling, pairs, principles, orders and few-shot choice")
     prompts_dir: str | None = opt(None, "folder with your own feedback*.j2 templates")
     prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
     helpful_prompts: str | None = opt(None, "also label pairs on these ordinary prompts, with "
                                             "the helpfulness questions, e.g. data/helpful.jsonl")
-    helpful_ratio: float = opt(0.5, "helpful prompts per red-team prompt (with "
-                                    "--helpful-prompts)")
+    helpful_ratio: float = opt(0.5, minimum=0, help="helpful prompts per red-team prompt (with "
+                                                    "--helpful-prompts)")
     helpful_principle_ids: list[str] = opt(help="preference ids asked on the helpful prompts",
                                            factory=lambda: ["more-helpful", "less-preachy"])
     engine_options: dict = opt(help="extra policy engine options (config file only)", factory=dict)
@@ -214,12 +226,14 @@ def label_chunk(policy: Generator | None, labeler: Generator, feedback: Feedback
             else:
                 fits.append(it)
         on_step("policy sampling")
-        seed = zlib.crc32(f"{cfg.seed}:{items[0]['id']}".encode())
+        # sample k of a prompt has its own seed, so a resumed prompt gets the same responses
+        seeds = item_seeds(cfg.seed, (f"{it['id']}:{k}" for it in fits
+                                      for k in range(cfg.samples)))
         answers = policy.chat([[{"role": "user", "content": it["prompt"]}]
                                for it in fits for _ in range(cfg.samples)],
                               SamplingParams(max_new_tokens=cfg.max_new_tokens,
                                              temperature=cfg.temperature, top_p=cfg.top_p,
-                                             seed=seed)) if fits else []
+                                             seeds=seeds)) if fits else []
         items = [{**it, "responses": answers[n * cfg.samples:(n + 1) * cfg.samples]}
                  for n, it in enumerate(fits)]
     tasks = []
@@ -283,16 +297,20 @@ def summarize(rows: list[dict], skipped: list[dict]) -> dict:
             "principle_agreement": None if agree is None else round(agree, 4)}
 
 
+def policy_engine_kwargs(cfg: LabelConfig) -> dict:
+    """`make_generator` keyword arguments of the policy (checked: a missing server fails)."""
+    return engine_kwargs(EngineConfig(
+        model=cfg.policy, engine=cfg.engine, dtype=cfg.dtype, base_url=cfg.base_url,
+        api_key_env=cfg.api_key_env, engine_options=cfg.engine_options,
+        batch_size=cfg.batch_size, concurrency=cfg.concurrency))
+
+
 def make_engines(cfg: LabelConfig, need_policy: bool, policy: Generator | None = None,
                  labeler: Generator | None = None) -> tuple[Generator | None, Generator]:
     """(policy, labeler), built unless given; one generator when both are the same model on
     the same engine with the same options. Options are checked before either model loads."""
     labeler_engine, labeler_model, labeler_kwargs = role_engine(cfg, "labeler")
-    policy_kwargs = engine_kwargs(EngineConfig(
-        model=cfg.policy, engine=cfg.engine, dtype=cfg.dtype, base_url=cfg.base_url,
-        api_key_env=cfg.api_key_env, engine_options=cfg.engine_options,
-        batch_size=cfg.batch_size, concurrency=cfg.concurrency)) \
-        if need_policy and policy is None else None
+    policy_kwargs = policy_engine_kwargs(cfg) if need_policy and policy is None else None
     same = (str(cfg.policy or DEFAULT_MODEL), cfg.engine, policy_kwargs) == \
         (str(labeler_model or DEFAULT_MODEL), labeler_engine, labeler_kwargs)
     if labeler is None:
@@ -321,74 +339,79 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
     if helpful:
         pools["helpful"] = constitution.restrict("preference", cfg.helpful_principle_ids)
         items = items + helpful
-    source = cfg.responses or cfg.prompts
+    labeler_engine, labeler_model, labeler_kwargs = role_engine(cfg, "labeler")
+    policy_settings = {} if cfg.responses else \
+        engine_identity("policy", cfg.engine, cfg.policy, policy_engine_kwargs(cfg))
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     names = {"labeler": str(cfg.labeler or DEFAULT_MODEL), "constitution": constitution.name,
              "policy": None if cfg.responses else str(cfg.policy or DEFAULT_MODEL)}
     identity = {
-        "input": records.source_id(source),
+        "input": records.file_sha256(cfg.responses) if cfg.responses else
+        records.source_id(cfg.prompts, cfg.prompt_column),
+        "prompt_column": None if cfg.responses else cfg.prompt_column,
         "constitution": constitution.sha256, "principle_pool": [p.id for p in pool],
         "templates": records.text_sha256(templates.fingerprint(TEMPLATES)),
-        **names, "engine": None if cfg.responses else cfg.engine,
-        "labeler_engine": cfg.labeler_engine, "labeler_dtype": cfg.labeler_dtype,
+        **names, **policy_settings,
+        **engine_identity("labeler", labeler_engine, labeler_model, labeler_kwargs),
         **{k: getattr(cfg, k) for k in ("samples", "pairs", "principles", "debias", "cot",
-                                        "few_shot", "margin", "seed", "shard")},
+                                        "few_shot", "margin", "seed", "shard", "limit")},
         **({"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
             "top_p": cfg.top_p} if not cfg.responses else {}),
         **({"cot_clamp": cfg.cot_clamp, "cot_max_new_tokens": cfg.cot_max_new_tokens,
             "cot_temperature": cfg.cot_temperature} if cfg.cot else {}),
-        **({"helpful": [records.source_id(cfg.helpful_prompts), cfg.helpful_ratio,
-                        [p.id for p in pools["helpful"]]]}
+        **({"helpful": [records.source_id(cfg.helpful_prompts, cfg.prompt_column),
+                        cfg.helpful_ratio, [p.id for p in pools["helpful"]]]}
            if helpful else {}),
     }
-    manifest = records.Manifest(out, "label", identity, as_dict(cfg))
-    done = records.done_ids(out)
+    with lock.hold(out):  # no second job appends to this folder meanwhile
+        manifest = records.Manifest(out, "label", identity, as_dict(cfg))
+        done = records.done_ids(out)
+        wanted = {it["id"]: pair_ids(it, len(it["responses"]) if cfg.responses else cfg.samples,
+                                     cfg) for it in items}
+        todo = [it for it in items if not all(p in done for p in wanted[it["id"]])]
+        manifest.expect(p for ids in wanted.values() for p in ids)
+        manifest.save(status="running", total_prompts=len(items),
+                      total_pairs=manifest.data["total"])
+        if not todo:
+            print(f"cai label: all {len(items)} prompts already done in {out}")
+            manifest.save(status=manifest.status(done))
+            return {"written": 0, "skipped": 0, "dropped": 0}
 
-    wanted = {it["id"]: pair_ids(it, len(it["responses"]) if cfg.responses else cfg.samples, cfg)
-              for it in items}
-    todo = [it for it in items if not all(p in done for p in wanted[it["id"]])]
-    manifest.save(status="running", total_prompts=len(items),
-                  total_pairs=sum(map(len, wanted.values())))
-    if not todo:
-        print(f"cai label: all {len(items)} prompts already done in {out}")
-        manifest.save(status="complete")
-        return {"written": 0, "skipped": 0, "dropped": 0}
+        policy, labeler = make_engines(cfg, not cfg.responses, policy, labeler)
+        feedback = Feedback(constitution, templates, cfg.few_shot, cfg.cot, cfg.seed)
+        engines = [labeler] if policy in (None, labeler) else [policy, labeler]
+        start = [(g.stats.generated_tokens, g.stats.generation_seconds) for g in engines]
+        written = skipped = dropped = 0
+        bar = tqdm(total=len(todo), desc="label", unit="prompt", dynamic_ncols=True)
 
-    policy, labeler = make_engines(cfg, not cfg.responses, policy, labeler)
-    feedback = Feedback(constitution, templates, cfg.few_shot, cfg.cot, cfg.seed)
-    engines = [labeler] if policy in (None, labeler) else [policy, labeler]
-    start = [(g.stats.generated_tokens, g.stats.generation_seconds) for g in engines]
-    written = skipped = dropped = 0
-    bar = tqdm(total=len(todo), desc="label", unit="prompt", dynamic_ncols=True)
+        def show(step: str) -> None:
+            bar.set_postfix_str(step)
 
-    def show(step: str) -> None:
-        bar.set_postfix_str(step)
-
-    try:
-        with records.JsonlWriter(out / records.DATA) as writer, \
-                records.JsonlWriter(out / records.SKIPPED) as skip_writer:
-            for begin in range(0, len(todo), cfg.chunk_size):
-                chunk = todo[begin:begin + cfg.chunk_size]
-                rows, skips = label_chunk(policy, labeler, feedback, chunk, pools, cfg, done,
-                                          names, show)
-                skip_writer.write(skips)
-                writer.write(rows)
-                written += len(rows)
-                dropped += sum(s["reason"] == "margin" for s in skips)
-                skipped += sum(s["reason"] != "margin" for s in skips)
-                bar.update(len(chunk))
-    finally:
-        bar.close()
-        run_stats = {"written": written, "skipped": skipped, "dropped": dropped,
-                     "generated_tokens": sum(g.stats.generated_tokens - s[0]
-                                             for g, s in zip(engines, start)),
-                     "generation_seconds": round(sum(g.stats.generation_seconds - s[1]
-                                                     for g, s in zip(engines, start)), 3)}
-        manifest.add_run(**run_stats)
-    all_rows = records.read_jsonl(out / records.DATA)
-    all_skips = records.read_jsonl(out / records.SKIPPED)
-    complete = len(records.done_ids(out)) >= sum(map(len, wanted.values()))
-    manifest.save(status="complete" if complete else "partial",
-                  summary={**summarize(all_rows, all_skips), **names})
-    return run_stats
+        try:
+            with records.JsonlWriter(out / records.DATA) as writer, \
+                    records.JsonlWriter(out / records.SKIPPED) as skip_writer:
+                for begin in range(0, len(todo), cfg.chunk_size):
+                    chunk = todo[begin:begin + cfg.chunk_size]
+                    rows, skips = label_chunk(policy, labeler, feedback, chunk, pools, cfg, done,
+                                              names, show)
+                    # Rows first: a kill before the skips are written leaves only skipped
+                    # pairs to redo, on the same responses (seeded per prompt and sample).
+                    writer.write(rows)
+                    skip_writer.write(skips)
+                    written += len(rows)
+                    dropped += sum(s["reason"] == "margin" for s in skips)
+                    skipped += sum(s["reason"] != "margin" for s in skips)
+                    bar.update(len(chunk))
+        finally:
+            bar.close()
+            run_stats = {"written": written, "skipped": skipped, "dropped": dropped,
+                         "generated_tokens": sum(g.stats.generated_tokens - s[0]
+                                                 for g, s in zip(engines, start)),
+                         "generation_seconds": round(sum(g.stats.generation_seconds - s[1]
+                                                         for g, s in zip(engines, start)), 3)}
+            manifest.add_run(**run_stats)
+        all_rows = records.read_jsonl(out / records.DATA)
+        all_skips = records.read_jsonl(out / records.SKIPPED)
+        manifest.save(status=manifest.status(records.done_ids(out)),
+                      summary={**summarize(all_rows, all_skips), **names})
+        return run_stats

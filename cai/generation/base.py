@@ -7,11 +7,14 @@ feedback model's multiple-choice answer (Bai et al. 2022, section 4.1).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from cai.config import opt
 from cai.errors import CaiError
+from cai.models import fingerprint
+from cai.records import redact
 
 Conversation = list[dict]  # [{"role": "user" | "assistant" | "system", "content": str}, ...]
 ENGINES = ("hf", "vllm", "openai")
@@ -19,14 +22,29 @@ ENGINES = ("hf", "vllm", "openai")
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. temperature 0 means greedy decoding."""
+    """How to sample. temperature 0 means greedy decoding.
+
+    `seeds`, one per conversation, makes each answer depend on its own seed alone, not on the
+    other conversations of the call (jobs derive them from the job seed and the item id with
+    `item_seeds`, so a resumed or re-chunked job samples what an uninterrupted one would).
+    Without it, conversation i gets `seed + i`.
+    """
 
     max_new_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    seeds: tuple[int, ...] | None = None
+
+    def seed_for(self, index: int) -> int | None:
+        """The seed of conversation `index` of a call."""
+        if self.seeds is not None:
+            return self.seeds[index]
+        return None if self.seed is None else self.seed + index
 
     def __post_init__(self):
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", tuple(self.seeds))
         if self.max_new_tokens < 1:
             raise CaiError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -62,6 +80,12 @@ class Generator(Protocol):
     def close(self) -> None: ...
 
 
+def item_seeds(seed: int, keys) -> tuple[int, ...]:
+    """One sampling seed per key (an item id, with its step or sample number): a hash of the
+    job's seed and the key, the same in every run, chunk and shard."""
+    return tuple(zlib.crc32(f"{seed}:{key}".encode()) for key in keys)
+
+
 def encode_chat(tokenizer, conversation: Conversation) -> list[int]:
     """Token ids of a conversation in the model's chat template, ending where the assistant speaks.
 
@@ -91,10 +115,12 @@ class EngineConfig:
                                   "(default: smollm2-135m-instruct)")
     engine: str = opt("hf", "generation engine: hf, vllm or openai")
     dtype: str = opt("bfloat16", "hf/vllm weights dtype")
-    batch_size: int = opt(32, "sequences per forward pass (hf engine)")
+    batch_size: int = opt(32, minimum=1, help="sequences per forward pass (hf engine)")
     base_url: str | None = opt(None, "openai engine: the server, e.g. http://127.0.0.1:8000/v1")
-    api_key_env: str = opt("OPENAI_API_KEY", "openai engine: environment variable with the key")
-    concurrency: int = opt(16, "openai engine: requests in flight at once")
+    api_key_env: str | None = opt(None, "openai engine: environment variable with the server's "
+                                        "key (default: none sent, except OPENAI_API_KEY to "
+                                        "api.openai.com)")
+    concurrency: int = opt(16, minimum=1, help="openai engine: requests in flight at once")
     engine_options: dict = opt(help="more engine options (config file only), e.g. vllm's "
                                     "tensor_parallel_size, gpu_memory_utilization, max_model_len",
                                factory=dict)
@@ -114,6 +140,24 @@ def engine_kwargs(cfg: EngineConfig) -> dict:
         kwargs.setdefault("api_key_env", cfg.api_key_env)
         kwargs.setdefault("concurrency", cfg.concurrency)
     return kwargs
+
+
+# Engine options that change how fast records come, not what they hold: left out of identities.
+SPEED_OPTIONS = ("batch_size", "concurrency", "api_key_env", "max_retries", "timeout",
+                 "deadline", "gpu_memory_utilization")
+
+
+def engine_identity(role: str, engine: str, model: str | None, kwargs: dict) -> dict:
+    """What a job's identity holds for one model, as `ROLE.KEY` entries: the engine, the model's
+    fingerprint (its files, or a served model's name) and every engine option that changes the
+    records (dtype, server, served model, tokenizer, ...), credentials removed from URLs."""
+    return {f"{role}.engine": engine, f"{role}.fingerprint": fingerprint(model, engine),
+            **{f"{role}.{k}": v for k, v in record_options(kwargs).items()}}
+
+
+def record_options(kwargs: dict) -> dict:
+    """The engine options among `kwargs` that change the records, URL credentials removed."""
+    return redact({k: v for k, v in sorted(kwargs.items()) if k not in SPEED_OPTIONS})
 
 
 def role_engine(cfg, role: str) -> tuple[str, str | None, dict]:
@@ -142,17 +186,24 @@ def role_engine(cfg, role: str) -> tuple[str, str | None, dict]:
 
 
 def make_generator(engine: str = "hf", model: str | None = None, **options) -> Generator:
-    """Build an engine by name; engines import their heavy dependencies only here."""
+    """Build an engine by name; engines import their heavy dependencies only here. An option
+    the engine does not take is a one-line error naming it and the ones it takes."""
     if engine == "hf":
-        from cai.generation.hf import HFGenerator
+        from cai.generation.hf import HFGenerator as cls
+    elif engine == "vllm":
+        from cai.generation.vllm import VLLMGenerator as cls
+    elif engine == "openai":
+        from cai.generation.openai import OpenAIGenerator as cls
+    else:
+        raise CaiError(f"unknown engine '{engine}' (choose from {', '.join(ENGINES)})")
+    import inspect
 
-        return HFGenerator(model, **options)
-    if engine == "vllm":
-        from cai.generation.vllm import VLLMGenerator
-
-        return VLLMGenerator(model, **options)
-    if engine == "openai":
-        from cai.generation.openai import OpenAIGenerator
-
-        return OpenAIGenerator(model, **options)
-    raise CaiError(f"unknown engine '{engine}' (choose from {', '.join(ENGINES)})")
+    params = inspect.signature(cls.__init__).parameters
+    known = [p for p in params if p not in ("self", "model")
+             and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(options) - set(known))
+    if unknown and not takes_any:  # vllm passes the rest on to vllm.LLM
+        raise CaiError(f"the {engine} engine has no option {', '.join(map(repr, unknown))} "
+                       f"(engine_options: it takes {', '.join(known)})")
+    return cls(model, **options)

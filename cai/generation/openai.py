@@ -3,6 +3,13 @@
 Requests run concurrently (at most `concurrency` in flight) through the official `openai`
 client, which retries 429s, 5xx answers, timeouts and dropped connections with exponential
 backoff. Other 4xx answers are the user's to fix and stop the job with the server's message.
+Each attempt waits at most `timeout` seconds and a request with its retries at most `deadline`,
+so a server that stops answering stops the job in minutes, naming the server, not in an hour.
+
+The API key goes only where the user sent it: the variable named by `api_key_env` (the
+`--api-key-env` option), or `OPENAI_API_KEY` for the official host api.openai.com. Any other
+server gets a placeholder, so a key in the environment never leaks to a local or plain-http
+server. URLs are shown without their `user:password@` part.
 
 `choice_logprobs` needs the server to score a prompt: it sends the conversation, rendered with
 the model's chat template locally, plus the choice as token ids to the completions endpoint with
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from urllib.parse import urlsplit
 
 from cai.errors import CaiError
 from cai.generation.base import (
@@ -24,6 +32,22 @@ from cai.generation.base import (
     choice_requests,
     encode_chat,
 )
+from cai.records import redact
+
+OFFICIAL_HOST = "api.openai.com"
+
+
+def api_key(base_url: str, api_key_env: str | None) -> str:
+    """The key to send to `base_url`: from the variable the user named, or OPENAI_API_KEY for
+    the official host only; else a placeholder (servers that need none ignore it)."""
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise CaiError(f"--api-key-env {api_key_env}: that environment variable is not set")
+        return key
+    if urlsplit(base_url).hostname == OFFICIAL_HOST:
+        return os.environ.get("OPENAI_API_KEY") or "not-needed"
+    return "not-needed"
 
 
 def _client_errors():
@@ -38,9 +62,10 @@ class ServerRefused(CaiError):
 
 class OpenAIGenerator:
     def __init__(self, model: str | None = None, base_url: str = "http://127.0.0.1:8000/v1",
-                 api_key_env: str = "OPENAI_API_KEY", concurrency: int = 16,
-                 max_retries: int = 5, timeout: float = 600.0, tokenizer: str | None = None,
-                 served_model: str | None = None, context_length: int | None = None):
+                 api_key_env: str | None = None, concurrency: int = 16,
+                 max_retries: int = 5, timeout: float = 300.0, deadline: float = 900.0,
+                 tokenizer: str | None = None, served_model: str | None = None,
+                 context_length: int | None = None):
         try:
             import openai
         except ImportError:
@@ -50,10 +75,13 @@ class OpenAIGenerator:
             raise CaiError("the openai engine needs --model (the name the server knows)")
         self.name = str(model)
         self.served_model = served_model or self.name
-        self.base_url = base_url
+        self.base_url = redact(base_url)  # for messages
         self.concurrency = max(1, int(concurrency))
-        self.client = openai.AsyncOpenAI(base_url=base_url,
-                                         api_key=os.environ.get(api_key_env) or "not-needed",
+        if not 0 < timeout <= deadline:
+            raise CaiError(f"openai engine: need 0 < timeout ({timeout}) <= deadline "
+                           f"({deadline}), in seconds")
+        self.timeout, self.deadline, self.max_retries = timeout, deadline, max_retries
+        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key(base_url, api_key_env),
                                          max_retries=max_retries, timeout=timeout)
         self.tokenizer_name = tokenizer
         self._tokenizer = None
@@ -81,8 +109,15 @@ class OpenAIGenerator:
             gate = asyncio.Semaphore(self.concurrency)
 
             async def one(c):
-                async with gate:
-                    return await c
+                async with gate:  # the deadline counts from when the request is sent
+                    try:
+                        return await asyncio.wait_for(c, self.deadline)
+                    except asyncio.TimeoutError:
+                        raise CaiError(
+                            f"server {self.base_url} stopped answering: no reply to a request "
+                            f"within {self.deadline:g} s ({self.max_retries} retries of "
+                            f"{self.timeout:g} s each); records so far are saved: check the "
+                            "server and rerun the same command to resume") from None
 
             return await asyncio.gather(*(one(c) for c in coroutines))
 
@@ -115,7 +150,8 @@ class OpenAIGenerator:
         start = time.perf_counter()
 
         async def one(i, conv):
-            extra = {"seed": params.seed + i} if params.seed is not None else {}
+            seed = params.seed_for(i)
+            extra = {"seed": seed} if seed is not None else {}
             reply = await self.client.chat.completions.create(
                 model=self.served_model, messages=conv, max_tokens=params.max_new_tokens,
                 temperature=params.temperature, top_p=params.top_p, **extra)

@@ -8,15 +8,17 @@ A trainer module (sft.py, rm.py, dpo.py) defines its config section and its
 from __future__ import annotations
 
 import importlib.util
-import re
+import os
 import time
 from pathlib import Path
 
 import torch
 
+from cai import lock
 from cai.errors import CaiError
 from cai.models import load_tokenizer
-from cai.train.config import TrainConfig, save_resolved
+from cai.train import resume as resume_rules
+from cai.train.config import RESOLVED, TrainConfig, save_resolved
 from cai.train.model import add_lora, load_for_training
 
 
@@ -90,16 +92,28 @@ def evaluate(trainer) -> dict:
 
 
 def checkpoints(folder: Path) -> list[Path]:
-    found = [p for p in folder.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    """The whole checkpoints of a run, oldest first (`cai.train.resume`)."""
+    return resume_rules.checkpoints(folder)
 
 
 def check_output(cfg: TrainConfig, resume: bool) -> None:
-    """Refuse to mix runs: an output folder with checkpoints needs --resume, and --resume one."""
+    """Refuse to mix runs: an output folder with checkpoints needs --resume, and --resume one;
+    and one run at a time: the output folder stays locked until this process ends (the main
+    process's lock stands for all of a distributed run's processes)."""
+    if os.environ.get("RANK", "0") == "0":
+        lock.keep(cfg.output_dir)
     found = checkpoints(cfg.output_dir) if cfg.output_dir.is_dir() else []
     if resume and not found:
-        raise CaiError(f"--resume: no checkpoint-* in {cfg.output_dir} to continue from")
-    if found and not resume:
+        raise CaiError(f"--resume: no checkpoint to continue from in {cfg.output_dir} (a "
+                       "checkpoint-N counts once its save has finished)")
+    if resume:
+        resume_rules.check_config(cfg, RESOLVED)
+    elif (cfg.output_dir / resume_rules.FINISHED).is_file():
+        raise CaiError(f"{cfg.output_dir}: holds a finished run ({resume_rules.FINISHED}); pass "
+                       "--overwrite to train anew there, --resume with a larger "
+                       "training.max_steps to continue it, or choose another "
+                       "--training.output_dir")
+    elif found:
         raise CaiError(f"{cfg.output_dir}: holds checkpoints of an earlier run; pass --resume to "
                        "continue it, or choose another --training.output_dir")
 
@@ -108,8 +122,11 @@ def run(trainer, cfg: TrainConfig, resume: bool) -> dict:
     """Train (or continue), save the final model/adapter, tokenizer and state; return metrics."""
     if trainer.args.process_index == 0:
         save_resolved(cfg, cfg.output_dir)
+    last = checkpoints(cfg.output_dir)[-1] if resume else None  # the newest whole one
+    if last and 0 < trainer.args.max_steps <= resume_rules.steps_done(last):
+        return resume_rules.finish_from(last, trainer)  # killed after its last step's save
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     seconds = time.perf_counter() - start
     trainer.save_model(str(cfg.output_dir))
     trainer.save_state()

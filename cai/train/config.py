@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from cai.config import coerce, key_lines, opt, read_yaml
+from cai.config import check_minimum, coerce, key_lines, opt, read_yaml
 from cai.errors import CaiError
 
 RESOLVED = "cai_config.yaml"
@@ -197,8 +198,11 @@ def load(path: str | None, overrides: list[tuple[str, str]], algo: str, algo_cls
                 raise CaiError(f"{where(name, key)}: unknown key '{name}.{key}'"
                                + (f" (did you mean '{name}.{match[0]}'?)" if match else ""))
         hints = typing.get_type_hints(cls)
-        kwargs = {k: coerce(v, hints[k], f"{where(name, k)}: '{name}.{k}'")
-                  for k, v in body.items()}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for k, v in body.items():
+            kwargs[k] = coerce(v, hints[k], f"{where(name, k)}: '{name}.{k}'")
+            check_minimum(fields[k], kwargs[k], f"{where(name, k)}: '{name}.{k}'")
         built[name] = cls(**kwargs)
 
     training = {}
@@ -226,6 +230,8 @@ def _field_names(cls) -> list[str]:
 def _coerce_training(value, hint, where: str):
     """A TrainingArguments value: command-line strings become the field's number/bool/mapping."""
     if not isinstance(value, str):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CaiError(f"{where}: expected a finite number, got {value!r}")
         if isinstance(value, float) and _accepts(hint, int) and not _accepts(hint, float) \
                 and value.is_integer():
             return int(value)
@@ -236,13 +242,20 @@ def _coerce_training(value, hint, where: str):
     if _accepts(hint, int) or _accepts(hint, float):
         for kind in (int, float) if _accepts(hint, float) else (int,):
             try:
-                return kind(text)
+                number = kind(text)
             except ValueError:
-                pass
+                continue
+            if not math.isfinite(number):
+                raise CaiError(f"{where}: expected a finite number, got {value!r}")
+            return number
         if not _accepts(hint, str):
             raise CaiError(f"{where}: expected a number, got {value!r}")
     if (_accepts(hint, dict) or _accepts(hint, list)) and text[:1] in "{[":
-        return yaml.safe_load(text)
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise CaiError(f"{where}: not a valid YAML list or mapping: {text!r} "
+                           f"({getattr(e, 'problem', None) or 'parse error'})") from None
     return value
 
 

@@ -419,7 +419,7 @@ class PPOTrainer:
             self.log(f"resumed from {last} (step {self.step_done})")
             kept = [line for line in (metrics_file.read_text().splitlines()
                                       if metrics_file.is_file() else [])
-                    if line.strip() and json.loads(line)["step"] <= self.step_done]
+                    if _step_of(line) is not None and _step_of(line) <= self.step_done]
             metrics_file.write_text("".join(line + "\n" for line in kept))
         elif metrics_file.exists():
             metrics_file.unlink()
@@ -481,6 +481,14 @@ class PPOTrainer:
         return (f"eval at step {m['step']}: reward {m['eval/reward_mean']:.3f} "
                 f"(std {m['eval/reward_std']:.3f})  kl {m['eval/kl']:.3f}  "
                 f"len {m['eval/response_length']:.1f}")
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line, or None for a line a kill tore in half (it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:

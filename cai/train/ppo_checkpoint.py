@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cai.errors import CaiError
 from cai.train import common
 
 VALUE_HEAD = "value_head.pt"
@@ -45,16 +46,27 @@ def save(trainer) -> Path:
     return final
 
 
+def _load(path: Path):
+    """A tensor file of the checkpoint; anything that would need code to unpickle is refused."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CaiError(f"{path}: holds more than tensors and plain values, refusing to load it "
+                       f"({str(e).splitlines()[0][:120]})") from None
+
+
 def load(trainer, folder: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(trainer.model, load_file(folder / "adapter_model.safetensors"))
     if trainer.value_head is not None:
-        trainer.value_head.load_state_dict(torch.load(folder / VALUE_HEAD, weights_only=True))
-    trainer.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    trainer.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = torch.load(folder / "rng_state.pt", weights_only=True)
+        trainer.value_head.load_state_dict(_load(folder / VALUE_HEAD))
+    trainer.optimizer.load_state_dict(_load(folder / "optimizer.pt"))
+    trainer.scheduler.load_state_dict(_load(folder / "scheduler.pt"))
+    rng = _load(folder / "rng_state.pt")
     random.setstate(rng["python"])
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():

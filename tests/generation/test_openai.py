@@ -184,3 +184,79 @@ def test_openai_engine_needs_a_url(prompts_file, tmp_path):
     result = run_cai("revise", "--engine", "openai", "--model", "m", "--prompts", prompts_file,
                      "--out", tmp_path / "o")
     assert result.returncode == 2 and "needs --base-url" in result.stderr
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers every chat request with OK and records the Authorization header it got; with
+    `hang`, reads the request and never answers."""
+
+    auth: list = []
+    hang = False
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.auth.append(self.headers.get("Authorization"))
+        if self.hang:
+            time.sleep(30)
+            return
+        data = json.dumps(OK).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recorder():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    Recorder.auth, Recorder.hang = [], False
+    yield Recorder, httpd.server_address[1]
+    httpd.shutdown()
+
+
+def test_the_key_goes_only_where_its_variable_was_named(recorder, monkeypatch):
+    """OPENAI_API_KEY in the environment is not sent to another server (before: it went to any
+    --base-url, plain http included); a variable named for the server is."""
+    handler, port = recorder
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-official")
+    monkeypatch.setenv("MY_SERVER_KEY", "local-key")
+    conv = [[{"role": "user", "content": "hi"}]]
+    url = f"http://127.0.0.1:{port}/v1"
+    make_generator("openai", "m", base_url=url).chat(conv, SamplingParams())
+    make_generator("openai", "m", base_url=url, api_key_env="MY_SERVER_KEY").chat(
+        conv, SamplingParams())
+    assert handler.auth == ["Bearer not-needed", "Bearer local-key"]
+    with pytest.raises(CaiError, match="--api-key-env NOPE: that environment variable is not"):
+        make_generator("openai", "m", base_url=url, api_key_env="NOPE")
+
+
+def test_credentials_in_the_url_never_reach_messages(recorder):
+    handler, port = recorder
+    handler.hang = True
+    url = f"http://alice:hunter2@127.0.0.1:{port}/v1"
+    gen = make_generator("openai", "m", base_url=url, max_retries=0, timeout=0.5, deadline=1.0)
+    with pytest.raises(CaiError) as e:
+        gen.chat([[{"role": "user", "content": "hi"}]], SamplingParams())
+    assert "hunter2" not in str(e.value) and f"127.0.0.1:{port}" in str(e.value)
+
+
+def test_a_hung_server_stops_the_job_within_the_deadline(recorder):
+    """A server that takes requests and never answers: the job stops after `deadline` seconds
+    with a line naming the server (before: 600 s per attempt, six attempts)."""
+    handler, port = recorder
+    handler.hang = True
+    url = f"http://127.0.0.1:{port}/v1"
+    gen = make_generator("openai", "m", base_url=url, max_retries=5, timeout=0.4, deadline=1.5)
+    start = time.monotonic()
+    with pytest.raises(CaiError, match=rf"server {url} stopped answering: no reply to a "
+                                       r"request within 1.5 s"):
+        gen.chat([[{"role": "user", "content": "hi"}]], SamplingParams())
+    assert time.monotonic() - start < 5
+    assert len(handler.auth) >= 2  # it did retry inside the deadline

@@ -22,6 +22,16 @@ PROMPTS = [{"id": f"q{i}", "prompt": f"Question {i}: may I have item {i}?",
 SAYS_YES = f"{Path(__file__)}:says_yes"
 
 
+class Boom:
+    """Unpickling this runs code: it creates the file `path` (what a hostile run folder does)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def says_yes(prompts, responses):
     """The test's reward: 1 for an answer with "yes" in it, else 0."""
     return [1.0 if "yes" in r.lower() else 0.0 for r in responses]
@@ -213,7 +223,8 @@ def test_cli_resume_equals_uninterrupted_and_export(policy_model, prompts, tmp_p
     resumed.mkdir()  # a run killed after step 3: its last checkpoint and its metrics
     shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
     lines = (whole / "metrics.jsonl").read_text().splitlines()
-    (resumed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    # killed while appending the line of step 4: half a line at the end
+    (resumed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:12])
     r = run_cai("train", "ppo", ROOT / "configs" / "ppo.yaml", *opts,
                 "--training.output_dir", resumed)
     assert r.returncode == 2 and "pass --resume" in r.stderr
@@ -229,6 +240,14 @@ def test_cli_resume_equals_uninterrupted_and_export(policy_model, prompts, tmp_p
     assert wa.keys() == wb.keys()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     assert any(v.abs().max() > 0 for k, v in wa.items() if "lora_B" in k)  # it trained
+
+    # a checkpoint file that would run code when unpickled is refused, and nothing runs
+    marker = tmp_path / "ran"
+    torch.save({"python": Boom(marker)}, resumed / "checkpoint-2" / "rng_state.pt")
+    r = run_cai("train", "ppo", ROOT / "configs" / "ppo.yaml", *opts,
+                "--training.output_dir", resumed, "--resume", "--training.max_steps", 5)
+    assert r.returncode == 2 and "refusing to load it" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not marker.exists()
 
     merged = tmp_path / "merged"
     r = run_cai("export", "--adapter", whole, "--out", merged, "--merge")

@@ -1,0 +1,83 @@
+"""Held-out check, independent of every model in the loop: refusal-like answers per eval set.
+
+Each model answers the held-out prompts of data/eval (red_team, borderline, helpful) greedily,
+and a plain string matcher (`cai.eval.metrics.is_refusal`) counts refusal-like answers. No
+judge, labeler or preference model is involved, so a model cannot score well here by pleasing
+the model it was trained against. With `--reward-model DIR`, the mean preference-model score of
+the red-team answers is reported too (that one *is* the training signal: compare with care).
+
+Wanted after harmlessness training: red_team up, borderline and helpful about unchanged. Prints
+one JSON summary, and writes every answer to `--out` (read them: a matcher is not a judge).
+
+    python benchmarks/heldout.py --model sft=runs/sft/merged --model ppo=runs/ppo-merged
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SETS = ("red_team", "borderline", "helpful")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append", required=True, help="LABEL=MODEL")
+    parser.add_argument("--limit", type=int, default=40, help="prompts per set")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--reward-model", help="also score the red-team answers with this RM")
+    parser.add_argument("--out", help="folder for answers.jsonl (default: none written)")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from cai.eval.metrics import is_refusal
+    from cai.generation import SamplingParams, make_generator
+    from cai.records import load_prompts
+
+    sets = {s: load_prompts(str(ROOT / "data" / "eval" / f"{s}.jsonl"))[:args.limit]
+            for s in SETS}
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
+    rm = None
+    if args.reward_model:
+        from cai.train.rm import load_reward_model
+
+        rm = load_reward_model(args.reward_model)
+    summary, rows = {"models": {}}, []
+    for spec in args.model:
+        label, _, model = spec.partition("=")
+        gen = make_generator("hf", model, batch_size=args.batch_size)
+        start, result = time.perf_counter(), {}
+        for name, items in sets.items():
+            convs = [[{"role": "user", "content": it["prompt"]}] for it in items]
+            answers = gen.chat(convs, params)
+            refused = [is_refusal(a) for a in answers]
+            result[name] = round(sum(refused) / len(refused), 4)
+            if rm is not None and name == "red_team":
+                scores = rm.score([c + [{"role": "assistant", "content": a}]
+                                   for c, a in zip(convs, answers)])
+                result["red_team_rm_score"] = round(sum(scores) / len(scores), 4)
+            rows += [{"model": label, "set": name, "id": it["id"], "prompt": it["prompt"],
+                      "answer": a, "refusal_like": r}
+                     for it, a, r in zip(items, answers, refused)]
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        summary["models"][label] = result
+        del gen
+    summary.update(limit=args.limit, max_new_tokens=args.max_new_tokens, decoding="greedy",
+                   machine=platform.processor() or platform.machine())
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
