@@ -10,8 +10,9 @@ starts far off stays off (explained variance below 0 for many steps).
 
 So the head starts at zero, and before the first update it is fitted to the first rollout's
 returns by ridge regression on the policy's hidden states at the answer tokens (`fit_linear`):
-the least-squares head for the features it will read, in one solve, with no learning rate to
-tune. From then on it learns with the policy as usual.
+the least-squares head for the features it will read, with no learning rate to tune, and with
+the penalty chosen by cross-validation over the rollout's answers (`choose_ridge`), since what
+matters is how it predicts the next rollout. From then on it learns with the policy as usual.
 """
 
 from __future__ import annotations
@@ -54,14 +55,49 @@ def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> tor
     return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[1]
 
 
-@torch.no_grad()
-def fit_head(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
-             mask: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
-    """Set `head` to the ridge fit of `targets` from `hidden` at the positions in `mask`;
-    returns the head's new values (B, T), 0 outside the mask.
+RIDGES = (1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
+def choose_ridge(hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                 ridges=RIDGES, folds: int = 4) -> float:
+    """The ridge strength whose fit best predicts answers it was not fitted on: `folds`-fold
+    cross-validation over the answers (rows), scored by the held-out squared error. A rollout
+    has about as many answer tokens as the hidden state has dimensions, so a weak penalty
+    interpolates the batch and predicts the next one badly.
 
     Shape: hidden (B, T, H), targets (B, T), mask (B, T) bool
     """
+    rows = len(hidden)
+    folds = min(folds, rows)
+    if folds < 2:
+        return ridges[0]
+    errors = []
+    for ridge in ridges:
+        err = 0.0
+        for k in range(folds):
+            test = torch.zeros(rows, dtype=torch.bool)
+            test[k::folds] = True
+            fit_mask, test_mask = mask & ~test[:, None], mask & test[:, None]
+            if not fit_mask.any() or not test_mask.any():
+                continue
+            w, b = fit_linear(hidden[fit_mask], targets[fit_mask], ridge)
+            err += ((hidden[test_mask].double() @ w + b - targets[test_mask].double()) ** 2
+                    ).sum().item()
+        errors.append(err)
+    return ridges[min(range(len(ridges)), key=errors.__getitem__)]
+
+
+@torch.no_grad()
+def fit_head(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
+             mask: torch.Tensor, ridge: float | None = None) -> torch.Tensor:
+    """Set `head` to the ridge fit of `targets` from `hidden` at the positions in `mask` (the
+    ridge strength chosen by `choose_ridge` unless given); returns the head's new values
+    (B, T), 0 outside the mask.
+
+    Shape: hidden (B, T, H), targets (B, T), mask (B, T) bool
+    """
+    if ridge is None:
+        ridge = choose_ridge(hidden, targets, mask)
     w, b = fit_linear(hidden[mask], targets[mask], ridge)
     head.weight.copy_(w.to(head.weight.dtype)[None])
     head.bias.fill_(b.item())

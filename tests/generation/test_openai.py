@@ -120,15 +120,10 @@ def test_server_killed_mid_job_then_resume(tiny_model, tmp_path):
     assert sorted(ids) == [f"s{i:02d}" for i in range(12)] and len(set(ids)) == 12
 
 
-class Scripted(BaseHTTPRequestHandler):
-    """Answers /v1/chat/completions from a queue of (status, body) pairs."""
+class JsonHandler(BaseHTTPRequestHandler):
+    """A real HTTP endpoint on 127.0.0.1 that answers with JSON bodies."""
 
-    script: list = []
-    seen: list = []
-
-    def do_POST(self):
-        self.seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        status, body = self.script.pop(0)
+    def reply(self, status: int, body) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -138,6 +133,17 @@ class Scripted(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+class Scripted(JsonHandler):
+    """Answers /v1/chat/completions from a queue of (status, body) pairs."""
+
+    script: list = []
+    seen: list = []
+
+    def do_POST(self):
+        self.seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.reply(*self.script.pop(0))
 
 
 @pytest.fixture
@@ -186,7 +192,7 @@ def test_openai_engine_needs_a_url(prompts_file, tmp_path):
     assert result.returncode == 2 and "needs --base-url" in result.stderr
 
 
-class Recorder(BaseHTTPRequestHandler):
+class Recorder(JsonHandler):
     """Answers every chat request with OK and records the Authorization header it got; with
     `hang`, reads the request and never answers."""
 
@@ -199,15 +205,7 @@ class Recorder(BaseHTTPRequestHandler):
         if self.hang:
             time.sleep(30)
             return
-        data = json.dumps(OK).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.reply(200, OK)
 
 
 @pytest.fixture
