@@ -225,7 +225,8 @@ def fingerprint(name: str | os.PathLike | None, engine: str = "hf") -> str:
     name: the server's settings go into the identity beside it."""
     if engine == "openai":
         return str(name)
-    folder = resolve(name)
+    # a folder as it is (an adapter folder has no config.json), else the embedded or hub model
+    folder = Path(name) if name and Path(name).is_dir() else resolve(name)
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     h = hashlib.sha256()
     for f in files:

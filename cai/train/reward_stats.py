@@ -26,10 +26,13 @@ def estimate(trainer) -> dict:
     seeded cycle (Ziegler et al. 2019: normalized over the initial policy's samples, then
     fixed). Saved in output_dir/reward_stats.json under a key of what they depend on, and
     read back from there by a rerun."""
+    from cai.models import fingerprint
+
     opts, n = trainer.opts, trainer.opts.reward_stats_samples
-    source = opts.reward_model or opts.reward_function or f"labeler:{opts.labeler}"
-    key = hashlib.sha256(json.dumps([
-        trainer.cfg.model.name, source, opts.feedback_baseline, opts.max_new_tokens,
+    source = fingerprint(opts.reward_model) if opts.reward_model else \
+        opts.reward_function or f"labeler:{fingerprint(opts.labeler)}"
+    key = hashlib.sha256(json.dumps([  # a retrained model in the same folder changes it
+        fingerprint(trainer.cfg.model.name), source, opts.feedback_baseline, opts.max_new_tokens,
         opts.temperature, trainer.args.seed, n, [r["id"] for r in trainer.prompts]]).encode())
     key = key.hexdigest()[:16]
     path = trainer.cfg.output_dir / FILE
