@@ -419,7 +419,7 @@ class PPOTrainer:
             self.log(f"resumed from {last} (step {self.step_done})")
             kept = [line for line in (metrics_file.read_text().splitlines()
                                       if metrics_file.is_file() else [])
-                    if _step_of(line) is not None and _step_of(line) <= self.step_done]
+                    if (step := _step_of(line)) is not None and step <= self.step_done]
             metrics_file.write_text("".join(line + "\n" for line in kept))
         elif metrics_file.exists():
             metrics_file.unlink()
