@@ -3,7 +3,8 @@ choice (the obvious way, and cai's before).
 
 The job is what `cai label` and `cai eval`'s judge ask of a model: real feedback prompts
 (few-shot demonstrations, a red-team prompt, two sampled-looking answers, a constitution
-question) scored as "(A)" vs "(B)", and judge classifications scored as "(A)", "(B)", "(C)".
+question) scored as "(A)" vs "(B)", and judge classifications (eight demonstrations, then the
+answer, both orders) scored as "(A)" vs "(B)".
 Both ways run in this process, alternately, `--repeats` times each; the best time of each is
 kept. Also checks that the two give the same log-probs. Prints one JSON summary.
 
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from cai import records  # noqa: E402
 from cai.constitution import load  # noqa: E402
-from cai.eval.judge import TEMPLATE, class_orders  # noqa: E402
+from cai.eval.judge import LETTERS, TEMPLATE, demonstrations, reading_orders  # noqa: E402
 from cai.feedback.judge import CHOICES, Feedback  # noqa: E402
 from cai.generation.base import choice_requests  # noqa: E402
 from cai.generation.hf import _whole_logprobs, shared_prefix_logprobs  # noqa: E402
@@ -34,7 +35,7 @@ from cai.prompts import Templates  # noqa: E402
 
 def requests(tokenizer, items: int):
     """(contexts, targets) of `items` labelling questions in both orders and `items` judge
-    classifications in all three option orders."""
+    classifications in both orders."""
     constitution, templates = load(), Templates()
     feedback = Feedback(constitution, templates, few_shot=1, cot=False, seed=0)
     prompts = records.load_prompts(str(ROOT / "data" / "red_team.jsonl"))[:items]
@@ -47,12 +48,15 @@ def requests(tokenizer, items: int):
         for first, second in ((a, b), (b, a)):
             convs.append(feedback.conversation(it["id"], question, it["prompt"], first, second))
             choices.append(CHOICES)
+    examples = [r for _, r in records.jsonl_objects(
+        ROOT / "data" / "eval" / "judge_examples.jsonl", "example")[0]]
     for it in check:
-        for order in class_orders(True):
+        for order in reading_orders(True):
             text = templates.render(TEMPLATE, prompt=it["prompt"], response=it["response"],
                                     options=order)
-            convs.append([{"role": "user", "content": text}])
-            choices.append(["(A)", "(B)", "(C)"])
+            convs.append(demonstrations(templates, examples, order) +
+                         [{"role": "user", "content": text}])
+            choices.append(LETTERS)
     contexts, targets = [], []
     for conv, options in zip(convs, choices):
         (ids,), option_ids = choice_requests(tokenizer, [conv], options)

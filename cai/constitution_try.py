@@ -64,15 +64,15 @@ def try_principles(cfg: ReviseConfig, prompt: str, principle_ids: list[str] | No
     for p, critique, raw in zip(principles, critiques, revisions):
         revision = strip_boilerplate(raw)
         rows.append({"principle_id": p.id, "critique": critique, "revision": revision,
-                     "flag": revision_flag(revision, answer),
+                     "flag": revision_flag(revision, answer, convs.revisions),
                      "changed": round(changed_fraction(answer, revision), 3)})
     if gate:
         asked = [r for r in rows if r["flag"] is None]
-        ps = gate.p_better(feedback, [{"key": f"try:gate:{r['principle_id']}", "prompt": prompt,
-                                       "first": r["revision"], "second": answer} for r in asked])
-        for r, p in zip(asked, ps):
-            r["gate"] = {"p_revision": None if p is None else round(p, 4),
-                         "accepted": p is not None and p > gate.threshold}
+        verdicts = gate.judge(feedback, [{"key": f"try:gate:{r['principle_id']}",
+                                          "prompt": prompt, "first": r["revision"],
+                                          "second": answer} for r in asked])
+        for r, verdict in zip(asked, verdicts):
+            r["gate"] = verdict
     return {"prompt": prompt, "answer": answer, "rows": rows,
             "gate_threshold": gate.threshold if gate else None}
 
@@ -89,7 +89,9 @@ def _verdict(row: dict, gated: bool) -> str:
         return "not asked"  # an empty or unchanged revision: nothing to judge
     if gate["p_revision"] is None:
         return "too long"
-    return f"{gate['p_revision']:.3f} {'kept' if gate['accepted'] else 'dropped'}"
+    complies = f" complies {gate['p_complies']:.2f}" if gate.get("p_complies") is not None \
+        else ""
+    return f"{gate['p_revision']:.3f}{complies} {'kept' if gate['accepted'] else 'dropped'}"
 
 
 def format_table(result: dict, width: int | None = None) -> list[str]:

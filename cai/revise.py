@@ -31,8 +31,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from cai import ROOT, lock, records
 from cai import constitution as constitutions
-from cai import lock, records
 from cai.config import as_dict, opt
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.errors import CaiError
@@ -99,6 +99,11 @@ class ReviseConfig(EngineConfig):
                               help="preference questions per gate comparison, averaged")
     gate_threshold: float = opt(0.5, minimum=0,
                                 help="keep a revision when P(revision better) is above this")
+    gate_max_complies: float | None = opt(None, minimum=0,
+                                          help="also keep it only when the feedback model's "
+                                               "P(it does what the red-team request asked) is "
+                                               "below this (cai eval's judge question; off by "
+                                               "default)")
     helpful_prompts: str | None = opt(None, "also answer these ordinary prompts with the policy "
                                             "(no critique) as helpful SFT samples, e.g. "
                                             "data/helpful.jsonl")
@@ -119,6 +124,9 @@ class ReviseConfig(EngineConfig):
             raise CaiError(f"--few-shot must be >= 0, got {self.few_shot}")
         if not 0 <= self.gate_threshold < 1:
             raise CaiError(f"--gate-threshold must be in [0, 1), got {self.gate_threshold}")
+        if self.gate_max_complies is not None and not 0 < self.gate_max_complies <= 1:
+            raise CaiError(f"--gate-max-complies must be in (0, 1], got "
+                           f"{self.gate_max_complies}")
         if self.helpful_ratio < 0:
             raise CaiError(f"--helpful-ratio must be >= 0, got {self.helpful_ratio}")
 
@@ -143,12 +151,26 @@ def strip_boilerplate(text: str) -> str:
     return text
 
 
-def revision_flag(revision: str, previous: str) -> str | None:
-    """'empty' or 'unchanged' when a revision adds nothing, else None."""
+COPY_WORDS = 12  # a run of this many words shared with a demonstration's revision is a copy
+
+
+def _word_runs(text: str, n: int = COPY_WORDS) -> set[tuple[str, ...]]:
+    words = re.findall(r"[\w']+", text.lower())
+    return {tuple(words[k:k + n]) for k in range(len(words) - n + 1)}
+
+
+def revision_flag(revision: str, previous: str, demonstrations: tuple[str, ...] = ()
+                  ) -> str | None:
+    """'empty' or 'unchanged' when a revision adds nothing, 'copied' when it repeats a
+    run of `COPY_WORDS` words of a demonstration's revision (a small feedback model pastes the
+    few-shot answer, about another request, as its own), else None."""
     if not revision:
         return "empty"
     if " ".join(revision.split()).lower() == " ".join(previous.split()).lower():
         return "unchanged"
+    runs = _word_runs(revision)
+    if runs and any(runs & _word_runs(d) for d in demonstrations):
+        return "copied"
     return None
 
 
@@ -164,6 +186,8 @@ class Conversations:
     def __init__(self, constitution: Constitution, templates: Templates, few_shot: int, seed: int):
         self.constitution, self.templates = constitution, templates
         self.few_shot, self.seed = few_shot, seed
+        #: the demonstrations' revisions: a revision that repeats one is flagged 'copied'
+        self.revisions = tuple(ex.revision for ex in constitution.examples) if few_shot else ()
 
     def critique_request(self, principle: Principle, prompt: str, response: str) -> str:
         return self.templates.render("critique.j2", principle=principle, prompt=prompt,
@@ -208,12 +232,17 @@ class Conversations:
 @dataclass
 class Gate:
     """The revision gate: the feedback model's P(revision better than the answer it replaces)
-    under sampled preference questions, both orders averaged."""
+    under sampled preference questions, both orders averaged; with `max_complies`, also its
+    P(the revision does what the red-team request asked), read the way `cai eval`'s judge reads
+    an answer (`cai.eval.judge.classify`)."""
 
     feedback: Feedback
     pool: tuple[Principle, ...]
     options: ScoringOptions
     threshold: float
+    max_complies: float | None = None
+    templates: Templates | None = None
+    examples: tuple = ()
 
     def p_better(self, model: Generator, tasks: list[dict]) -> list[float | None]:
         """P(first better) per task `{"key", "prompt", "first", "second"}`; None when the
@@ -223,16 +252,48 @@ class Gate:
         return [None if votes is None else ensemble([v["p_first"] for v in votes])
                 for votes, _ in score(model, self.feedback, tasks, self.pool, self.options)]
 
+    def judge(self, model: Generator, tasks: list[dict]) -> list[dict]:
+        """The gate's record per task: `{"p_revision", "accepted"}`, and `"p_complies"` when
+        the compliance check is on (asked only of revisions the comparison prefers). A
+        revision is accepted when P(revision better) is above `threshold` and, with the check,
+        P(it complies) is below `max_complies`."""
+        out = [{"p_revision": None if p is None else round(p, 4),
+                "accepted": p is not None and p > self.threshold}
+               for p in self.p_better(model, tasks)]
+        if self.max_complies is None:
+            return out
+        from cai.eval.judge import classify
+
+        asked = [k for k, g in enumerate(out) if g["accepted"]]
+        read = classify(model, self.templates,
+                        [{"prompt": tasks[k]["prompt"], "response": tasks[k]["first"],
+                          "harmful_request": True} for k in asked], self.examples) \
+            if asked else []
+        for k, r in zip(asked, read):
+            complies = None if "skipped" in r else round(1 - r["p_refuses"], 4)
+            out[k]["p_complies"] = complies
+            out[k]["accepted"] = complies is not None and complies < self.max_complies
+        return out
+
 
 def make_gate(cfg: ReviseConfig, constitution: Constitution, templates: Templates
               ) -> Gate | None:
-    """The revision gate these options ask for (None when `gate` is off); its questions are
-    checked here, before any model loads."""
+    """The revision gate these options ask for (None when `gate` is off); its questions, and
+    with `gate_max_complies` the judge's demonstrations, are checked here, before any model
+    loads."""
     if not cfg.gate:
         return None
     _, pool, _ = load_inputs(cfg.constitution, cfg.gate_principles, cfg.prompts_dir)
+    examples = ()
+    if cfg.gate_max_complies is not None:
+        from cai.eval.judge import TEMPLATE
+        from cai.eval.run import EXAMPLES_FILE, load_judge_examples
+
+        examples = tuple(load_judge_examples(ROOT / "data" / "eval" / EXAMPLES_FILE))
+        templates.render(TEMPLATE, prompt="?", response="?", options=["complies", "refuses"])
     return Gate(Feedback(constitution, templates, cfg.few_shot, False, cfg.seed), pool,
-                ScoringOptions(principles=cfg.gate_questions, seed=cfg.seed), cfg.gate_threshold)
+                ScoringOptions(principles=cfg.gate_questions, seed=cfg.seed), cfg.gate_threshold,
+                cfg.gate_max_complies, templates, examples)
 
 
 def too_long(policy: Generator, feedback: Generator, convs: Conversations, items: list[dict],
@@ -294,19 +355,18 @@ def revise_chunk(policy: Generator, feedback: Generator, convs: Conversations, i
         for i, (p, c, raw) in enumerate(zip(chosen, critiques, revisions)):
             revision = strip_boilerplate(raw)
             steps.append({"principle_id": p.id, "critique": c, "revision": revision,
-                          "flag": revision_flag(revision, latest[i])})
+                          "flag": revision_flag(revision, latest[i], convs.revisions)})
         asked = [i for i, st in enumerate(steps) if st["flag"] is None] if gate else []
         if asked:
             on_step(f"round {r + 1}/{cfg.rounds} gate")
-        ps = dict(zip(asked, gate.p_better(feedback, [
+        verdicts = dict(zip(asked, gate.judge(feedback, [
             {"key": f"{items[i]['id']}:gate:{r}", "prompt": items[i]["prompt"],
              "first": steps[i]["revision"], "second": latest[i]} for i in asked]))) if gate else {}
         for i, st in enumerate(steps):
             if gate and st["flag"] is None:
-                p = ps[i]
-                st["gate"] = {"p_revision": None if p is None else round(p, 4),
-                              "accepted": p is not None and p > gate.threshold}
-            accepted = st["gate"]["accepted"] if "gate" in st else st["flag"] != "empty"
+                st["gate"] = verdicts[i]
+            accepted = st["gate"]["accepted"] if "gate" in st else \
+                st["flag"] not in ("empty", "copied")
             if accepted:
                 latest[i] = st["revision"]
             rounds[i].append(st)
@@ -362,6 +422,7 @@ def summarize(rows: list[dict], threshold: float) -> dict:
             "rejected": sum(not st["gate"]["accepted"] for st in gated),
             "unchanged": sum(st["flag"] == "unchanged" for st in steps),
             "empty": sum(st["flag"] == "empty" for st in steps),
+            "copied": sum(st["flag"] == "copied" for st in steps),
             "changed_final": sum(r.get("kind") != "helpful" and
                                  r["response"] != r["initial_response"] for r in rows),
             "pairs": len(preference_pairs(rows, threshold))}
@@ -430,6 +491,9 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
         **engine_identity("feedback", fb_engine, fb_model or cfg.model, fb_kwargs),
         "gate": [p.id for p in gate.pool] + [cfg.gate_questions, cfg.gate_threshold]
         if gate else None,
+        **({"gate_compliance": [cfg.gate_max_complies, records.text_sha256(
+            templates.fingerprint(("judge_refusal.j2",)) + repr(gate.examples))]}
+           if gate and gate.max_complies is not None else {}),
         "helpful": [records.source_id(cfg.helpful_prompts, cfg.prompt_column), cfg.helpful_ratio]
         if helpful else None,
     }

@@ -314,3 +314,14 @@ class KnownLabeler:
 
     def close(self):
         pass
+
+
+def feedback_model_installed() -> bool:
+    """The embedded 1.5B feedback model is converted, or its chunk packages are installed."""
+    import importlib.util
+
+    from cai.models import EMBEDDED, cai_home
+
+    name = "qwen2.5-coder-1.5b-instruct"
+    return (cai_home() / "models" / name / "config.json").is_file() or all(
+        importlib.util.find_spec(p.package) is not None for p in EMBEDDED[name].parts)

@@ -8,14 +8,14 @@ P = Principle(id="x", critique="Critique it.", revision="Revise it.", question="
 VARIABLES = dict(principle=P, prompt="the prompt", response="the answer", critique="the critique",
                  conversation=[{"role": "user", "content": "hello"}], response_a="A text",
                  response_b="B text", question="Which is kinder?", reasoning="because",
-                 options=["harmful", "refusal", "helpful"])
+                 options=["complies", "refuses"])
 
 
 def test_every_shipped_template_renders():
     t = Templates()
     names = sorted(p.name for p in DEFAULT_DIR.glob("*.j2"))
     assert {"critique.j2", "revision.j2", "feedback.j2", "feedback_cot.j2",
-            "feedback_answer.j2", "judge_classify.j2"} <= set(names)
+            "feedback_answer.j2", "judge_refusal.j2"} <= set(names)
     for name in names:
         text = t.render(name, **VARIABLES)
         assert text and "{{" not in text and "{%" not in text
@@ -41,14 +41,17 @@ def test_feedback_templates_end_where_the_labeler_answers():
     assert t.render("feedback_answer.j2", **VARIABLES).startswith("So, which is kinder?")
 
 
-def test_judge_classify_shows_the_options_in_the_order_given():
+def test_judge_question_shows_the_options_in_the_order_given():
     t = Templates()
-    text = t.render("judge_classify.j2", **{**VARIABLES, "options": ["helpful", "harmful",
-                                                                      "refusal"]})
-    assert "Human: the prompt" in text and "Assistant: the answer" in text
-    lines = [line for line in text.splitlines() if line[:1] == "("]
-    assert [line[:13] for line in lines] == ["(A) Helpful: ", "(B) Harmful: ", "(C) Refusal: "]
-    assert text.endswith("Answer with (A), (B), or (C) only. The answer is:")
+    for order in (["complies", "refuses"], ["refuses", "complies"]):
+        text = t.render("judge_refusal.j2", **{**VARIABLES, "options": order})
+        assert "Human: the prompt" in text and "Assistant: the answer" in text
+        lines = [line for line in text.splitlines() if line[:1] == "("]
+        starts = {"complies": "It does what", "refuses": "It does not"}
+        assert [line[4:4 + len(starts[o])] for line, o in zip(lines, order)] == \
+            [starts[o] for o in order]
+        assert [line[:3] for line in lines] == ["(A)", "(B)"]
+        assert text.endswith("Answer with (A) or (B) only. The answer is:")
 
 
 def test_missing_variable_is_an_error_not_blank():

@@ -180,6 +180,12 @@ def test_strip_boilerplate():
     assert revision_flag("", "a") == "empty"
     assert revision_flag("Same  text", "same text") == "unchanged"
     assert revision_flag("new", "old") is None
+    demo = ("I can't help with getting into someone else's account; that's illegal in most "
+            "places and could seriously backfire on you.")
+    pasted = "Sure. " + demo.replace("I can't", "i CAN'T") + " Anything else?"
+    assert revision_flag(pasted, "old", (demo,)) == "copied"
+    eleven = " ".join(demo.split()[:11])  # eleven words in common are not a copy
+    assert revision_flag(eleven + " but here is something else", "old", (demo,)) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,3 +308,28 @@ def test_feedback_engine_options_fail_before_a_model_loads(prompts_file, tmp_pat
     assert result.returncode == 2
     assert "--feedback-engine openai needs --feedback-base-url" in result.stderr
     assert not (tmp_path / "o" / "data.jsonl").exists()
+
+
+@pytest.mark.parametrize("max_complies, accepted", [(1.0, True), (0.001, False)])
+def test_the_compliance_check_drops_revisions_that_still_comply(tiny_model, prompts_file,
+                                                                tmp_path, max_complies, accepted):
+    """With --gate-max-complies, a revision the comparison prefers (threshold 0: all of them) is
+    read with cai eval's judge question; it is taken only when P(it complies) is below the
+    bound, and the record keeps that probability next to the comparison's."""
+    out = tmp_path / "out"
+    result = run_cai("revise", "--prompts", prompts_file, "--out", out, "--model", tiny_model,
+                     "--gate-threshold", 0.0, "--gate-max-complies", max_complies,
+                     "--temperature", "1.0", *GATE_FAST)
+    assert result.returncode == 0, result.stderr
+    steps = [r["rounds"][0] for r in read_records(out / "data.jsonl")]
+    gated = [st for st in steps if st["flag"] is None]
+    assert gated
+    for st in gated:
+        assert 0.0 < st["gate"]["p_complies"] < 1.0 and st["gate"]["p_revision"] > 0
+        assert st["gate"]["accepted"] is accepted
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["summary"]["accepted"] == (len(gated) if accepted else 0)
+    assert manifest["identity"]["gate_compliance"][0] == max_complies
+    bad = run_cai("revise", "--prompts", prompts_file, "--out", tmp_path / "bad", "--model",
+                  tiny_model, "--gate-max-complies", 1.5, *GATE_FAST)
+    assert bad.returncode == 2 and "--gate-max-complies must be in (0, 1]" in bad.stderr

@@ -290,9 +290,10 @@ def _tables(metrics: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
         rows += [[f"class {k}", "", _fmt(v)] for k, v in check["by_class"].items()]
         rows += [[f"kind {k}", "", _fmt(v)] for k, v in check["by_kind"].items()]
         out.append(("Judge check", ("The judge's classification of answers whose class is "
-                    "known (data/eval/judge_check.jsonl, written for this project): accuracy "
-                    "overall, per true class and per kind."), ["items", "answers", "accuracy"],
-                    rows))
+                    "known (data/eval/judge_check.jsonl: answers written for this project, and "
+                    "kinds policy-*, the embedded policy's own answers to training prompts), "
+                    "accuracy overall, per true class and per kind."),
+                    ["items", "answers", "accuracy"], rows))
     rows = []
     for label in labels:
         ab = per[label]["ability"] or {}

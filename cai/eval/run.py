@@ -5,10 +5,11 @@ models) answers the held-out prompt sets of `data/eval/`: `red_team` (harmful re
 `helpful` (ordinary requests) and `borderline` (benign requests that sound risky, XSTest-style).
 A judge model then
 
-- classifies every answer as harmful, a refusal or helpful (`prompts/judge_classify.j2`, read
-  as a multiple choice through `choice_logprobs`, every order of the options averaged):
-  harmlessness = share of red-team answers not judged harmful; over-refusal = share of
-  borderline (and helpful) answers judged refusals;
+- asks of every answer whether it does what was asked or refuses (`prompts/judge_refusal.j2`,
+  few-shot, read as a multiple choice through `choice_logprobs`, both orders averaged); with
+  the set's requests harmful (red_team) or benign (helpful, borderline), that classifies it as
+  harmful, a refusal or helpful (`cai.eval.judge`): harmlessness = share of red-team answers
+  not judged harmful; over-refusal = share of borderline (and helpful) answers judged refusals;
 - compares the answers of every two models on every prompt with `cai label`'s machinery (a
   constitution question, both orders, soft labels): win rates with bootstrap intervals, and
   harmlessness / helpfulness Elo (Bai et al. 2022, arXiv:2212.08073, figure 2).
@@ -68,6 +69,8 @@ from cai.prompts import Templates
 
 JUDGMENTS, METRICS = "judgments.jsonl", "metrics.json"
 MC_FILE, TEXT_FILE, CHECK_FILE = "neutral_mc.jsonl", "neutral_text.txt", "judge_check.jsonl"
+EXAMPLES_FILE = "judge_examples.jsonl"
+REQUESTS = ("harmful", "benign")
 JUDGE_CONSTITUTION = ROOT / "constitutions" / "judge.yaml"
 TEMPLATES = ("feedback.j2", CLASSIFY_TEMPLATE)
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -111,6 +114,9 @@ class EvalConfig(EngineConfig):
     principles: int = opt(1, minimum=1, help="preference questions per comparison, averaged")
     few_shot: int = opt(2, minimum=0,
                         help="judging demonstrations (constitution's preference_examples) in front")
+    judge_few_shot: int = opt(8, minimum=0,
+                              help="classification demonstrations (DATA_DIR/judge_examples.jsonl) "
+                                   "in front of each answer the judge classifies")
     debias: bool = opt(True, "judge every comparison in both orders and every classification "
                              "in all option orders")
     sets: list[str] = opt(help="comma-separated prompt sets: red_team, helpful, borderline",
@@ -134,7 +140,7 @@ class EvalConfig(EngineConfig):
     confidence: float = opt(0.95, "confidence level of the intervals")
     examples: int = opt(3, minimum=0, help="example prompts per set shown in the report")
     report: bool = opt(True, "write report.md, report.html and the charts")
-    prompts_dir: str | None = opt(None, "folder with your own feedback.j2 / judge_classify.j2")
+    prompts_dir: str | None = opt(None, "folder with your own feedback.j2 / judge_refusal.j2")
 
     def __post_init__(self):
         if not self.model:
@@ -146,6 +152,7 @@ class EvalConfig(EngineConfig):
             raise CaiError(f"--sets: unknown set '{unknown[0] if unknown else ''}' "
                            f"(choose from {', '.join(SETS)})")
         for name, low in (("limit", 1), ("ability_limit", 1), ("principles", 1), ("few_shot", 0),
+                          ("judge_few_shot", 0),
                           ("batch_size", 1),
                           ("chunk_size", 1), ("max_new_tokens", 1), ("resamples", 10),
                           ("examples", 0)):
@@ -208,6 +215,12 @@ def _inputs(cfg: EvalConfig) -> dict:
     check = []
     if cfg.judge_check and (data / CHECK_FILE).is_file():
         check = load_judge_check(data / CHECK_FILE)
+    examples = []
+    if cfg.judge_few_shot:
+        if not (data / EXAMPLES_FILE).is_file():
+            raise CaiError(f"{data / EXAMPLES_FILE}: not found (the judge's demonstrations; "
+                           "--judge-few-shot 0 classifies without them)")
+        examples = load_judge_examples(data / EXAMPLES_FILE)[:cfg.judge_few_shot]
     constitution = constitutions.load(cfg.constitution or JUDGE_CONSTITUTION)
     try:
         helpful = constitution.restrict("preference", cfg.helpful_principles)
@@ -225,18 +238,21 @@ def _inputs(cfg: EvalConfig) -> dict:
     templates = Templates(cfg.prompts_dir)
     for name in TEMPLATES:  # render once with dummy values: a missing variable fails here
         templates.render(name, prompt="?", response="?", question="?", response_a="?",
-                         response_b="?", options=["harmful", "refusal", "helpful"])
+                         response_b="?", options=["complies", "refuses"])
     hashes = {f.name: records.file_sha256(f) for f in sorted(data.iterdir())
-              if f.name in {f"{s}.jsonl" for s in SETS} | {MC_FILE, TEXT_FILE, CHECK_FILE}}
+              if f.name in {f"{s}.jsonl" for s in SETS} | {MC_FILE, TEXT_FILE, CHECK_FILE,
+                                                           EXAMPLES_FILE}}
     return {"sets": sets, "mc": mc, "paragraphs": paragraphs, "check": check,
+            "examples": examples,
             "constitution": constitution,
             "pools": {"harmlessness": harmless, "helpfulness": helpful}, "templates": templates,
             "hashes": hashes}
 
 
 def load_judge_check(path: Path) -> list[dict]:
-    """Judge-check rows `{"id", "prompt", "response", "class", "kind"?}`, every problem with its
-    line."""
+    """Judge-check rows `{"id", "prompt", "response", "class", "request", "kind"?}`, every
+    problem with its line. `request` is the request's nature, harmful or benign: a harmful
+    answer answers a harmful request, a helpful one a benign request."""
     rows, problems = records.objects_with_ids(path, "judge check")
     items = []
     for n, obj in rows:
@@ -244,9 +260,35 @@ def load_judge_check(path: Path) -> list[dict]:
         if obj.get("class") not in CLASSES:
             problems.append((n, f"{path}:{n}: 'class' must be one of {', '.join(CLASSES)}"))
             ok = False
+        elif obj.get("request") not in REQUESTS:
+            problems.append((n, f"{path}:{n}: 'request' must be harmful or benign"))
+            ok = False
+        elif {"harmful": "harmful", "helpful": "benign"}.get(obj["class"],
+                                                            obj["request"]) != obj["request"]:
+            problems.append((n, f"{path}:{n}: a {obj['class']} answer cannot answer a "
+                                f"{obj['request']} request"))
+            ok = False
         if ok:
             items.append((n, obj))
     return records.unique_ids(path, items, problems, "judge-check items")
+
+
+def load_judge_examples(path: Path) -> list[dict]:
+    """The judge's demonstrations `{"prompt", "response", "class"}`, every problem with its
+    line; an example of class refusal is shown as refusing, any other as complying."""
+    found, problems = records.jsonl_objects(path, "judge example")
+    items = []
+    for n, obj in found:
+        ok = all([records.require_text(obj, k, path, n, problems) for k in ("prompt", "response")])
+        if obj.get("class") not in CLASSES:
+            problems.append((n, f"{path}:{n}: 'class' must be one of {', '.join(CLASSES)}"))
+        elif ok:
+            items.append(obj)
+    if problems:
+        raise CaiError("\n".join(text for _, text in sorted(problems)[:20]))
+    if not items:
+        raise CaiError(f"{path}: no judge examples")
+    return items
 
 
 def judge_flags(cfg: EvalConfig, models: list[dict], judge_fingerprint: str,
@@ -285,7 +327,8 @@ def _judge_pass(models, inputs, cfg, out, answers, judgments, stats) -> None:
     """Classify every answer and compare every two models' answers, skipping what is done."""
     labels = [m["label"] for m in models]
     to_classify = [{"id": check_id(it["id"]), "model": None, "set": "judge_check",
-                    "prompt_id": it["id"], "prompt": it["prompt"], "response": it["response"]}
+                    "prompt_id": it["id"], "prompt": it["prompt"], "response": it["response"],
+                    "harmful_request": it["request"] == "harmful"}
                    for it in inputs["check"] if check_id(it["id"]) not in judgments]
     to_compare = []
     for set_name, items in inputs["sets"].items():
@@ -295,6 +338,7 @@ def _judge_pass(models, inputs, cfg, out, answers, judgments, stats) -> None:
                 if key not in judgments:
                     to_classify.append({"id": key, "model": label, "set": set_name,
                                         "prompt_id": it["id"], "prompt": it["prompt"],
+                                        "harmful_request": SETS[set_name] == "harmlessness",
                                         "response": answers[answer_id(label, set_name,
                                                                       it["id"])]["response"]})
             for i in range(len(labels)):
@@ -322,7 +366,8 @@ def _judge_pass(models, inputs, cfg, out, answers, judgments, stats) -> None:
             for begin in range(0, len(to_classify), cfg.chunk_size):
                 chunk = to_classify[begin:begin + cfg.chunk_size]
                 bar.set_postfix_str("classify")
-                results = classify(judge, inputs["templates"], chunk, cfg.debias)
+                results = classify(judge, inputs["templates"], chunk, inputs["examples"],
+                                   cfg.debias)
                 rows = [{**{k: it[k] for k in ("id", "model", "set", "prompt_id")},
                          "kind": "classify", **res} for it, res in zip(chunk, results)]
                 writer.write(rows)
@@ -377,7 +422,8 @@ def run(cfg: EvalConfig) -> dict:
         "judge": judge_name, **engine_identity("judge", judge_engine, judge_model, judge_kwargs),
         **settings,  # the evaluated models' engine options (server, dtype, ...)
         **{k: getattr(cfg, k) for k in ("engine", "max_new_tokens", "temperature", "top_p",
-                                        "seed", "principles", "few_shot", "debias",
+                                        "seed", "principles", "few_shot", "judge_few_shot",
+                                        "debias",
                                         "ability_dtype")},
     }
     with lock.hold(out):  # no second job appends to this folder meanwhile
@@ -418,7 +464,8 @@ def run(cfg: EvalConfig) -> dict:
                    "constitution": inputs["constitution"].name,
                    "settings": {k: getattr(cfg, k) for k in (
                        "limit", "max_new_tokens", "temperature", "top_p", "seed", "principles",
-                       "few_shot", "debias", "resamples", "confidence", "helpful_principles")}
+                       "few_shot", "judge_few_shot", "debias", "resamples", "confidence",
+                       "helpful_principles")}
                    | {"harmless_principles": identity["pools"]["harmlessness"]},
                    "this_run": stats})
         records.atomic_write_text(out / METRICS,

@@ -6,6 +6,7 @@ padded (generation appends on the right) and the results are put back in input o
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -48,6 +49,8 @@ class HFGenerator:
         # when that extends its sequences (cai.generation.prefix_cache; reuse_prefix=False: no
         # reuse).
         self.prefix = PrefixCache(reuse=reuse_prefix)
+        # KV caches of the few-shot prefixes `choice_logprobs` scored last (`_prefix_cache`)
+        self.prefixes: dict = {}
         self._cache_kwarg = cache_kwarg()
 
     # ----------------------------------------------------------------------------------------
@@ -124,7 +127,8 @@ class HFGenerator:
         rows = [(p, k) for p in range(len(prompts)) for k in range(len(choices))]
         flat = continuation_logprobs(self.model, self.tokenizer.pad_token_id,
                                      [prompts[p] for p, _ in rows],
-                                     [choice_ids[k] for _, k in rows], self.batch_size)
+                                     [choice_ids[k] for _, k in rows], self.batch_size,
+                                     self.prefixes)
         result = [[0.0] * len(choices) for _ in prompts]
         for (p, k), lp in zip(rows, flat):
             result[p][k] = lp
@@ -133,10 +137,12 @@ class HFGenerator:
 
     def close(self) -> None:
         self.prefix.clear()
+        self.prefixes.clear()
 
 
 def continuation_logprobs(model, pad_id: int, contexts: list[list[int]],
-                          targets: list[list[int]], batch_size: int = 8) -> list[float]:
+                          targets: list[list[int]], batch_size: int = 8,
+                          memo: dict | None = None) -> list[float]:
     """log P(targets[k] | contexts[k]), summed over the target's tokens, for each k.
 
     Targets that share a context (the options of one multiple-choice question) are scored from
@@ -153,7 +159,7 @@ def continuation_logprobs(model, pad_id: int, contexts: list[list[int]],
     out = [0.0] * len(contexts)
     for ks, values in (
             (shared, shared_prefix_logprobs(model, pad_id, [contexts[k] for k in shared],
-                                            [targets[k] for k in shared], batch_size)),
+                                            [targets[k] for k in shared], batch_size, memo)),
             (alone, _whole_logprobs(model, pad_id, [contexts[k] for k in alone],
                                     [targets[k] for k in alone], batch_size))):
         for k, v in zip(ks, values):
@@ -193,14 +199,19 @@ def _whole_logprobs(model, pad_id: int, contexts: list[list[int]], targets: list
 
 
 def shared_prefix_logprobs(model, pad_id: int, contexts: list[list[int]],
-                           targets: list[list[int]], batch_size: int = 8) -> list[float]:
+                           targets: list[list[int]], batch_size: int = 8,
+                           memo: dict | None = None) -> list[float]:
     """`continuation_logprobs` computing each distinct context once.
 
     Distinct contexts go through the model in left-padded batches of `batch_size`, with their
-    KV cache; log P(first target token) is read from the last position. For targets longer than
-    one token, the cache is copied once per target (`batch_select_indices`) and the target's
-    tokens but its last are fed after it, positions continuing from the context's length, and
-    each next token is read from those logits.
+    KV cache. The leading tokens the contexts of a batch share (`MIN_SHARED_PREFIX` or more: a
+    judge's few-shot turns) run once, as one sequence, and the batch continues from copies of
+    that cache, the padding between prefix and rest masked out (`_prefix_batches`); `memo`
+    keeps the last few prefixes' caches from call to call (the engine's own). log P(first
+    target token) is read from the last position. For targets longer than one token, the
+    cache is copied once per target (`batch_select_indices`) and the target's tokens but its
+    last are fed after it, positions continuing from the context's length, and each next
+    token is read from those logits.
     """
     if not contexts:
         return []
@@ -211,17 +222,22 @@ def shared_prefix_logprobs(model, pad_id: int, contexts: list[list[int]],
     owners: list[list[int]] = [[] for _ in unique]  # target indices per distinct context
     for k, c in enumerate(contexts):
         owners[index[tuple(c)]].append(k)
-    order = sorted(range(len(unique)), key=lambda u: -len(unique[u]))
     out = [0.0] * len(contexts)
     device = next(model.parameters()).device
+    memo = {} if memo is None else memo
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            ids, mask = pad_batch([list(unique[u]) for u in batch], pad_id)
+        for batch, shared in _prefix_batches(unique, batch_size, device.type == "cpu"):
+            seqs = [list(unique[u]) for u in batch]
+            ids, mask = pad_batch([s[shared:] for s in seqs], pad_id)
             ids, mask = ids.to(device), mask.to(device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs = {}
+            if shared:
+                kwargs[cache_kwarg()] = _prefix_cache(model, seqs[0][:shared], len(seqs), memo)
+                mask = torch.cat([torch.ones(len(seqs), shared, dtype=mask.dtype,
+                                             device=device), mask], -1)
             result = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                           use_cache=True, logits_to_keep=1)
+                           use_cache=True, logits_to_keep=1, **kwargs)
             first = torch.log_softmax(result.logits[:, -1].float(), dim=-1)      # (B, V)
             rows = [(row, k) for row, u in enumerate(batch) for k in owners[u]]
             for row, k in rows:
@@ -249,3 +265,85 @@ def shared_prefix_logprobs(model, pad_id: int, contexts: list[list[int]],
                                torch.tensor(rest, dtype=torch.long, device=device)]
                 out[k] += picked.sum().item()
     return out
+
+
+MIN_SHARED_PREFIX = 16  # a shorter common prefix is not worth a separate forward pass
+PREFIX_BATCH_CPU = 8  # rows per batch on a CPU when they share a prefix
+PREFIXES_KEPT = 4  # prefix caches remembered (a judge's two option orders, with room to spare)
+
+
+def _prefix_batches(unique: list[tuple[int, ...]], batch_size: int, cpu: bool):
+    """(distinct-context indices, shared prefix length) per batch. Sorted as token sequences,
+    contexts that share a prefix (the same few-shot turns) are neighbours; `_runs` cuts the
+    sorted list into runs whose common prefix each batch of the run reuses, so it runs once per
+    call or less (`_prefix_cache`). Inside a run the longest contexts go first. Every row gets
+    its own copy of the prefix's cache, and on a CPU large batches spend more time copying it
+    than they save: `PREFIX_BATCH_CPU` rows there (docs/performance.md)."""
+    order = sorted(range(len(unique)), key=lambda u: unique[u])
+    for lo, hi, shared in _runs([unique[u] for u in order]):
+        run = sorted(order[lo:hi], key=lambda u: -len(unique[u]))
+        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        size = min(batch_size, PREFIX_BATCH_CPU) if shared and cpu else batch_size
+        for start in range(0, len(run), size):
+            yield run[start:start + size], shared
+
+
+def _runs(ordered: list[tuple[int, ...]]) -> list[tuple[int, int, int]]:
+    """Cut sorted sequences into runs `(start, end, shared prefix)` that save the most prefix
+    tokens: a run of n sequences sharing p tokens saves p * (n - 1). A run is split where two
+    neighbours share least, when its halves save more apart (the judge's two option orders:
+    each order's few-shot turns are long, what the orders share is short). A shared prefix
+    leaves every sequence at least one token of its own."""
+    def pair(a, b):
+        n = min(len(a), len(b))
+        return next((k for k in range(n) if a[k] != b[k]), n)
+
+    near = [pair(ordered[i - 1], ordered[i]) for i in range(1, len(ordered))]
+
+    def shared(lo, hi):
+        return max(0, min(min(near[lo:hi - 1]), min(len(s) for s in ordered[lo:hi]) - 1))
+
+    out, todo = [], [(0, len(ordered))]
+    while todo:
+        lo, hi = todo.pop()
+        if hi - lo < 2:
+            out.append((lo, hi, 0))
+            continue
+        cut = min(range(lo, hi - 1), key=lambda i: near[i]) + 1  # [lo, cut) and [cut, hi)
+        whole = shared(lo, hi) * (hi - lo - 1)
+        parts = sum(shared(a, b) * (b - a - 1) for a, b in ((lo, cut), (cut, hi)) if b - a > 1)
+        if parts > whole:
+            todo += [(cut, hi), (lo, cut)]
+        else:
+            out.append((lo, hi, shared(lo, hi)))
+    return sorted(out)
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    """The number of leading tokens all sequences share, leaving each at least one of its own
+    (the last position's logits are read from the batch's own forward pass)."""
+    n = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    for k in range(n):
+        if any(s[k] != first[k] for s in sequences[1:]):
+            return k
+    return max(n, 0)
+
+
+def _prefix_cache(model, prefix: list[int], copies: int, memo: dict):
+    """The KV cache of `prefix` repeated `copies` times along the batch, the prefix's own pass
+    remembered in `memo` (the `PREFIXES_KEPT` most recently used) for the next batch with the
+    same prefix."""
+    key = tuple(prefix)
+    if key in memo:
+        memo[key] = memo.pop(key)  # most recently used last
+    else:
+        while len(memo) >= PREFIXES_KEPT:
+            memo.pop(next(iter(memo)))
+        device = next(model.parameters()).device
+        ids = torch.tensor([prefix], dtype=torch.long, device=device)
+        result = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        memo[key] = getattr(result, "cache", None) or result.past_key_values
+    cache = copy.deepcopy(memo[key])
+    cache.batch_repeat_interleave(copies)
+    return cache

@@ -27,6 +27,29 @@ def test_model_labels():
         E.EvalConfig(model=["m"], out="o", sets=["red"])
 
 
+def test_judge_check_rows_name_the_request_and_examples_their_class(tmp_path):
+    rows = [{"id": "a", "prompt": "p", "response": "r", "class": "harmful", "request": "harmful"},
+            {"id": "b", "prompt": "p", "response": "r", "class": "refusal", "request": "benign"},
+            {"id": "c", "prompt": "p", "response": "r", "class": "helpful", "request": "harmful"},
+            {"id": "d", "prompt": "p", "response": "r", "class": "refusal"}]
+    path = tmp_path / "judge_check.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    assert [r["request"] for r in E.load_judge_check(path)] == ["harmful", "benign"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(CaiError) as e:
+        E.load_judge_check(path)
+    assert f"{path}:3: a helpful answer cannot answer a harmful request" in str(e.value)
+    assert f"{path}:4: 'request' must be harmful or benign" in str(e.value)
+    shipped = E.load_judge_examples(ROOT / "data/eval/judge_examples.jsonl")
+    assert {ex["class"] for ex in shipped} == set(E.CLASSES)
+    check = {it["prompt"] for it in E.load_judge_check(ROOT / "data/eval/judge_check.jsonl")}
+    assert not check & {ex["prompt"] for ex in shipped}  # demonstrations are not checked on
+    bad = tmp_path / "judge_examples.jsonl"
+    bad.write_text('{"prompt": "p", "response": "r", "class": "rude"}\n')
+    with pytest.raises(CaiError, match=f"{bad}:1: 'class' must be one of"):
+        E.load_judge_examples(bad)
+
+
 # --------------------------------------------------------------------------------------------
 # End to end on two tiny models
 

@@ -86,6 +86,60 @@ def test_shared_context_scoring_equals_one_sequence_per_choice(gen):
     assert len(set(round(v, 3) for v in plain)) > 10  # the values depend on the choice
 
 
+def test_a_batch_common_prefix_runs_once_and_changes_nothing(gen):
+    """Contexts that start with the same long prefix (a judge's few-shot turns), two different
+    prefixes, suffixes of different lengths, and one context that is the prefix plus a single
+    token: scored through the shared-prefix cache they give the plain log-probs, and the model
+    sees the prefix once per prefix rather than once per context."""
+    import random
+
+    from cai.generation import hf
+
+    rng = random.Random(1)
+    heads = [[rng.randrange(100, 5000) for _ in range(40)] for _ in range(2)]
+    contexts, targets = [], []
+    for head in heads:
+        for n in (1, 3, 9, 20):
+            context = head + [rng.randrange(100, 5000) for _ in range(n)]
+            for choice in ([17, 33, 9], [50]):
+                contexts.append(context)
+                targets.append(choice)
+    pad = gen.tokenizer.pad_token_id
+    plain = hf._whole_logprobs(gen.model, pad, contexts, targets, 4)
+    seen = []
+    hook = gen.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        shared = hf.shared_prefix_logprobs(gen.model, pad, contexts, targets, 2)
+    finally:
+        hook.remove()
+    assert shared == pytest.approx(plain, abs=1e-4)
+    fed = sum(shape[0] * shape[1] for shape in seen)
+    assert fed < sum(len(c) for c in set(map(tuple, contexts)))  # the prefixes ran once
+    # a memo kept from call to call (the engine's): the second call runs no prefix at all
+    memo, fed = {}, []
+    for _ in range(2):
+        seen.clear()
+        hook = gen.model.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape),
+            with_kwargs=True)
+        try:
+            again = hf.shared_prefix_logprobs(gen.model, pad, contexts, targets, 2, memo)
+        finally:
+            hook.remove()
+        assert again == pytest.approx(plain, abs=1e-4)
+        fed.append(sum(shape[0] * shape[1] for shape in seen))
+    assert fed[1] == fed[0] - sum(len(h) for h in heads) and len(memo) == 2
+    # two groups of long shared turns that share a short start (a judge's two option orders):
+    # a run each, with its own long prefix, not one run with the short one
+    a, b = (1,) * 30 + (2,) + (3,) * 200, (1,) * 30 + (4,) + (5,) * 200
+    ordered = sorted([a + (9, k) for k in range(4)] + [b + (9, k) for k in range(4)])
+    assert hf._runs(ordered) == [(0, 4, 232), (4, 8, 232)]
+    assert hf._runs([(1, 2), (1, 2, 3)]) == [(0, 2, 1)]  # each keeps a token of its own
+    assert hf._common_prefix([[1, 2, 3], [1, 2, 4]]) == 2
+    assert hf._common_prefix([[1, 2], [1, 2, 3]]) == 1  # each keeps a token of its own
+
+
 def test_per_conversation_seeds_make_each_answer_its_own(tiny_model):
     """With `seeds`, an answer depends on its own seed only: not on the other conversations of
     the call, nor on how they are batched (so a resumed or re-chunked job samples the same)."""
