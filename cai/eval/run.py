@@ -249,6 +249,15 @@ def _inputs(cfg: EvalConfig) -> dict:
             "hashes": hashes}
 
 
+def _answer_with_class(obj: dict, path: Path, n: int, problems: list) -> bool:
+    """A row's prompt and response are texts and its class is known; problems added."""
+    ok = all([records.require_text(obj, k, path, n, problems) for k in ("prompt", "response")])
+    if obj.get("class") not in CLASSES:
+        problems.append((n, f"{path}:{n}: 'class' must be one of {', '.join(CLASSES)}"))
+        return False
+    return ok
+
+
 def load_judge_check(path: Path) -> list[dict]:
     """Judge-check rows `{"id", "prompt", "response", "class", "request", "kind"?}`, every
     problem with its line. `request` is the request's nature, harmful or benign: a harmful
@@ -256,19 +265,15 @@ def load_judge_check(path: Path) -> list[dict]:
     rows, problems = records.objects_with_ids(path, "judge check")
     items = []
     for n, obj in rows:
-        ok = all([records.require_text(obj, k, path, n, problems) for k in ("prompt", "response")])
-        if obj.get("class") not in CLASSES:
-            problems.append((n, f"{path}:{n}: 'class' must be one of {', '.join(CLASSES)}"))
-            ok = False
-        elif obj.get("request") not in REQUESTS:
+        if not _answer_with_class(obj, path, n, problems):
+            continue
+        if obj.get("request") not in REQUESTS:
             problems.append((n, f"{path}:{n}: 'request' must be harmful or benign"))
-            ok = False
         elif {"harmful": "harmful", "helpful": "benign"}.get(obj["class"],
                                                             obj["request"]) != obj["request"]:
             problems.append((n, f"{path}:{n}: a {obj['class']} answer cannot answer a "
                                 f"{obj['request']} request"))
-            ok = False
-        if ok:
+        else:
             items.append((n, obj))
     return records.unique_ids(path, items, problems, "judge-check items")
 
@@ -277,13 +282,7 @@ def load_judge_examples(path: Path) -> list[dict]:
     """The judge's demonstrations `{"prompt", "response", "class"}`, every problem with its
     line; an example of class refusal is shown as refusing, any other as complying."""
     found, problems = records.jsonl_objects(path, "judge example")
-    items = []
-    for n, obj in found:
-        ok = all([records.require_text(obj, k, path, n, problems) for k in ("prompt", "response")])
-        if obj.get("class") not in CLASSES:
-            problems.append((n, f"{path}:{n}: 'class' must be one of {', '.join(CLASSES)}"))
-        elif ok:
-            items.append(obj)
+    items = [obj for n, obj in found if _answer_with_class(obj, path, n, problems)]
     if problems:
         raise CaiError("\n".join(text for _, text in sorted(problems)[:20]))
     if not items:

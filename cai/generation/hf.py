@@ -124,16 +124,27 @@ class HFGenerator:
         """log P(choice | prompt) = sum over the choice's tokens of log-softmax at each step."""
         start = time.perf_counter()
         prompts, choice_ids = choice_requests(self.tokenizer, conversations, choices)
+        heads = [self._head(c, ids) for c, ids in zip(conversations, prompts)]
         rows = [(p, k) for p in range(len(prompts)) for k in range(len(choices))]
         flat = continuation_logprobs(self.model, self.tokenizer.pad_token_id,
                                      [prompts[p] for p, _ in rows],
                                      [choice_ids[k] for _, k in rows], self.batch_size,
-                                     self.prefixes)
+                                     self.prefixes, [heads[p] for p, _ in rows])
         result = [[0.0] * len(choices) for _ in prompts]
         for (p, k), lp in zip(rows, flat):
             result[p][k] = lp
         self.stats.generation_seconds += time.perf_counter() - start
         return result
+
+    def _head(self, conversation: Conversation, ids: list[int]) -> int:
+        """How many leading tokens of `ids` are the turns before the last one (a judge's or
+        labeler's few-shot turns): a prefix fixed by the conversation alone, so scores never
+        depend on which other conversations share the call. 0 for a single turn."""
+        if len(conversation) < 2:
+            return 0
+        text = self.tokenizer.apply_chat_template(conversation[:-1], tokenize=False)
+        head = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return len(head) if len(head) < len(ids) and ids[:len(head)] == head else 0
 
     def close(self) -> None:
         self.prefix.clear()
@@ -142,7 +153,8 @@ class HFGenerator:
 
 def continuation_logprobs(model, pad_id: int, contexts: list[list[int]],
                           targets: list[list[int]], batch_size: int = 8,
-                          memo: dict | None = None) -> list[float]:
+                          memo: dict | None = None, heads: list[int] | None = None
+                          ) -> list[float]:
     """log P(targets[k] | contexts[k]), summed over the target's tokens, for each k.
 
     Targets that share a context (the options of one multiple-choice question) are scored from
@@ -159,7 +171,8 @@ def continuation_logprobs(model, pad_id: int, contexts: list[list[int]],
     out = [0.0] * len(contexts)
     for ks, values in (
             (shared, shared_prefix_logprobs(model, pad_id, [contexts[k] for k in shared],
-                                            [targets[k] for k in shared], batch_size, memo)),
+                                            [targets[k] for k in shared], batch_size, memo,
+                                            [heads[k] for k in shared] if heads else None)),
             (alone, _whole_logprobs(model, pad_id, [contexts[k] for k in alone],
                                     [targets[k] for k in alone], batch_size))):
         for k, v in zip(ks, values):
@@ -200,17 +213,20 @@ def _whole_logprobs(model, pad_id: int, contexts: list[list[int]], targets: list
 
 def shared_prefix_logprobs(model, pad_id: int, contexts: list[list[int]],
                            targets: list[list[int]], batch_size: int = 8,
-                           memo: dict | None = None) -> list[float]:
+                           memo: dict | None = None, heads: list[int] | None = None
+                           ) -> list[float]:
     """`continuation_logprobs` computing each distinct context once.
 
     Distinct contexts go through the model in left-padded batches of `batch_size`, with their
-    KV cache. The leading tokens the contexts of a batch share (`MIN_SHARED_PREFIX` or more: a
-    judge's few-shot turns) run once, as one sequence, and the batch continues from copies of
-    that cache, the padding between prefix and rest masked out (`_prefix_batches`); `memo`
-    keeps the last few prefixes' caches from call to call (the engine's own). log P(first
-    target token) is read from the last position. For targets longer than one token, the
-    cache is copied once per target (`batch_select_indices`) and the target's tokens but its
-    last are fed after it, positions continuing from the context's length, and each next
+    KV cache. With `heads` (per context, how many leading tokens are its earlier turns: a
+    judge's few-shot demonstrations), contexts with the same head of `MIN_SHARED_PREFIX` tokens
+    or more share it: it runs once, as one sequence, and each batch continues from copies of
+    its cache, the padding between head and rest masked out (`_prefix_batches`); `memo` keeps
+    the last few heads' caches from call to call (the engine's own). The head is fixed by the
+    context, not by the batch, so at batch size 1 a score never depends on the call. log
+    P(first target token) is read from the last position. For targets longer than one token,
+    the cache is copied once per target (`batch_select_indices`) and the target's tokens but
+    its last are fed after it, positions continuing from the context's length, and each next
     token is read from those logits.
     """
     if not contexts:
@@ -226,7 +242,10 @@ def shared_prefix_logprobs(model, pad_id: int, contexts: list[list[int]],
     device = next(model.parameters()).device
     memo = {} if memo is None else memo
     with torch.inference_mode():
-        for batch, shared in _prefix_batches(unique, batch_size, device.type == "cpu"):
+        split = [0] * len(unique)
+        for k, c in enumerate(contexts):
+            split[index[tuple(c)]] = heads[k] if heads else 0
+        for batch, shared in _prefix_batches(unique, split, batch_size, device.type == "cpu"):
             seqs = [list(unique[u]) for u in batch]
             ids, mask = pad_batch([s[shared:] for s in seqs], pad_id)
             ids, mask = ids.to(device), mask.to(device)
@@ -272,62 +291,20 @@ PREFIX_BATCH_CPU = 8  # rows per batch on a CPU when they share a prefix
 PREFIXES_KEPT = 4  # prefix caches remembered (a judge's two option orders, with room to spare)
 
 
-def _prefix_batches(unique: list[tuple[int, ...]], batch_size: int, cpu: bool):
-    """(distinct-context indices, shared prefix length) per batch. Sorted as token sequences,
-    contexts that share a prefix (the same few-shot turns) are neighbours; `_runs` cuts the
-    sorted list into runs whose common prefix each batch of the run reuses, so it runs once per
-    call or less (`_prefix_cache`). Inside a run the longest contexts go first. Every row gets
-    its own copy of the prefix's cache, and on a CPU large batches spend more time copying it
-    than they save: `PREFIX_BATCH_CPU` rows there (docs/performance.md)."""
-    order = sorted(range(len(unique)), key=lambda u: unique[u])
-    for lo, hi, shared in _runs([unique[u] for u in order]):
-        run = sorted(order[lo:hi], key=lambda u: -len(unique[u]))
-        shared = shared if shared >= MIN_SHARED_PREFIX else 0
-        size = min(batch_size, PREFIX_BATCH_CPU) if shared and cpu else batch_size
-        for start in range(0, len(run), size):
-            yield run[start:start + size], shared
-
-
-def _runs(ordered: list[tuple[int, ...]]) -> list[tuple[int, int, int]]:
-    """Cut sorted sequences into runs `(start, end, shared prefix)` that save the most prefix
-    tokens: a run of n sequences sharing p tokens saves p * (n - 1). A run is split where two
-    neighbours share least, when its halves save more apart (the judge's two option orders:
-    each order's few-shot turns are long, what the orders share is short). A shared prefix
-    leaves every sequence at least one token of its own."""
-    def pair(a, b):
-        n = min(len(a), len(b))
-        return next((k for k in range(n) if a[k] != b[k]), n)
-
-    near = [pair(ordered[i - 1], ordered[i]) for i in range(1, len(ordered))]
-
-    def shared(lo, hi):
-        return max(0, min(min(near[lo:hi - 1]), min(len(s) for s in ordered[lo:hi]) - 1))
-
-    out, todo = [], [(0, len(ordered))]
-    while todo:
-        lo, hi = todo.pop()
-        if hi - lo < 2:
-            out.append((lo, hi, 0))
-            continue
-        cut = min(range(lo, hi - 1), key=lambda i: near[i]) + 1  # [lo, cut) and [cut, hi)
-        whole = shared(lo, hi) * (hi - lo - 1)
-        parts = sum(shared(a, b) * (b - a - 1) for a, b in ((lo, cut), (cut, hi)) if b - a > 1)
-        if parts > whole:
-            todo += [(cut, hi), (lo, cut)]
-        else:
-            out.append((lo, hi, shared(lo, hi)))
-    return sorted(out)
-
-
-def _common_prefix(sequences: list[list[int]]) -> int:
-    """The number of leading tokens all sequences share, leaving each at least one of its own
-    (the last position's logits are read from the batch's own forward pass)."""
-    n = min(len(s) for s in sequences) - 1
-    first = sequences[0]
-    for k in range(n):
-        if any(s[k] != first[k] for s in sequences[1:]):
-            return k
-    return max(n, 0)
+def _prefix_batches(unique: list[tuple[int, ...]], heads: list[int], batch_size: int,
+                    cpu: bool):
+    """(distinct-context indices, shared head length) per batch: contexts grouped by their head
+    (shared only when `MIN_SHARED_PREFIX` tokens or longer), the longest first within a group.
+    Every row gets its own copy of the head's cache, and on a CPU large batches spend more
+    time copying it than they save: `PREFIX_BATCH_CPU` rows there (docs/performance.md)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for u, (c, n) in enumerate(zip(unique, heads)):
+        groups.setdefault(c[:n] if n >= MIN_SHARED_PREFIX else (), []).append(u)
+    for head, members in groups.items():
+        members.sort(key=lambda u: -len(unique[u]))
+        size = min(batch_size, PREFIX_BATCH_CPU) if head and cpu else batch_size
+        for start in range(0, len(members), size):
+            yield members[start:start + size], len(head)
 
 
 def _prefix_cache(model, prefix: list[int], copies: int, memo: dict):

@@ -86,11 +86,11 @@ def test_shared_context_scoring_equals_one_sequence_per_choice(gen):
     assert len(set(round(v, 3) for v in plain)) > 10  # the values depend on the choice
 
 
-def test_a_batch_common_prefix_runs_once_and_changes_nothing(gen):
-    """Contexts that start with the same long prefix (a judge's few-shot turns), two different
-    prefixes, suffixes of different lengths, and one context that is the prefix plus a single
-    token: scored through the shared-prefix cache they give the plain log-probs, and the model
-    sees the prefix once per prefix rather than once per context."""
+def test_a_shared_head_runs_once_and_changes_nothing(gen):
+    """Contexts that start with the same long head (a judge's few-shot turns), two different
+    heads, rests of different lengths: scored through the head's cache they give the plain
+    log-probs, the model sees each head once per call, and a memo kept from call to call (the
+    engine's) runs no head the second time."""
     import random
 
     from cai.generation import hf
@@ -106,38 +106,39 @@ def test_a_batch_common_prefix_runs_once_and_changes_nothing(gen):
                 targets.append(choice)
     pad = gen.tokenizer.pad_token_id
     plain = hf._whole_logprobs(gen.model, pad, contexts, targets, 4)
-    seen = []
-    hook = gen.model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True)
-    try:
-        shared = hf.shared_prefix_logprobs(gen.model, pad, contexts, targets, 2)
-    finally:
-        hook.remove()
-    assert shared == pytest.approx(plain, abs=1e-4)
-    fed = sum(shape[0] * shape[1] for shape in seen)
-    assert fed < sum(len(c) for c in set(map(tuple, contexts)))  # the prefixes ran once
-    # a memo kept from call to call (the engine's): the second call runs no prefix at all
     memo, fed = {}, []
     for _ in range(2):
-        seen.clear()
+        seen = []
         hook = gen.model.register_forward_pre_hook(
-            lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape),
+            lambda module, args, kwargs, seen=seen: seen.append(kwargs["input_ids"].shape),
             with_kwargs=True)
         try:
-            again = hf.shared_prefix_logprobs(gen.model, pad, contexts, targets, 2, memo)
+            shared = hf.shared_prefix_logprobs(gen.model, pad, contexts, targets, 3, memo,
+                                               [40] * len(contexts))
         finally:
             hook.remove()
-        assert again == pytest.approx(plain, abs=1e-4)
+        assert shared == pytest.approx(plain, abs=1e-4)
         fed.append(sum(shape[0] * shape[1] for shape in seen))
-    assert fed[1] == fed[0] - sum(len(h) for h in heads) and len(memo) == 2
-    # two groups of long shared turns that share a short start (a judge's two option orders):
-    # a run each, with its own long prefix, not one run with the short one
-    a, b = (1,) * 30 + (2,) + (3,) * 200, (1,) * 30 + (4,) + (5,) * 200
-    ordered = sorted([a + (9, k) for k in range(4)] + [b + (9, k) for k in range(4)])
-    assert hf._runs(ordered) == [(0, 4, 232), (4, 8, 232)]
-    assert hf._runs([(1, 2), (1, 2, 3)]) == [(0, 2, 1)]  # each keeps a token of its own
-    assert hf._common_prefix([[1, 2, 3], [1, 2, 4]]) == 2
-    assert hf._common_prefix([[1, 2], [1, 2, 3]]) == 1  # each keeps a token of its own
+    distinct = sum(len(c) for c in set(map(tuple, contexts)))
+    assert fed[0] < distinct  # each head ran once, not once per context
+    assert fed[1] == fed[0] - 80 and len(memo) == 2
+
+
+def test_few_shot_scores_do_not_depend_on_the_other_conversations(tiny_model):
+    """The head is the conversation's earlier turns, so at batch size 1 a conversation scores
+    the same alone, with others, and as a plain single-turn request would."""
+    one = make_generator("hf", str(tiny_model), dtype="float32", batch_size=1)
+    shots = [{"role": "user", "content": "Is the sky green?"}, {"role": "assistant",
+                                                                 "content": "(B)"}] * 4
+    convs = [shots + [{"role": "user", "content": q}] for q in ("Is fire cold?", "Is ice hot?")]
+    together = one.choice_logprobs(convs, ["(A)", "(B)"])
+    alone = [one.choice_logprobs([c], ["(A)", "(B)"])[0] for c in convs]
+    assert together == alone
+    assert one._head(convs[0], one.encode(convs[0])) > 16
+    plain = make_generator("hf", str(tiny_model), dtype="float32", batch_size=1)
+    plain._head = lambda conversation, ids: 0  # no head: every context as one sequence
+    flat = [v for row in plain.choice_logprobs(convs, ["(A)", "(B)"]) for v in row]
+    assert flat == pytest.approx([v for row in together for v in row], rel=1e-4)
 
 
 def test_per_conversation_seeds_make_each_answer_its_own(tiny_model):
