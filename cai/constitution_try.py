@@ -17,14 +17,8 @@ from cai import constitution as constitutions
 from cai.errors import CaiError
 from cai.generation import Generator, SamplingParams
 from cai.prompts import Templates
-from cai.revise import (
-    Conversations,
-    ReviseConfig,
-    make_engines,
-    make_gate,
-    revision_flag,
-    strip_boilerplate,
-)
+from cai.revise import Conversations, ReviseConfig, make_engines
+from cai.revision_check import make_gate, revision_flag, strip_boilerplate
 
 
 def changed_fraction(before: str, after: str) -> float:

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT, make_tiny_model, read_records, run_cai, run_cai_process
 
 from cai.errors import CaiError
-from cai.revise import revision_flag, strip_boilerplate
+from cai.revision_check import revision_flag, strip_boilerplate
 
 FAST = ["--max-new-tokens", "8", "--rounds", "2", "--dtype", "float32", "--batch-size", "4"]
 

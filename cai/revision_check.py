@@ -1,0 +1,129 @@
+"""What makes a revision acceptable in SL-CAI: clean-up, flags, and the gate.
+
+A revision is cleaned of openers ("Here is the revised response:") and flagged when it adds
+nothing (`empty`, `unchanged`) or pastes a few-shot demonstration (`copied`). The gate then
+asks the feedback model whether it is better than the answer it replaces (the RL-CAI
+comparison, both orders) and, with `max_complies`, whether it still does what the red-team
+request asked (`cai eval`'s judge question). `cai revise` and `cai constitution try` use both.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cai import ROOT
+from cai.constitution import Constitution, Principle
+from cai.feedback.judge import Feedback, ScoringOptions, load_inputs, score
+from cai.feedback.labels import ensemble
+from cai.generation import Generator
+from cai.prompts import Templates
+
+# Openers a model puts before a rewrite ("Sure, here is a revised response:") that are not part
+# of the answer itself.
+_BOILERPLATE = re.compile(
+    r"^\s*(?:(?:sure|okay|ok|certainly|of course|absolutely|alright)\b[,!.]*\s*)?"
+    r"(?:(?:here(?:\s+is|\s+are|'s|’s)|below\s+is|i(?:'ve| have)\s+(?:rewritten|revised))\s+"
+    r"(?:(?:a|an|the|my|your)\s+)?(?:\w+\s+){0,3}?"
+    r"(?:revised|rewritten|new|updated|improved|edited|revision|rewrite)\b[^:\n]{0,60}:"
+    r"|(?:revised|rewritten|new|updated|improved)\s+(?:response|answer|reply|version)\s*:"
+    r"|revision\s*:|response\s*:)\s*",
+    re.IGNORECASE)
+
+
+def strip_boilerplate(text: str) -> str:
+    """The revision without a leading "Here is the revised response:"-style opener or quotes."""
+    text = _BOILERPLATE.sub("", text.strip(), count=1).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" and text.count(text[0]) == 2:
+        text = text[1:-1].strip()
+    return text
+
+
+COPY_WORDS = 12  # a run of this many words shared with a demonstration's revision is a copy
+
+
+def _word_runs(text: str, n: int = COPY_WORDS) -> set[tuple[str, ...]]:
+    words = re.findall(r"[\w']+", text.lower())
+    return {tuple(words[k:k + n]) for k in range(len(words) - n + 1)}
+
+
+def revision_flag(revision: str, previous: str, demonstrations: tuple[str, ...] = ()
+                  ) -> str | None:
+    """'empty' or 'unchanged' when a revision adds nothing, 'copied' when it repeats a
+    run of `COPY_WORDS` words of a demonstration's revision (a small feedback model pastes the
+    few-shot answer, about another request, as its own), else None."""
+    if not revision:
+        return "empty"
+    if " ".join(revision.split()).lower() == " ".join(previous.split()).lower():
+        return "unchanged"
+    runs = _word_runs(revision)
+    if runs and any(runs & _word_runs(d) for d in demonstrations):
+        return "copied"
+    return None
+
+
+@dataclass
+class Gate:
+    """The revision gate: the feedback model's P(revision better than the answer it replaces)
+    under sampled preference questions, both orders averaged; with `max_complies`, also its
+    P(the revision does what the red-team request asked), read the way `cai eval`'s judge reads
+    an answer (`cai.eval.judge.classify`)."""
+
+    feedback: Feedback
+    pool: tuple[Principle, ...]
+    options: ScoringOptions
+    threshold: float
+    max_complies: float | None = None
+    templates: Templates | None = None
+    examples: tuple = ()
+
+    def p_better(self, model: Generator, tasks: list[dict]) -> list[float | None]:
+        """P(first better) per task `{"key", "prompt", "first", "second"}`; None when the
+        comparison does not fit the model's context."""
+        if not tasks:
+            return []
+        return [None if votes is None else ensemble([v["p_first"] for v in votes])
+                for votes, _ in score(model, self.feedback, tasks, self.pool, self.options)]
+
+    def judge(self, model: Generator, tasks: list[dict]) -> list[dict]:
+        """The gate's record per task: `{"p_revision", "accepted"}`, and `"p_complies"` when
+        the compliance check is on (asked only of revisions the comparison prefers). A
+        revision is accepted when P(revision better) is above `threshold` and, with the check,
+        P(it complies) is below `max_complies`."""
+        out = [{"p_revision": None if p is None else round(p, 4),
+                "accepted": p is not None and p > self.threshold}
+               for p in self.p_better(model, tasks)]
+        if self.max_complies is None:
+            return out
+        from cai.eval.judge import classify
+
+        asked = [k for k, g in enumerate(out) if g["accepted"]]
+        read = classify(model, self.templates,
+                        [{"prompt": tasks[k]["prompt"], "response": tasks[k]["first"],
+                          "harmful_request": True} for k in asked], self.examples) \
+            if asked else []
+        for k, r in zip(asked, read):
+            complies = None if "skipped" in r else round(1 - r["p_refuses"], 4)
+            out[k]["p_complies"] = complies
+            out[k]["accepted"] = complies is not None and complies < self.max_complies
+        return out
+
+
+def make_gate(cfg, constitution: Constitution, templates: Templates
+              ) -> Gate | None:
+    """The revision gate these options ask for (None when `gate` is off); its questions, and
+    with `gate_max_complies` the judge's demonstrations, are checked here, before any model
+    loads."""
+    if not cfg.gate:
+        return None
+    _, pool, _ = load_inputs(cfg.constitution, cfg.gate_principles, cfg.prompts_dir)
+    examples = ()
+    if cfg.gate_max_complies is not None:
+        from cai.eval.judge import TEMPLATE
+        from cai.eval.run import EXAMPLES_FILE, load_judge_examples
+
+        examples = tuple(load_judge_examples(ROOT / "data" / "eval" / EXAMPLES_FILE))
+        templates.render(TEMPLATE, prompt="?", response="?", options=["complies", "refuses"])
+    return Gate(Feedback(constitution, templates, cfg.few_shot, False, cfg.seed), pool,
+                ScoringOptions(principles=cfg.gate_questions, seed=cfg.seed), cfg.gate_threshold,
+                cfg.gate_max_complies, templates, examples)
