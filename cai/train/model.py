@@ -40,7 +40,10 @@ def load_for_training(name=None, *, dtype: str = "float32", attn_implementation:
     # SmolLM2-135M with a fresh LoRA adapter in float32 measured 6-12x slower without this
     # (values below ~1e-38 become 0)
     torch.set_flush_denormal(True)
-    kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    # No hub kernels (transformers with the `kernels` package): on a GPU they are fetched from
+    # the hub when the model changes between train and eval mode, which fails offline
+    kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code,
+              "use_kernels": False}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:

@@ -147,6 +147,22 @@ def test_qlora_without_bitsandbytes_is_a_clear_error(tiny_model, monkeypatch):
         load_for_training(tiny_model, load_in_4bit=True)
 
 
+def test_models_to_train_use_no_hub_kernels(tiny_model):
+    """transformers (with the `kernels` package) turns hub kernels on by default and fetches
+    them for the model's device whenever train/eval mode changes: on a GPU with no network,
+    DPO's reference pass and PPO's sampling failed there (docs/gpu.md). Trained models opt out."""
+    from transformers import AutoModelForCausalLM
+
+    from cai.train.model import load_for_training
+
+    assert AutoModelForCausalLM.from_pretrained(tiny_model).use_kernels  # the default is on
+    model = load_for_training(tiny_model)
+    assert model.use_kernels is False
+    model.eval(), model.train()  # a mode change keeps it off
+    assert model.use_kernels is False
+    assert load_for_training(tiny_model, num_labels=1).use_kernels is False
+
+
 def test_full_fine_tuning(tiny_model, conversations, tmp_path):
     out = tmp_path / "full"
     sft.train(config(tiny_model, conversations, out, lora__enabled=False, training__max_steps=2))
