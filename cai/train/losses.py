@@ -70,6 +70,27 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor,
     return token_mean(-token_logps(logits, labels), labels != IGNORE_INDEX, num_items)
 
 
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary KL(ref || policy) of the next-token distributions, per position.
+
+        KL_t = sum_v p_ref(v | y_<t) * (log p_ref(v | y_<t) - log p(v | y_<t))
+
+    Its gradient is the soft cross-entropy -sum_v p_ref(v) grad log p(v): it pulls the policy's
+    whole distribution back toward the reference's, where the NLL of a sampled or greedy token
+    would sharpen it (self-distillation with soft targets, Hinton et al. 2015,
+    arXiv:1503.02531). `cai train sft` adds it with `sft.kl_coef` to keep the fine-tuned model
+    near its base: the KL-regularized objective of RLHF (Ziegler et al. 2019, arXiv:1909.08593),
+    computed exactly over the vocabulary instead of sampled.
+
+    Shape:
+        logits, ref_logits: (..., V), the same positions (already shifted)
+        returns: (...) float32, >= 0
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    ref_logp = F.log_softmax(ref_logits.float(), dim=-1)
+    return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+
+
 # --------------------------------------------------------------------------------------------
 # Preference losses: DPO family and Bradley-Terry
 #

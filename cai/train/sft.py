@@ -5,26 +5,39 @@ is fine-tuned on its own final revisions (`cai revise` output, `messages`). The 
 token-mean negative log-likelihood of the assistant tokens (`cai.train.losses.sft_loss`),
 normalized by the number of target tokens in the whole optimizer step, so gradient
 accumulation and data parallelism do not change it.
+
+With `sft.kl_coef` > 0 the loss gains that times the token-mean KL(base || model) of the
+next-token distributions at the same tokens (`cai.train.losses.token_kl`), the base being the
+model with its LoRA adapter off (no second copy; one extra no-grad forward a step). Imitating
+the policy's own greedy or low-temperature answers sharpens its distribution and costs neutral
+ability (docs/results.md); the KL term pulls it back wherever the data teaches nothing new.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
 from cai.config import opt
+from cai.errors import CaiError
 from cai.train import common, data
 from cai.train import config as train_config
 from cai.train.config import TrainConfig
-from cai.train.losses import IGNORE_INDEX, sft_loss
+from cai.train.losses import IGNORE_INDEX, sft_loss, token_kl, token_mean
 
 
 @dataclass
 class SFTSection:
     assistant_only_loss: bool = opt(True, "train on assistant tokens only (false: on every "
                                           "token of the conversation)")
+    kl_coef: float = opt(0.0, minimum=0,
+                         help="add this times KL(base || model) of the next-token "
+                              "distributions at the trained tokens, the base being the model "
+                              "with the adapter off (LoRA only): keeps the model near its base "
+                              "where the data does not teach it something new")
 
 
 class SFTTrainer(Trainer):
@@ -38,29 +51,49 @@ class SFTTrainer(Trainer):
     # must neither divide it again by the accumulation steps ...
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, kl_coef: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # ... and must count those tokens for every step
         self.keep_logits = common.accepts_logits_to_keep(self.model)
         self.tokens_seen = 0  # non-padding tokens trained on by this process
+        self.kl_coef = kl_coef
+        self.kl_sum = 0.0  # the KL term's values since the last log (as micro-batch losses)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         n_tokens = inputs.pop("n_tokens", None)
         labels = inputs.pop("labels")                                 # (B, T)
         targets = labels[:, 1:]                                       # (B, T-1) next tokens
         keep = targets != IGNORE_INDEX                                # (B, T-1)
-        if self.keep_logits:
-            outputs = model(**inputs, use_cache=False, logits_to_keep=F.pad(keep, (0, 1)))
-            loss = sft_loss(outputs.logits, targets[keep], num_items_in_batch)  # (N, V), (N,)
-        else:
-            outputs = model(**inputs, use_cache=False)
-            loss = sft_loss(outputs.logits[:, :-1], targets, num_items_in_batch)  # (B, T-1, V)
+        kept = {"logits_to_keep": F.pad(keep, (0, 1))} if self.keep_logits else {}
+        outputs = model(**inputs, use_cache=False, **kept)
+        # (N, V) for the kept positions only, else (B, T-1, V) with every position
+        logits = outputs.logits if self.keep_logits else outputs.logits[:, :-1]
+        kept_targets = targets[keep] if self.keep_logits else targets
+        loss = sft_loss(logits, kept_targets, num_items_in_batch)
+        if self.kl_coef:
+            with torch.no_grad(), model.disable_adapter():
+                ref = model(**inputs, use_cache=False, **kept).logits
+            ref = ref if self.keep_logits else ref[:, :-1]
+            kl = token_mean(token_kl(logits, ref), kept_targets != IGNORE_INDEX,
+                            num_items_in_batch)
+            loss = loss + self.kl_coef * kl
+            if model.training:
+                self.kl_sum = self.kl_sum + kl.detach()
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # num_items_in_batch counts every process's tokens, and DDP averages gradients
             loss = loss * self.accelerator.num_processes
         if model.training and n_tokens is not None:
             self.tokens_seen = self.tokens_seen + n_tokens  # a tensor: no device sync per step
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Training logs gain `kl`, the mean KL(base || model) per trained token since the
+        last log (with `kl_coef`)."""
+        if self.kl_coef and "loss" in logs and self.state.global_step:
+            steps = self.state.global_step - getattr(self, "_kl_logged_at", 0)
+            logs["kl"] = round(float(self.kl_sum) / max(steps, 1), 4)
+            self.kl_sum, self._kl_logged_at = 0.0, self.state.global_step
+        super().log(logs, *args, **kwargs)
 
 
 def load_config(path: str | None, overrides: list[tuple[str, str]]) -> TrainConfig:
@@ -81,10 +114,13 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks=None) -> dict:
     log = print if args.process_index == 0 else (lambda *_: None)
     train_rows, eval_rows = data.build(cfg.data, tokenizer, cfg.options.assistant_only_loss, log)
     flatten = "flash" in str(getattr(model.config, "_attn_implementation", "") or "")
+    if cfg.options.kl_coef and not hasattr(model, "disable_adapter"):
+        raise CaiError("sft.kl_coef needs LoRA (lora.enabled: true): the base it keeps the "
+                       "model near is the model with its adapter off")
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows,
                          eval_dataset=eval_rows, processing_class=tokenizer,
                          data_collator=data.Collator(tokenizer.pad_token_id, flatten=flatten),
-                         callbacks=callbacks)
+                         callbacks=callbacks, kl_coef=cfg.options.kl_coef)
     metrics = common.run(trainer, cfg, resume)
     if eval_rows:
         metrics.update(trainer.evaluate())

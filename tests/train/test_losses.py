@@ -20,6 +20,7 @@ from cai.train.losses import (
     preference_loss,
     rloo_advantages,
     sft_loss,
+    token_kl,
     token_logps,
     token_mean,
 )
@@ -67,6 +68,21 @@ def test_all_ignored_gives_zero_not_nan():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.all(logits.grad == 0)
+
+
+def test_token_kl_by_hand_and_its_gradient_is_soft_cross_entropy():
+    ref = torch.tensor([[0.5, 0.25, 0.25]]).log()          # p_ref (1, 3)
+    pol = torch.tensor([[0.25, 0.25, 0.5]]).log()          # p (1, 3)
+    want = 0.5 * math.log(0.5 / 0.25) + 0.25 * 0 + 0.25 * math.log(0.25 / 0.5)
+    assert token_kl(pol + 7.0, ref - 3.0).item() == pytest.approx(want, abs=1e-6)  # shift-free
+    assert token_kl(ref, ref).item() == pytest.approx(0.0, abs=1e-7)
+    logits = torch.randn(4, 5, 11, generator=torch.Generator().manual_seed(0),
+                         requires_grad=True)
+    ref_logits = torch.randn(4, 5, 11, generator=torch.Generator().manual_seed(1))
+    kl = token_kl(logits, ref_logits)
+    assert kl.shape == (4, 5) and (kl >= 0).all()
+    kl.sum().backward()  # d KL / d logits = p - p_ref
+    assert torch.allclose(logits.grad, logits.softmax(-1) - ref_logits.softmax(-1), atol=1e-6)
 
 
 def test_micro_batches_with_step_count_sum_to_whole_batch_loss():

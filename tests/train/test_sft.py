@@ -163,6 +163,53 @@ def test_models_to_train_use_no_hub_kernels(tiny_model):
     assert load_for_training(tiny_model, num_labels=1).use_kernels is False
 
 
+def _kl_to_base(out: Path, tiny_model, conversations) -> float:
+    """Mean KL(base || trained) per assistant token of the training data."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cai.train import data as sft_data
+    from cai.train.losses import token_kl
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model),
+                                      out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    cfg = config(tiny_model, conversations, out)
+    rows, _ = sft_data.build(cfg.data, tokenizer, True, lambda *_: None)
+    total = count = 0.0
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([row["input_ids"]])
+            keep = torch.tensor([row["labels"]])[:, 1:] != -100   # (1, T-1)
+            logits = model(ids).logits[:, :-1]                      # (1, T-1, V)
+            with model.disable_adapter():
+                ref = model(ids).logits[:, :-1]
+            total += token_kl(logits, ref)[keep].sum().item()
+            count += keep.sum().item()
+    return total / count
+
+
+def test_kl_coef_keeps_the_model_near_its_base(tiny_model, conversations, tmp_path):
+    """sft.kl_coef adds KL(base || model) at the trained tokens: the trained model ends nearer
+    its base on the same data than without it, and the logs show the term."""
+    kl = {}
+    for coef in (0, 5):
+        out = tmp_path / f"kl{coef}"
+        sft.train(config(tiny_model, conversations, out, training__max_steps=8,
+                         training__learning_rate=1e-2, sft__kl_coef=coef))
+        kl[coef] = _kl_to_base(out, tiny_model, conversations)
+        state = json.loads((out / "trainer_state.json").read_text())
+        logged = [h["kl"] for h in state["log_history"] if "kl" in h]
+        assert (len(logged) == 8) is bool(coef)
+        if coef:
+            assert logged[0] == pytest.approx(0.0, abs=1e-6)  # step 1: the adapter is zero
+            assert max(logged) > 0
+    assert kl[0] > 0.01 and kl[5] < kl[0] / 2
+    with pytest.raises(CaiError, match="sft.kl_coef needs LoRA"):
+        sft.train(config(tiny_model, conversations, tmp_path / "full", lora__enabled=False,
+                         sft__kl_coef=1, training__max_steps=1))
+
+
 def test_full_fine_tuning(tiny_model, conversations, tmp_path):
     out = tmp_path / "full"
     sft.train(config(tiny_model, conversations, out, lora__enabled=False, training__max_steps=2))
