@@ -115,7 +115,7 @@ def _win_rates(metrics: dict, plt):
             for r in rs if r.get("win_rate") is not None]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * max(len(rows), 2)))
     if not rows:
-        _empty(ax, "one model: no pairwise comparisons")
+        _empty(ax, "no pairwise comparisons\n(one model, or --compare none)")
         return fig
     names = [n for n, _ in rows]
     values = [r["win_rate"] for _, r in rows]

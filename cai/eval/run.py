@@ -50,6 +50,7 @@ from cai.eval.summary import (
     answer_id,
     check_id,
     classify_id,
+    compared_pairs,
     judge_check_stats,
     pair_id,
     string_check_stats,
@@ -112,6 +113,9 @@ class EvalConfig(EngineConfig):
     harmless_principles: list[str] | None = opt(None, "preference ids asked on red_team "
                                                       "(default: all but --helpful-principles)")
     principles: int = opt(1, minimum=1, help="preference questions per comparison, averaged")
+    compare: str = opt("all", "whose answers the judge compares, for win rates and Elo: all "
+                              "(every two models), first (each model against the first listed, "
+                              "the base), none")
     few_shot: int = opt(2, minimum=0,
                         help="judging demonstrations (constitution's preference_examples) in front")
     judge_few_shot: int = opt(8, minimum=0,
@@ -159,6 +163,7 @@ class EvalConfig(EngineConfig):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise CaiError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        compared_pairs(len(self.model), self.compare)  # a wrong --compare fails here
         if not 0 <= self.judge_min_accuracy <= 1:
             raise CaiError(f"--judge-min-accuracy must be in [0, 1], got "
                            f"{self.judge_min_accuracy}")
@@ -340,17 +345,16 @@ def _judge_pass(models, inputs, cfg, out, answers, judgments, stats) -> None:
                                         "harmful_request": SETS[set_name] == "harmlessness",
                                         "response": answers[answer_id(label, set_name,
                                                                       it["id"])]["response"]})
-            for i in range(len(labels)):
-                for j in range(i + 1, len(labels)):
-                    key = pair_id(labels[i], labels[j], set_name, it["id"])
-                    if key in judgments:
-                        continue
-                    first, second = sorted((labels[i], labels[j]))
-                    to_compare.append({
-                        "key": key, "set": set_name, "prompt_id": it["id"],
-                        "prompt": it["prompt"], "models": [first, second],
-                        "first": answers[answer_id(first, set_name, it["id"])]["response"],
-                        "second": answers[answer_id(second, set_name, it["id"])]["response"]})
+            for i, j in compared_pairs(len(labels), cfg.compare):
+                key = pair_id(labels[i], labels[j], set_name, it["id"])
+                if key in judgments:
+                    continue
+                first, second = sorted((labels[i], labels[j]))
+                to_compare.append({
+                    "key": key, "set": set_name, "prompt_id": it["id"],
+                    "prompt": it["prompt"], "models": [first, second],
+                    "first": answers[answer_id(first, set_name, it["id"])]["response"],
+                    "second": answers[answer_id(second, set_name, it["id"])]["response"]})
     if not to_classify and not to_compare:
         return
     engine, name, kwargs = role_engine(cfg, "judge")
@@ -455,7 +459,7 @@ def run(cfg: EvalConfig) -> dict:
             [{k: m[k] for k in ("label", "model", "engine")} for m in models], inputs["sets"],
             answers, judgments, scores, inputs["mc"], len(inputs["paragraphs"]),
             resamples=cfg.resamples, seed=cfg.seed, confidence=cfg.confidence,
-            example_count=cfg.examples,
+            example_count=cfg.examples, compare=cfg.compare,
             extra={"judge": {"model": judge_name, "engine": cfg.judge_engine,
                              "dtype": cfg.judge_dtype, "check": check,
                              "reliable": not flags, "unreliable_because": flags},
@@ -464,7 +468,7 @@ def run(cfg: EvalConfig) -> dict:
                    "settings": {k: getattr(cfg, k) for k in (
                        "limit", "max_new_tokens", "temperature", "top_p", "seed", "principles",
                        "few_shot", "judge_few_shot", "debias", "resamples", "confidence",
-                       "helpful_principles")}
+                       "helpful_principles", "compare")}
                    | {"harmless_principles": identity["pools"]["harmlessness"]},
                    "this_run": stats})
         records.atomic_write_text(out / METRICS,

@@ -7,6 +7,7 @@ docs/evaluation.md.
 
 from __future__ import annotations
 
+from cai.errors import CaiError
 from cai.eval import ability as abilities
 from cai.eval.judge import CLASSES
 from cai.eval.metrics import (
@@ -140,35 +141,48 @@ def ability_stats(label: str, mc: list[dict], paragraphs: int, scores: dict) -> 
     return out or None
 
 
+COMPARE = ("all", "first", "none")
+
+
+def compared_pairs(count: int, compare: str = "all") -> list[tuple[int, int]]:
+    """The (earlier, later) model indices whose answers the judge compares: every two models
+    (`all`), each model against the first listed, the base (`first`), or none."""
+    if compare not in COMPARE:
+        raise CaiError(f"--compare must be one of {', '.join(COMPARE)}, got '{compare}'")
+    if compare == "none":
+        return []
+    return [(i, j) for i in range(count) for j in range(i + 1, count)
+            if compare == "all" or i == 0]
+
+
 def pairwise(labels: list[str], sets: dict[str, list[dict]], judgments: dict, resamples: int,
-             seed: int, confidence: float) -> dict:
+             seed: int, confidence: float, compare: str = "all") -> dict:
     """Win rates of each later-listed model `a` against each earlier one `b`, per set."""
     out = {}
     for set_name, items in sets.items():
         rows = []
-        for i in range(len(labels)):
-            for j in range(i + 1, len(labels)):
-                a, b = labels[j], labels[i]
-                found = [judgments.get(pair_id(a, b, set_name, it["id"])) for it in items]
-                done = [r for r in found if r is not None and "p_first" in r]
-                outcomes = [p_better(r, a) for r in done]
-                row = {"a": a, "b": b, "n": len(outcomes),
-                       "identical": sum(bool(r.get("identical")) for r in done),
-                       "skipped": sum(r is not None and "skipped" in r for r in found)}
-                if outcomes:
-                    row.update(
-                        win_rate=win_rate(outcomes),
-                        ci=list(bootstrap_ci(outcomes, win_rate, resamples, confidence, seed)),
-                        hard_win_rate=hard_win_rate(outcomes),
-                        hard_ci=list(bootstrap_ci(outcomes, hard_win_rate, resamples,
-                                                  confidence, seed)))
-                rows.append(row)
+        for i, j in compared_pairs(len(labels), compare):
+            a, b = labels[j], labels[i]
+            found = [judgments.get(pair_id(a, b, set_name, it["id"])) for it in items]
+            done = [r for r in found if r is not None and "p_first" in r]
+            outcomes = [p_better(r, a) for r in done]
+            row = {"a": a, "b": b, "n": len(outcomes),
+                   "identical": sum(bool(r.get("identical")) for r in done),
+                   "skipped": sum(r is not None and "skipped" in r for r in found)}
+            if outcomes:
+                row.update(
+                    win_rate=win_rate(outcomes),
+                    ci=list(bootstrap_ci(outcomes, win_rate, resamples, confidence, seed)),
+                    hard_win_rate=hard_win_rate(outcomes),
+                    hard_ci=list(bootstrap_ci(outcomes, hard_win_rate, resamples,
+                                              confidence, seed)))
+            rows.append(row)
         out[set_name] = rows
     return out
 
 
 def elo(labels: list[str], sets: dict[str, list[dict]], judgments: dict, resamples: int,
-        seed: int, confidence: float) -> dict:
+        seed: int, confidence: float, compare: str = "all") -> dict:
     """Harmlessness and helpfulness Elo, each fitted over the comparisons of its sets."""
     out = {}
     for axis in ("harmlessness", "helpfulness"):
@@ -179,11 +193,10 @@ def elo(labels: list[str], sets: dict[str, list[dict]], judgments: dict, resampl
         for set_name in names:
             for it in sets[set_name]:
                 group = []
-                for i in range(len(labels)):
-                    for j in range(i + 1, len(labels)):
-                        r = judgments.get(pair_id(labels[i], labels[j], set_name, it["id"]))
-                        if r is not None and "p_first" in r:
-                            group.append((i, j, p_better(r, labels[i])))
+                for i, j in compared_pairs(len(labels), compare):
+                    r = judgments.get(pair_id(labels[i], labels[j], set_name, it["id"]))
+                    if r is not None and "p_first" in r:
+                        group.append((i, j, p_better(r, labels[i])))
                 if group:
                     groups.append(group)
         out[axis] = {"sets": names, "comparisons": sum(map(len, groups)),
@@ -208,7 +221,7 @@ def examples(labels: list[str], sets: dict[str, list[dict]], answers: dict, judg
 def summarize(models: list[dict], sets: dict[str, list[dict]], answers: dict, judgments: dict,
               scores: dict, mc: list[dict], paragraphs: int, *, resamples: int = 1000,
               seed: int = 0, confidence: float = 0.95, example_count: int = 3,
-              extra: dict | None = None) -> dict:
+              compare: str = "all", extra: dict | None = None) -> dict:
     """The `metrics.json` summary (layout in docs/evaluation.md)."""
     labels = [m["label"] for m in models]
     per_model = {}
@@ -232,8 +245,8 @@ def summarize(models: list[dict], sets: dict[str, list[dict]], answers: dict, ju
         "models": models,
         "sets": {s: {"prompts": len(items), "axis": SETS.get(s)} for s, items in sets.items()},
         "per_model": per_model,
-        "pairwise": pairwise(labels, sets, judgments, resamples, seed, confidence),
-        "elo": elo(labels, sets, judgments, resamples, seed, confidence),
+        "pairwise": pairwise(labels, sets, judgments, resamples, seed, confidence, compare),
+        "elo": elo(labels, sets, judgments, resamples, seed, confidence, compare),
     }
     metrics = _round(metrics)
     metrics["examples"] = examples(labels, sets, answers, judgments, example_count)

@@ -176,6 +176,27 @@ def test_eval_run_in_process_returns_the_metrics(two_models, tmp_path):
     assert not (tmp_path / "o" / "report.html").exists()
 
 
+def test_compare_first_or_none_judges_fewer_pairs(two_models, tmp_path):
+    """--compare first: each model only against the first listed (the base); none: no
+    comparisons at all, and the report is still written."""
+    assert S.compared_pairs(3, "all") == [(0, 1), (0, 2), (1, 2)]
+    assert S.compared_pairs(3, "first") == [(0, 1), (0, 2)]
+    assert S.compared_pairs(3, "none") == []
+    before, after = two_models
+    models = [f"base={before}", f"mid={after}", f"last={before}"]
+    for compare, want in (("first", {("mid", "base"), ("last", "base")}), ("none", set())):
+        out = tmp_path / compare
+        m = E.run(E.EvalConfig(model=models, judge=str(before), out=str(out), limit=1,
+                               max_new_tokens=3, sets=["red_team"], ability=False,
+                               judge_check=False, resamples=20, compare=compare))
+        assert {(r["a"], r["b"]) for r in m["pairwise"]["red_team"]} == want
+        judged = [r for r in read_records(out / "judgments.jsonl") if r["id"].startswith("pair:")]
+        assert len(judged) == len(want) == m["elo"]["harmlessness"]["comparisons"]
+        assert m["settings"]["compare"] == compare and (out / "report.html").is_file()
+    bad = run_cai("eval", "--model", before, "--compare", "some", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "--compare must be one of all, first, none" in bad.stderr
+
+
 def test_bad_model_is_one_line(tmp_path):
     result = run_cai("eval", "--model", tmp_path / "missing-model", "--out", tmp_path / "o")
     assert result.returncode == 2
