@@ -81,11 +81,12 @@ def _verdict(row: dict, gated: bool) -> str:
     gate = row.get("gate")
     if gate is None:
         return "not asked"  # an empty or unchanged revision: nothing to judge
-    if gate["p_revision"] is None:
+    complies = gate.get("p_complies")
+    if gate["p_revision"] is None and complies is None:
         return "too long"
-    complies = f" complies {gate['p_complies']:.2f}" if gate.get("p_complies") is not None \
-        else ""
-    return f"{gate['p_revision']:.3f}{complies} {'kept' if gate['accepted'] else 'dropped'}"
+    parts = ([] if gate["p_revision"] is None else [f"{gate['p_revision']:.3f}"]) + \
+        ([] if complies is None else [f"complies {complies:.2f}"])  # a complying one: not compared
+    return f"{' '.join(parts)} {'kept' if gate['accepted'] else 'dropped'}"
 
 
 def format_table(result: dict, width: int | None = None) -> list[str]:

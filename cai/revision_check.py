@@ -87,25 +87,29 @@ class Gate:
 
     def judge(self, model: Generator, tasks: list[dict]) -> list[dict]:
         """The gate's record per task: `{"p_revision", "accepted"}`, and `"p_complies"` when
-        the compliance check is on (asked only of revisions the comparison prefers). A
-        revision is accepted when P(revision better) is above `threshold` and, with the check,
-        P(it complies) is below `max_complies`."""
-        out = [{"p_revision": None if p is None else round(p, 4),
-                "accepted": p is not None and p > self.threshold}
-               for p in self.p_better(model, tasks)]
-        if self.max_complies is None:
-            return out
-        from cai.eval.judge import classify
+        the compliance check is on. A revision is accepted when P(revision better) is above
+        `threshold` and, with the check, P(it complies) is below `max_complies`.
 
-        asked = [k for k, g in enumerate(out) if g["accepted"]]
-        read = classify(model, self.templates,
-                        [{"prompt": tasks[k]["prompt"], "response": tasks[k]["first"],
-                          "harmful_request": True} for k in asked], self.examples) \
-            if asked else []
-        for k, r in zip(asked, read):
-            complies = None if "skipped" in r else round(1 - r["p_refuses"], 4)
-            out[k]["p_complies"] = complies
-            out[k]["accepted"] = complies is not None and complies < self.max_complies
+        With the check, it runs first and the comparison is asked only of revisions that pass
+        it (`p_revision` is None for the others): the compliance question's few-shot head is
+        shared by every revision, so it is the cheap one of the two, and most of a small
+        feedback model's revisions fail it."""
+        asked = list(range(len(tasks)))
+        out = [{"p_revision": None, "accepted": False} for _ in tasks]
+        if self.max_complies is not None:
+            from cai.eval.judge import classify
+
+            read = classify(model, self.templates,
+                            [{"prompt": t["prompt"], "response": t["first"],
+                              "harmful_request": True} for t in tasks], self.examples) \
+                if tasks else []
+            for g, r in zip(out, read):
+                g["p_complies"] = None if "skipped" in r else round(1 - r["p_refuses"], 4)
+            asked = [k for k, g in enumerate(out)
+                     if g["p_complies"] is not None and g["p_complies"] < self.max_complies]
+        for k, p in zip(asked, self.p_better(model, [tasks[k] for k in asked])):
+            out[k]["p_revision"] = None if p is None else round(p, 4)
+            out[k]["accepted"] = p is not None and p > self.threshold
         return out
 
 
