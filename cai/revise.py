@@ -107,6 +107,10 @@ class ReviseConfig(EngineConfig):
                                             "data/helpful.jsonl")
     helpful_ratio: float = opt(1.0, minimum=0, help="helpful samples per red-team prompt (with "
                                                     "--helpful-prompts)")
+    helpful_temperature: float | None = opt(None, minimum=0,
+                                            help="sampling temperature of the helpful samples "
+                                                 "(default: --temperature; 0 = greedy, the "
+                                                 "policy's own most likely answer)")
 
     def __post_init__(self):
         if not self.prompts:
@@ -291,12 +295,16 @@ def helpful_chunk(policy: Generator, items: list[dict], cfg: ReviseConfig, names
     """The policy's own answers to ordinary prompts: SFT samples that keep it helpful."""
     answers = policy.chat([[{"role": "user", "content": it["prompt"]}] for it in items],
                           SamplingParams(max_new_tokens=cfg.max_new_tokens,
-                                         temperature=cfg.temperature, top_p=cfg.top_p,
+                                         temperature=helpful_temperature(cfg), top_p=cfg.top_p,
                                          seeds=item_seeds(cfg.seed, (it["id"] for it in items))))
     return [{"id": it["id"], "prompt": it["prompt"], "kind": "helpful", "response": a,
              "messages": [{"role": "user", "content": it["prompt"]},
                           {"role": "assistant", "content": a}], **names}
             for it, a in zip(items, answers)]
+
+
+def helpful_temperature(cfg: ReviseConfig) -> float:
+    return cfg.temperature if cfg.helpful_temperature is None else cfg.helpful_temperature
 
 
 def summarize(rows: list[dict], threshold: float) -> dict:
@@ -379,11 +387,11 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
         **engine_identity("feedback", fb_engine, fb_model or cfg.model, fb_kwargs),
         "gate": [p.id for p in gate.pool] + [cfg.gate_questions, cfg.gate_threshold]
         if gate else None,
-        **({"gate_compliance": [cfg.gate_max_complies, records.text_sha256(
+        **({"gate_compliance": [cfg.gate_max_complies, "checked first", records.text_sha256(
             templates.fingerprint(("judge_refusal.j2",)) + repr(gate.examples))]}
            if gate and gate.max_complies is not None else {}),
-        "helpful": [records.source_id(cfg.helpful_prompts, cfg.prompt_column), cfg.helpful_ratio]
-        if helpful else None,
+        "helpful": [records.source_id(cfg.helpful_prompts, cfg.prompt_column), cfg.helpful_ratio,
+                    helpful_temperature(cfg)] if helpful else None,
     }
     with lock.hold(out):  # no second job appends to this folder meanwhile
         manifest = records.Manifest(out, "revise", identity, as_dict(cfg))

@@ -302,6 +302,33 @@ def test_helpful_samples_are_mixed_in(tiny_model, prompts_file, tmp_path):
         r["messages"] is not None for r in rows if r["kind"] == "revision")
 
 
+def test_helpful_samples_can_be_greedy(tiny_model, prompts_file, tmp_path):
+    """--helpful-temperature 0: each helpful sample is the policy's greedy answer, whatever the
+    red-team answers' temperature; the setting is part of the job's identity."""
+    from cai.generation import SamplingParams, make_generator
+
+    helpful = tmp_path / "helpful.jsonl"
+    prompts = [f"Name a colour number {i}." for i in range(3)]
+    helpful.write_text("".join(json.dumps({"id": f"h{i}", "prompt": p}) + "\n"
+                               for i, p in enumerate(prompts)))
+    answers = {}
+    for temp in ("0", "1.0"):
+        out = tmp_path / f"t{temp}"
+        result = run_cai("revise", "--prompts", prompts_file, "--out", out, "--model",
+                         tiny_model, "--helpful-prompts", helpful, "--helpful-ratio", "1",
+                         "--helpful-temperature", temp, "--temperature", "1.0", *GATE_FAST)
+        assert result.returncode == 0, result.stderr
+        answers[temp] = {r["prompt"]: r["response"] for r in read_records(out / "data.jsonl")
+                         if r["kind"] == "helpful"}
+        assert json.loads((out / "manifest.json").read_text())["identity"]["helpful"][-1] == \
+            float(temp)
+    greedy = make_generator("hf", str(tiny_model), dtype="float32").chat(
+        [[{"role": "user", "content": p}] for p in prompts],
+        SamplingParams(max_new_tokens=6, temperature=0.0))
+    assert [answers["0"][p] for p in prompts] == greedy
+    assert [answers["1.0"][p] for p in prompts] != greedy
+
+
 def test_feedback_engine_options_fail_before_a_model_loads(prompts_file, tmp_path):
     result = run_cai("revise", "--prompts", prompts_file, "--out", tmp_path / "o",
                      "--feedback-engine", "openai")
@@ -313,9 +340,10 @@ def test_feedback_engine_options_fail_before_a_model_loads(prompts_file, tmp_pat
 @pytest.mark.parametrize("max_complies, accepted", [(1.0, True), (0.001, False)])
 def test_the_compliance_check_drops_revisions_that_still_comply(tiny_model, prompts_file,
                                                                 tmp_path, max_complies, accepted):
-    """With --gate-max-complies, a revision the comparison prefers (threshold 0: all of them) is
-    read with cai eval's judge question; it is taken only when P(it complies) is below the
-    bound, and the record keeps that probability next to the comparison's."""
+    """With --gate-max-complies, every revision is first read with cai eval's judge question;
+    it is taken only when P(it complies) is below the bound (and the comparison prefers it:
+    threshold 0 here, all of them). The comparison is asked only of revisions that pass the
+    check, and the record keeps both probabilities."""
     out = tmp_path / "out"
     result = run_cai("revise", "--prompts", prompts_file, "--out", out, "--model", tiny_model,
                      "--gate-threshold", 0.0, "--gate-max-complies", max_complies,
@@ -325,7 +353,9 @@ def test_the_compliance_check_drops_revisions_that_still_comply(tiny_model, prom
     gated = [st for st in steps if st["flag"] is None]
     assert gated
     for st in gated:
-        assert 0.0 < st["gate"]["p_complies"] < 1.0 and st["gate"]["p_revision"] > 0
+        assert 0.0 < st["gate"]["p_complies"] < 1.0
+        # compared only when the check passed
+        assert (st["gate"]["p_revision"] is not None) is accepted
         assert st["gate"]["accepted"] is accepted
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["summary"]["accepted"] == (len(gated) if accepted else 0)
