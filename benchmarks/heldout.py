@@ -10,6 +10,9 @@ or refuses, eight demonstrations, both orders; docs/evaluation.md): the shares j
 (red_team) and refusals (borderline, helpful). A judge that gave the training feedback is not
 independent of it: read those shares next to the string match.
 
+With `--ability`, `cai eval`'s neutral-ability probes run too (multiple-choice accuracy and
+perplexity on data/eval), so one run shows both sides of the alignment tax.
+
 Wanted after harmlessness training: red_team up, borderline and helpful about unchanged. Prints
 one JSON summary, and writes every answer to `--out` (read them: a matcher is not a judge).
 
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="folder for answers.jsonl (default: none written)")
     parser.add_argument("--judge", help="also classify the answers with this judge model")
     parser.add_argument("--judge-dtype", default="bfloat16")
+    parser.add_argument("--ability", action="store_true",
+                        help="also neutral ability: MC accuracy on data/eval/neutral_mc.jsonl and "
+                             "perplexity on neutral_text.txt (the alignment tax)")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -71,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += [{"model": label, "set": name, "id": it["id"], "prompt": it["prompt"],
                       "answer": a, "refusal_like": r}
                      for it, a, r in zip(items, answers, refused)]
+        del gen
+        if args.ability:
+            result.update(ability(model, args.batch_size))
         result["seconds"] = round(time.perf_counter() - start, 1)
         summary["models"][label] = result
-        del gen
     if args.judge:
         judged(args, rows, summary)
     summary.update(limit=args.limit, max_new_tokens=args.max_new_tokens, decoding="greedy",
@@ -85,6 +93,20 @@ def main(argv: list[str] | None = None) -> int:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def ability(model: str, batch_size: int) -> dict:
+    """`cai eval`'s neutral-ability probes (cai.eval.ability) on one model."""
+    from cai.eval import ability as probes
+    from cai.models import load_causal_lm, load_tokenizer
+
+    lm, tokenizer = load_causal_lm(model), load_tokenizer(model)
+    mc = probes.load_mc(ROOT / "data" / "eval" / "neutral_mc.jsonl")
+    acc = probes.mc_accuracy(mc, probes.mc_logprobs(lm, tokenizer, mc, batch_size))
+    text = probes.load_text(ROOT / "data" / "eval" / "neutral_text.txt")
+    ppl = probes.perplexity(probes.text_nll(lm, tokenizer, text, batch_size))
+    return {"mc_accuracy": round(acc["accuracy"], 4), "mc_n": acc["n"],
+            "perplexity": round(ppl["perplexity"], 3)}
 
 
 def judged(args, rows: list[dict], summary: dict) -> None:

@@ -124,8 +124,8 @@ def test_config_schemas_reject_what_the_loaders_reject(tmp_path):
             sft.load_config(str(path), [])
     pipeline = validator("configs/schemas/pipeline.schema.json")
     text = (ROOT / "configs/pipeline.yaml").read_text()
-    assert "  limit: 80" in text  # the misspelling below must change the text
-    assert not schema_accepts(pipeline, text.replace("  limit: 80", "  limt: 80"))
+    assert "\n  limit: " in text  # the misspelling below must change the text
+    assert not schema_accepts(pipeline, text.replace("\n  limit: ", "\n  limt: ", 1))
     assert not schema_accepts(pipeline, text.replace("preference: dpo", "preference: sgd"))
 
 
