@@ -58,6 +58,7 @@ class SFTTrainer(Trainer):
         self.tokens_seen = 0  # non-padding tokens trained on by this process
         self.kl_coef = kl_coef
         self.kl_sum = 0.0  # the KL term's values since the last log (as micro-batch losses)
+        self.kl_logged_at = 0  # the step of that log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         n_tokens = inputs.pop("n_tokens", None)
@@ -71,7 +72,8 @@ class SFTTrainer(Trainer):
         kept_targets = targets[keep] if self.keep_logits else targets
         loss = sft_loss(logits, kept_targets, num_items_in_batch)
         if self.kl_coef:
-            with torch.no_grad(), model.disable_adapter():
+            # the adapter toggles on the peft model itself (under DDP, inside the wrapper)
+            with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
                 ref = model(**inputs, use_cache=False, **kept).logits
             ref = ref if self.keep_logits else ref[:, :-1]
             kl = token_mean(token_kl(logits, ref), kept_targets != IGNORE_INDEX,
@@ -90,9 +92,9 @@ class SFTTrainer(Trainer):
         """Training logs gain `kl`, the mean KL(base || model) per trained token since the
         last log (with `kl_coef`)."""
         if self.kl_coef and "loss" in logs and self.state.global_step:
-            steps = self.state.global_step - getattr(self, "_kl_logged_at", 0)
+            steps = self.state.global_step - self.kl_logged_at
             logs["kl"] = round(float(self.kl_sum) / max(steps, 1), 4)
-            self.kl_sum, self._kl_logged_at = 0.0, self.state.global_step
+            self.kl_sum, self.kl_logged_at = 0.0, self.state.global_step
         super().log(logs, *args, **kwargs)
 
 
