@@ -44,24 +44,14 @@ RECORD_FILES = ("data.jsonl", "answers.jsonl", "judgments.jsonl", "pairs.jsonl",
 
 
 def tiny_model(out: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     sys.path.insert(0, str(ROOT))
     from cai.models import resolve
+    from cai.tiny import write_tiny_model
 
-    tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct"))
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return write_tiny_model(AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct")), out,
+                            max_positions=2048)
 
 
 def write_inputs(work: Path, model: Path) -> dict:

@@ -42,6 +42,7 @@ DEFAULT_PIPELINE = ROOT / "configs" / "pipeline.yaml"
 STATE = "stage.json"
 TRAINERS = ("sft", "dpo", "rm", "ppo")
 PROMPTS = "data/red_team.jsonl"  # the default prompt set of revise, label and ppo
+PIPELINE_KEYS = {"eval": "models"}  # a stage's key in the YAML that is not its job's option
 
 
 @dataclass
@@ -111,6 +112,7 @@ class Pipeline:
         # Outputs go next to the YAML only: never into the repository's own runs.
         self.workdir = (self.base / Path(self.spec.workdir).expanduser()).resolve()
         self.stages = self._stages()
+        self._eval_models()  # a bad `eval.models` fails now, not after the training stages
 
     def _path(self, value: str) -> Path:
         """An input path in the YAML, relative to the YAML's folder (or to the repository root
@@ -328,6 +330,7 @@ class Pipeline:
     def _job_options(self, name: str, cls, fixed: dict, defaults: dict) -> object:
         fixed = {k: v for k, v in fixed.items() if v is not None}  # unset roles: the stage's
         options = {**defaults, **getattr(self.spec, name)}
+        options.pop(PIPELINE_KEYS.get(name, ""), None)
         for key in fixed:
             if key in getattr(self.spec, name):
                 raise CaiError(f"{self.where(name, key)}: '{name}.{key}' is set by the pipeline")
@@ -415,13 +418,26 @@ class Pipeline:
     def _run_ppo(self, folder: Path) -> dict:
         return self._train("ppo", folder)
 
+    def _eval_models(self) -> list[str]:
+        """`eval.models`: which of base, sft and final the evaluation compares (all three by
+        default), as `cai eval --model` values in that order."""
+        final = self.spec.preference
+        chosen = self.spec.eval.get("models", ["base", "sft", "final"])
+        if isinstance(chosen, str):
+            chosen = [m.strip() for m in chosen.split(",")]
+        known = {"base": f"base={self.spec.model}", "sft": f"sft={self._merged('sft')}",
+                 "final": f"{final}={self._merged(final)}"}
+        bad = [m for m in chosen if m not in known] if isinstance(chosen, list) else [chosen]
+        if bad or len(chosen) < 2 or len(set(chosen)) < len(chosen):
+            raise CaiError(f"{self.where('eval', 'models')}: 'eval.models' must list two or "
+                           f"three of base, sft, final, each once; got {chosen!r}")
+        return [known[m] for m in known if m in chosen]
+
     def _run_eval(self, folder: Path) -> dict:
         from cai.eval.run import EvalConfig, run
 
-        final = self.spec.preference
         cfg = self._job_options("eval", EvalConfig, {
-            "model": [f"base={self.spec.model}", f"sft={self._merged('sft')}",
-                       f"{final}={self._merged(final)}"],
+            "model": self._eval_models(),
             "out": str(folder), "judge": self.spec.judge,
             "feedback_model": self.spec.feedback_model}, {"feedback_model": self.spec.model})
         return run(cfg)

@@ -112,6 +112,10 @@ def pipeline_schema() -> dict:
         job = job_schema(name)
         props[name] = {**props[name], "type": ["object", "null"],
                        "properties": job["properties"], "additionalProperties": False}
+    props["eval"]["properties"]["models"] = {
+        "type": "array", "items": {"enum": ["base", "sft", "final"]}, "minItems": 2,
+        "description": "which of the pipeline's models the evaluation compares (default: all "
+                       "three; base and final saves a third of its time)"}
     for name in ("sft", "dpo", "rm", "ppo"):
         stage = {"config": {"type": "string", "description": f"a `cai train {name}` config "
                                                              f"(default: configs/{name}.yaml)"},

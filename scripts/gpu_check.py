@@ -58,10 +58,10 @@ def build_tiny_model(out: Path) -> Path:
     """tests/conftest.py's tiny model (`make_tiny_model`, seed 0), tokenizer included."""
     import importlib.util
 
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from cai.models import EMBEDDED, cai_home
+    from cai.tiny import write_tiny_model
 
     cached = Path(os.environ.get("CAI_HOME_USER", cai_home())) / "models" / \
         "smollm2-135m-instruct"
@@ -71,18 +71,7 @@ def build_tiny_model(out: Path) -> Path:
         (part,) = EMBEDDED["smollm2-135m-instruct"].parts
         folder = Path(importlib.util.find_spec(part.package).origin).parent
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=part.file)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return write_tiny_model(tok, out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -129,6 +129,31 @@ def test_editing_the_constitution_reruns_from_revise(finished):
     assert status(path) == {s: "current" for s in STAGES}
 
 
+def test_eval_models_picks_what_the_evaluation_compares(finished):
+    """`eval.models: [base, final]` evaluates two of the three models (the eval stage reruns,
+    nothing before it); a bad list is one line at load time, before any stage runs."""
+    path, _ = finished
+    work = path.parent / "work"
+    text = path.read_text()
+    spec = yaml.safe_load(text)
+    try:
+        spec["eval"]["models"] = ["base", "final"]
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        assert status(path) == {**{s: "current" for s in STAGES}, "eval": "rerun"}
+        result = run_cai("pipeline", "run", path)
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads((work / "eval" / "metrics.json").read_text())
+        assert [m["label"] for m in metrics["models"]] == ["base", "dpo"]
+        for bad in (["base"], ["base", "rm"], "base,base"):
+            spec["eval"]["models"] = bad
+            path.write_text(yaml.safe_dump(spec, sort_keys=False))
+            result = run_cai("pipeline", "status", path)
+            assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+            assert "'eval.models' must list two or three of base, sft, final" in result.stderr
+    finally:
+        path.write_text(text)
+
+
 def test_bad_pipeline_files_fail_with_one_line(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("workdir: w\nrevize:\n  limit: 2\n")

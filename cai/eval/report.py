@@ -40,8 +40,11 @@ def _ci(row: dict, key: str, ci_key: str) -> str:
 
 
 def _elo(metrics: dict, axis: str, label: str):
+    """A model's Elo on `axis`, or None when no comparison was judged (`--compare none`)."""
     ratings = metrics["elo"].get(axis, {}).get("ratings", {})
-    return ratings.get(label, {}).get("elo") if len(metrics["models"]) > 1 else None
+    compared = any(metrics["pairwise"].values())
+    return ratings.get(label, {}).get("elo") if compared and len(metrics["models"]) > 1 \
+        else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,11 +256,12 @@ def _tables(metrics: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
              _ci(r, "hard_win_rate", "hard_ci"), str(r["n"]), str(r["identical"])]
             for s, rs in metrics["pairwise"].items() for r in rs]
     level = round(100 * metrics.get("settings", {}).get("confidence", 0.95))
-    out.append(("Win rates", (f"Win rate of a (listed later) over b, with {level}% bootstrap "
-                "intervals over prompts: soft = mean P(a better), hard = share of prompts "
-                "a wins (ties count 1/2)."),
-                ["set", "a vs b", "soft win rate", "hard win rate", "prompts", "identical"],
-                rows))
+    if rows:  # none with --compare none: no section, and no Elo in the summary
+        out.append(("Win rates", (f"Win rate of a (listed later) over b, with {level}% "
+                    "bootstrap intervals over prompts: soft = mean P(a better), hard = share "
+                    "of prompts a wins (ties count 1/2)."),
+                    ["set", "a vs b", "soft win rate", "hard win rate", "prompts", "identical"],
+                    rows))
     rows = []
     for s in metrics["sets"]:
         for label in labels:

@@ -35,10 +35,18 @@ from cai.train.losses import IGNORE_INDEX
 def load_conversations(spec: str, column: str = "messages", split: str = "train",
                        limit: int | None = None) -> list[list[dict]]:
     """Conversations from a .jsonl file, a `cai revise` output folder or dataset:NAME_OR_DIR."""
+    return load_examples(spec, column, split, limit)[0]
+
+
+def load_examples(spec: str, column: str = "messages", split: str = "train",
+                  limit: int | None = None,
+                  anchor_kinds: tuple[str, ...] = ()) -> tuple[list[list[dict]], list[bool]]:
+    """(conversations, anchored): `anchored[i]` is true when row i's `kind` (a `cai revise`
+    field: revision or helpful) is one of `anchor_kinds` (trained by the KL term only)."""
     rows = records.read_rows(spec, split, "a .jsonl or a `cai revise` folder")
     if spec.startswith("dataset:") and rows and column not in rows[0][1]:
         raise CaiError(f"{spec}: no column '{column}' (columns: {', '.join(rows[0][1])})")
-    out, unrevised = [], 0
+    out, anchored, unrevised = [], [], 0
     for where, row in rows[:limit] if limit is not None else rows:
         if isinstance(row, dict) and column in row and row[column] is None \
                 and row.get("kind") == "revision":
@@ -47,11 +55,12 @@ def load_conversations(spec: str, column: str = "messages", split: str = "train"
         messages = row.get(column) if isinstance(row, dict) else None
         _check_messages(messages, where, column)
         out.append([{"role": m["role"], "content": m["content"]} for m in messages])
+        anchored.append(row.get("kind") in anchor_kinds)
     if unrevised:
         print(f"{spec}: {unrevised} prompts left out, none of their revisions passed the gate")
     if not out:
         raise CaiError(f"{spec}: no conversations")
-    return out
+    return out, anchored
 
 
 def _check_messages(messages, where: str, column: str) -> None:
@@ -141,10 +150,13 @@ class DataStats:
     tokens: int = 0
     target_tokens: int = 0
     rows: int = 0
+    anchored: int = 0
 
     def summary(self, name: str = "train") -> str:
         text = f"{name}: {self.examples} examples, {self.tokens} tokens ({self.target_tokens} " \
                f"trained on)"
+        if self.anchored:
+            text += f", {self.anchored} of the examples trained by the KL term only"
         if self.rows:
             text += f", packed into {self.rows} rows"
         if self.cut or self.dropped:
@@ -153,14 +165,17 @@ class DataStats:
 
 
 def tokenize_all(tokenizer, conversations, max_length: int, truncation: str = "cut",
-                 assistant_only: bool = True) -> tuple[list[dict], DataStats]:
+                 assistant_only: bool = True,
+                 anchored: list[bool] | None = None) -> tuple[list[dict], DataStats]:
     """Tokenized examples `{input_ids, labels}` no longer than `max_length`, and the counts.
 
     `truncation="cut"` keeps the first `max_length` tokens (an example left with no target
-    token is dropped); `"drop"` skips every example that is too long.
+    token is dropped); `"drop"` skips every example that is too long. With `anchored` (one flag
+    per conversation) every example also gets `anchor`, one 0/1 per token: 1 on the targets of
+    an anchored example, which the SFT loss leaves to the KL term (`sft.kl_only_kinds`).
     """
     examples, stats = [], DataStats()
-    for messages in conversations:
+    for n, messages in enumerate(conversations):
         ids, labels = tokenize_conversation(tokenizer, messages, assistant_only)
         if len(ids) > max_length:
             if truncation == "drop":
@@ -171,7 +186,11 @@ def tokenize_all(tokenizer, conversations, max_length: int, truncation: str = "c
                 stats.dropped += 1
                 continue
             stats.cut += 1
-        examples.append({"input_ids": ids, "labels": labels})
+        example = {"input_ids": ids, "labels": labels}
+        if anchored is not None:
+            example["anchor"] = [int(anchored[n])] * len(ids)
+            stats.anchored += anchored[n]
+        examples.append(example)
         stats.tokens += len(ids)
         stats.target_tokens += sum(x != IGNORE_INDEX for x in labels[1:])
     stats.examples = len(examples)
@@ -207,13 +226,17 @@ def pack(examples: list[dict], max_length: int, seed: int = 0) -> list[dict]:
             bisect.insort(free, (space - n, row))
     out = []
     for members in rows:
-        ids, labels, positions = [], [], []
+        row = {"input_ids": [], "labels": [], "position_ids": []}
+        if "anchor" in examples[0]:
+            row["anchor"] = []
         for i in members:
             ex = examples[i]
-            ids += ex["input_ids"]
-            labels += [IGNORE_INDEX] + ex["labels"][1:]
-            positions += range(len(ex["input_ids"]))
-        out.append({"input_ids": ids, "labels": labels, "position_ids": positions})
+            row["input_ids"] += ex["input_ids"]
+            row["labels"] += [IGNORE_INDEX] + ex["labels"][1:]
+            row["position_ids"] += range(len(ex["input_ids"]))
+            if "anchor" in row:
+                row["anchor"] += ex["anchor"]
+        out.append(row)
     return out
 
 
@@ -234,19 +257,26 @@ class Collator:
         packed = self.flatten or "position_ids" in batch[0]
         positions = [ex.get("position_ids") or list(range(len(ex["input_ids"]))) for ex in batch]
         n_tokens = sum(len(ex["input_ids"]) for ex in batch)
+        anchored = "anchor" in batch[0]
         if self.flatten:
-            return {"input_ids": torch.tensor([[t for ex in batch for t in ex["input_ids"]]]),
-                    "labels": torch.tensor([[x for ex in batch
-                                             for x in [IGNORE_INDEX] + ex["labels"][1:]]]),
-                    "position_ids": torch.tensor([[p for ps in positions for p in ps]]),
-                    "n_tokens": torch.tensor(n_tokens)}
+            out = {"input_ids": torch.tensor([[t for ex in batch for t in ex["input_ids"]]]),
+                   "labels": torch.tensor([[x for ex in batch
+                                            for x in [IGNORE_INDEX] + ex["labels"][1:]]]),
+                   "position_ids": torch.tensor([[p for ps in positions for p in ps]]),
+                   "n_tokens": torch.tensor(n_tokens)}
+            if anchored:
+                out["anchor"] = torch.tensor([[a for ex in batch for a in ex["anchor"]]])
+            return out
         width = max(len(ex["input_ids"]) for ex in batch)
         ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         pos = torch.zeros((len(batch), width), dtype=torch.long)
+        anchor = torch.zeros((len(batch), width), dtype=torch.long)
         for r, (ex, ps) in enumerate(zip(batch, positions)):
             n = len(ex["input_ids"])
+            if anchored:
+                anchor[r, :n] = torch.tensor(ex["anchor"])
             ids[r, :n] = torch.tensor(ex["input_ids"])
             labels[r, :n] = torch.tensor(ex["labels"])
             mask[r, :n] = 1
@@ -257,6 +287,8 @@ class Collator:
             out["position_ids"] = pos
         else:
             out["attention_mask"] = mask
+        if anchored:
+            out["anchor"] = anchor
         out["n_tokens"] = torch.tensor(n_tokens)
         return out
 
@@ -265,10 +297,21 @@ class Collator:
 # From a config
 
 
-def build(data_cfg, tokenizer, assistant_only: bool = True, log=print):
-    """(train rows, eval examples or None) from the `data:` section."""
-    conversations = load_conversations(data_cfg.path, data_cfg.messages_column, data_cfg.split,
-                                       data_cfg.limit)
+def build(data_cfg, tokenizer, assistant_only: bool = True, log=print,
+          anchor_kinds: tuple[str, ...] = ()):
+    """(train rows, eval examples or None) from the `data:` section.
+
+    `anchor_kinds`: rows of these kinds get `anchor` flags (`tokenize_all`); held-out rows
+    are scored by the NLL alone either way.
+    """
+    conversations, anchored = load_examples(data_cfg.path, data_cfg.messages_column,
+                                            data_cfg.split, data_cfg.limit, anchor_kinds)
+    if anchor_kinds and not any(anchored):
+        raise CaiError(f"{data_cfg.path}: no row of kind {', '.join(anchor_kinds)} "
+                       f"(sft.kl_only_kinds)")
+    if anchor_kinds and all(anchored):
+        raise CaiError(f"{data_cfg.path}: every row is of kind {', '.join(anchor_kinds)} "
+                       f"(sft.kl_only_kinds): nothing left to learn from")
     held_out = None
     if data_cfg.eval_path:
         held_out = load_conversations(data_cfg.eval_path, data_cfg.messages_column,
@@ -279,8 +322,10 @@ def build(data_cfg, tokenizer, assistant_only: bool = True, log=print):
         n_eval = max(1, round(len(order) * data_cfg.eval_fraction))
         held_out = [conversations[i] for i in sorted(order[:n_eval])]
         conversations = [conversations[i] for i in sorted(order[n_eval:])]
+        anchored = [anchored[i] for i in sorted(order[n_eval:])]
     train, stats = tokenize_all(tokenizer, conversations, data_cfg.max_length,
-                                data_cfg.truncation, assistant_only)
+                                data_cfg.truncation, assistant_only,
+                                anchored if anchor_kinds else None)
     if not train:
         raise CaiError(f"{data_cfg.path}: no example left after truncation to "
                        f"{data_cfg.max_length} tokens")

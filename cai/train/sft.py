@@ -11,6 +11,16 @@ next-token distributions at the same tokens (`cai.train.losses.token_kl`), the b
 model with its LoRA adapter off (no second copy; one extra no-grad forward a step). Imitating
 the policy's own greedy or low-temperature answers sharpens its distribution and costs neutral
 ability (docs/results.md); the KL term pulls it back wherever the data teaches nothing new.
+
+`sft.kl_only_kinds: [helpful]` goes one step further for the rows of those kinds (`cai revise`
+marks each row `revision` or `helpful`): their tokens leave the NLL and keep only the KL term,
+
+    L = (1/N) [ sum_{t not anchored} -log p(y_t | y_<t) + c * sum_t KL_t(base || model) ]
+
+with N all target tokens. The policy's own helpful answers then say "answer this prompt the
+way the base did", the whole next-token distribution at every position, rather than "make this
+sampled answer more likely", which is what sharpened the model; the revisions are still
+imitated.
 """
 
 from __future__ import annotations
@@ -38,6 +48,10 @@ class SFTSection:
                               "distributions at the trained tokens, the base being the model "
                               "with the adapter off (LoRA only): keeps the model near its base "
                               "where the data does not teach it something new")
+    kl_only_kinds: list[str] = opt(factory=list,
+                                   help="rows of these kinds (the `kind` of `cai revise` "
+                                        "rows: helpful, revision) are trained by the KL term "
+                                        "alone, not imitated (needs kl_coef)")
 
 
 class SFTTrainer(Trainer):
@@ -62,6 +76,7 @@ class SFTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         n_tokens = inputs.pop("n_tokens", None)
+        anchor = inputs.pop("anchor", None)                           # (B, T) or None
         labels = inputs.pop("labels")                                 # (B, T)
         targets = labels[:, 1:]                                       # (B, T-1) next tokens
         keep = targets != IGNORE_INDEX                                # (B, T-1)
@@ -70,7 +85,12 @@ class SFTTrainer(Trainer):
         # (N, V) for the kept positions only, else (B, T-1, V) with every position
         logits = outputs.logits if self.keep_logits else outputs.logits[:, :-1]
         kept_targets = targets[keep] if self.keep_logits else targets
-        loss = sft_loss(logits, kept_targets, num_items_in_batch)
+        imitated = kept_targets
+        if anchor is not None:  # anchored targets: KL term only
+            anchored = anchor[:, 1:].bool()
+            anchored = anchored[keep] if self.keep_logits else anchored
+            imitated = kept_targets.masked_fill(anchored, IGNORE_INDEX)
+        loss = sft_loss(logits, imitated, num_items_in_batch)
         if self.kl_coef:
             # the adapter toggles on the peft model itself (under DDP, inside the wrapper)
             with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
@@ -107,6 +127,9 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks=None) -> dict:
 
     `callbacks`: extra `transformers.TrainerCallback`s (the benchmark times steps with one).
     """
+    if cfg.options.kl_only_kinds and not cfg.options.kl_coef:
+        raise CaiError("sft.kl_only_kinds needs sft.kl_coef > 0: those rows are trained by the "
+                       "KL term alone")
     common.check_output(cfg, resume)
     defaults = {}
     if cfg.data.group_by_length and not cfg.data.packing:
@@ -114,11 +137,12 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks=None) -> dict:
     args = common.training_arguments(cfg, **defaults)
     model, tokenizer = common.model_and_tokenizer(cfg)
     log = print if args.process_index == 0 else (lambda *_: None)
-    train_rows, eval_rows = data.build(cfg.data, tokenizer, cfg.options.assistant_only_loss, log)
-    flatten = "flash" in str(getattr(model.config, "_attn_implementation", "") or "")
     if cfg.options.kl_coef and not hasattr(model, "disable_adapter"):
         raise CaiError("sft.kl_coef needs LoRA (lora.enabled: true): the base it keeps the "
                        "model near is the model with its adapter off")
+    train_rows, eval_rows = data.build(cfg.data, tokenizer, cfg.options.assistant_only_loss, log,
+                                       tuple(cfg.options.kl_only_kinds))
+    flatten = "flash" in str(getattr(model.config, "_attn_implementation", "") or "")
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows,
                          eval_dataset=eval_rows, processing_class=tokenizer,
                          data_collator=data.Collator(tokenizer.pad_token_id, flatten=flatten),

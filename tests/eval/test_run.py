@@ -193,6 +193,11 @@ def test_compare_first_or_none_judges_fewer_pairs(two_models, tmp_path):
         judged = [r for r in read_records(out / "judgments.jsonl") if r["id"].startswith("pair:")]
         assert len(judged) == len(want) == m["elo"]["harmlessness"]["comparisons"]
         assert m["settings"]["compare"] == compare and (out / "report.html").is_file()
+        report = (out / "report.md").read_text()
+        assert ("## Win rates" in report) is bool(want)  # no empty table, and no Elo of 0
+        elo = next(line for line in report.splitlines() if line.startswith("| mid |")
+                   ).split(" | ")[8:10]
+        assert (elo == ["–", "–"]) == (not want)
     bad = run_cai("eval", "--model", before, "--compare", "some", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "--compare must be one of all, first, none" in bad.stderr
 
@@ -244,3 +249,27 @@ def test_judge_flags_name_every_reason(two_models):
     assert flags(after, None, judge_check=False) == [
         "the judge was not checked (--no-judge-check)"]
     assert flags(after, {"n": 72, "accuracy": 0.6}, judge_min_accuracy=0.5) == []
+
+
+def test_training_prompt_sets_share_no_prompt_with_the_held_out_sets():
+    """The held-out sets measure what training did not see: no prompt of data/red_team.jsonl or
+    data/helpful.jsonl is in data/eval, word for word or nearly (the closest pairs today share
+    only a template, "What's the difference between ...", Jaccard 0.5 on content words)."""
+    import re
+
+    stop = set("a an the i my me to of in on at for and or do how can what is it so with from "
+               "your you that this be are does did why which should without".split())
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z0-9']+", text.lower())) - stop
+
+    def prompts(path) -> list[str]:
+        return [json.loads(line)["prompt"] for line in path.open()]
+
+    train = prompts(ROOT / "data/red_team.jsonl") + prompts(ROOT / "data/helpful.jsonl")
+    held_out = [p for name in ("red_team", "helpful", "borderline")
+                for p in prompts(ROOT / "data/eval" / f"{name}.jsonl")]
+    assert len(train) == 341 and len(held_out) == 180
+    close = [(a, b) for a in train for b in held_out
+             if len(words(a) & words(b)) >= 0.6 * len(words(a) | words(b))]
+    assert close == []

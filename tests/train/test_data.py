@@ -7,7 +7,14 @@ import torch
 from conftest import CONV, CONVERSATIONS, SMOL_MARKED
 
 from cai.errors import CaiError
-from cai.train.data import Collator, load_conversations, pack, tokenize_all, tokenize_conversation
+from cai.train.data import (
+    Collator,
+    load_conversations,
+    load_examples,
+    pack,
+    tokenize_all,
+    tokenize_conversation,
+)
 from cai.train.losses import IGNORE_INDEX, token_logps
 
 # Zephyr's layout, with SmolLM2's <|endoftext|> as the end of a turn
@@ -199,3 +206,34 @@ def test_load_conversations_sources_and_errors(tmp_path):
         load_conversations(str(bad))
     with pytest.raises(CaiError, match="no such file"):
         load_conversations(str(tmp_path / "missing.jsonl"))
+
+
+def test_anchor_flags_follow_each_row_through_packing_and_collation(tok, tmp_path):
+    """`sft.kl_only_kinds`: a row's `kind` picks the examples whose tokens carry anchor 1, and
+    the flags stay on those tokens when examples are packed and batches padded."""
+    kinds = ["revision", "helpful", None]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"kind": k, "messages": c}) + "\n"
+                            for k, c in zip(kinds, CONVERSATIONS)))
+    convs, anchored = load_examples(str(path), anchor_kinds=("helpful",))
+    assert convs == CONVERSATIONS and anchored == [False, True, False]
+    examples, stats = tokenize_all(tok, convs, max_length=512, anchored=anchored)
+    assert stats.anchored == 1 and "1 of the examples trained by the KL term only" in \
+        stats.summary()
+    for ex, flag in zip(examples, anchored):
+        assert ex["anchor"] == [int(flag)] * len(ex["input_ids"])
+    assert "anchor" not in tokenize_all(tok, convs, max_length=512)[0][0]
+    rows = pack(examples, max_length=512)
+    ids_of = {tuple(ex["input_ids"]): ex["anchor"][0] for ex in examples}
+    assert sum(sum(r["anchor"]) for r in rows) == len(examples[1]["input_ids"])
+    for row in rows:  # each example's tokens keep its own flag
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+        for a, b in zip(starts, starts[1:]):
+            assert set(row["anchor"][a:b]) == {ids_of[tuple(row["input_ids"][a:b])]}
+    batch = Collator(tok.pad_token_id)(examples[:2])
+    assert batch["anchor"].tolist() == [
+        [0] * batch["input_ids"].shape[1],
+        [1] * len(examples[1]["input_ids"])
+        + [0] * (batch["input_ids"].shape[1] - len(examples[1]["input_ids"]))]
+    flat = Collator(tok.pad_token_id, flatten=True)(examples[:2])
+    assert flat["anchor"].tolist() == [examples[0]["anchor"] + examples[1]["anchor"]]

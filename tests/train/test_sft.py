@@ -20,19 +20,26 @@ WORDS = ("the a cat dog runs jumps over under quickly slowly red blue green hous
          "safe help sorry cannot will would please thanks").split()
 
 
+def write_revise_folder(folder: Path, seed: int, n: int = 32, kind=lambda i: None) -> Path:
+    """A `cai revise`-shaped output folder of `n` short random conversations; `kind(i)` gives
+    row i's `kind` (a revision says "sorry cannot help"), None for no kind."""
+    rng = random.Random(seed)
+    with open(folder / "data.jsonl", "w") as f:
+        for i in range(n):
+            q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
+            a = "sorry cannot help" if kind(i) == "revision" else \
+                " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 24)))
+            row = {"id": f"r{i}", "prompt": q, "response": a, "rounds": [],
+                   "messages": [{"role": "user", "content": q},
+                                {"role": "assistant", "content": a}]}
+            f.write(json.dumps({**row, **({"kind": kind(i)} if kind(i) else {})}) + "\n")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def conversations(tmp_path_factory) -> Path:
     """A `cai revise`-shaped output folder with 32 short conversations."""
-    rng = random.Random(0)
-    folder = tmp_path_factory.mktemp("revise")
-    with open(folder / "data.jsonl", "w") as f:
-        for i in range(32):
-            q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
-            a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 24)))
-            f.write(json.dumps({"id": f"r{i}", "prompt": q, "response": a, "rounds": [],
-                                "messages": [{"role": "user", "content": q},
-                                             {"role": "assistant", "content": a}]}) + "\n")
-    return folder
+    return write_revise_folder(tmp_path_factory.mktemp("revise"), seed=0)
 
 
 def config(tiny_model, data, out, **options):
@@ -208,6 +215,80 @@ def test_kl_coef_keeps_the_model_near_its_base(tiny_model, conversations, tmp_pa
     with pytest.raises(CaiError, match="sft.kl_coef needs LoRA"):
         sft.train(config(tiny_model, conversations, tmp_path / "full", lora__enabled=False,
                          sft__kl_coef=1, training__max_steps=1))
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """A `cai revise`-shaped folder: 8 revisions that all say one thing, 24 helpful rows."""
+    return write_revise_folder(tmp_path_factory.mktemp("mixed"), seed=1,
+                               kind=lambda i: "revision" if i < 8 else "helpful")
+
+
+def _answer_nll(model, tokenizer, rows) -> float:
+    """Mean NLL per assistant token of these rows' conversations under `model`."""
+    from cai.train.data import tokenize_conversation
+    from cai.train.losses import token_logps
+
+    total = count = 0.0
+    with torch.no_grad():
+        for row in rows:
+            ids, labels = tokenize_conversation(tokenizer, row["messages"])
+            logits = model(torch.tensor([ids])).logits[:, :-1]
+            targets = torch.tensor([labels])[:, 1:]
+            total -= token_logps(logits, targets)[targets != -100].sum().item()
+            count += (targets != -100).sum().item()
+    return total / count
+
+
+def test_kl_only_kinds_imitates_revisions_and_keeps_helpful_rows_at_the_base(tiny_model, mixed,
+                                                                              tmp_path):
+    """With sft.kl_only_kinds [helpful], the helpful rows leave the NLL: the first step's loss
+    is the revisions' NLL summed over all target tokens (the KL is 0 while the adapter is),
+    and after training the helpful answers' NLL has moved far less than when imitated, while
+    the revisions are learned either way."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cai.train.data import tokenize_conversation
+
+    rows = [json.loads(line) for line in (mixed / "data.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    revisions = [r for r in rows if r["kind"] == "revision"]
+    helpful = [r for r in rows if r["kind"] == "helpful"]
+    n_revision = sum(len([x for x in tokenize_conversation(tokenizer, r["messages"])[1][1:]
+                          if x != -100]) for r in revisions)
+    n_all = sum(len([x for x in tokenize_conversation(tokenizer, r["messages"])[1][1:]
+                     if x != -100]) for r in rows)
+    expected_first = _answer_nll(base, tokenizer, revisions) * n_revision / n_all
+    nll = {}
+    for name, extra in (("imitated", {}), ("anchored", {"sft__kl_only_kinds": "helpful"})):
+        out = tmp_path / name
+        sft.train(config(tiny_model, mixed, out, data__packing=False, training__max_steps=12,
+                         training__per_device_train_batch_size=32,
+                         training__learning_rate=1e-2, sft__kl_coef=1, **extra))
+        if name == "anchored":
+            assert losses(out)[0] == pytest.approx(expected_first, rel=1e-3)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model),
+                                          out).eval()
+        nll[name] = (_answer_nll(model, tokenizer, revisions),
+                     _answer_nll(model, tokenizer, helpful))
+    base_nll = (_answer_nll(base, tokenizer, revisions), _answer_nll(base, tokenizer, helpful))
+    for name in nll:  # the revisions are learned (the base: about ln V, 10.8)
+        assert nll[name][0] < base_nll[0] - 0.5
+    moved = {name: abs(nll[name][1] - base_nll[1]) for name in nll}
+    assert moved["anchored"] < moved["imitated"] / 3
+
+
+def test_kl_only_kinds_errors(tiny_model, mixed, conversations, tmp_path):
+    with pytest.raises(CaiError, match="sft.kl_only_kinds needs sft.kl_coef"):
+        sft.train(config(tiny_model, mixed, tmp_path / "a", sft__kl_only_kinds="helpful"))
+    with pytest.raises(CaiError, match="no row of kind helpful"):
+        sft.train(config(tiny_model, conversations, tmp_path / "b", sft__kl_coef=1,
+                         sft__kl_only_kinds="helpful"))
+    with pytest.raises(CaiError, match="every row is of kind"):
+        sft.train(config(tiny_model, mixed, tmp_path / "c", sft__kl_coef=1,
+                         sft__kl_only_kinds="helpful,revision"))
 
 
 def test_full_fine_tuning(tiny_model, conversations, tmp_path):
