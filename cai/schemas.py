@@ -115,7 +115,7 @@ def pipeline_schema() -> dict:
     props["eval"]["properties"]["models"] = {
         "type": "array", "items": {"enum": ["base", "sft", "final"]}, "minItems": 2,
         "description": "which of the pipeline's models the evaluation compares (default: all "
-                       "three; base and final saves a third of its time)"}
+                       "three; each model costs one judgment per evaluated answer)"}
     for name in ("sft", "dpo", "rm", "ppo"):
         stage = {"config": {"type": "string", "description": f"a `cai train {name}` config "
                                                              f"(default: configs/{name}.yaml)"},

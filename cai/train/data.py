@@ -272,7 +272,7 @@ class Collator:
         labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         pos = torch.zeros((len(batch), width), dtype=torch.long)
-        anchor = torch.zeros((len(batch), width), dtype=torch.long)
+        anchor = torch.zeros((len(batch), width), dtype=torch.long) if anchored else None
         for r, (ex, ps) in enumerate(zip(batch, positions)):
             n = len(ex["input_ids"])
             if anchored:
