@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=40, help="prompts per set")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy; `cai eval` samples at 0.7 (top-p 0.95, seed 0)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="with --temperature > 0")
+    parser.add_argument("--seed", type=int, default=0, help="with --temperature > 0")
     parser.add_argument("--reward-model", help="also score the red-team answers with this RM")
     parser.add_argument("--out", help="folder for answers.jsonl (default: none written)")
     parser.add_argument("--judge", help="also classify the answers with this judge model")
@@ -54,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
     sets = {s: load_prompts(str(ROOT / "data" / "eval" / f"{s}.jsonl"))[:args.limit]
             for s in SETS}
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
+    sampled = args.temperature > 0
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p if sampled else 1.0,
+                            seed=args.seed if sampled else None)
     rm = None
     if args.reward_model:
         from cai.train.rm import load_reward_model
@@ -84,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["models"][label] = result
     if args.judge:
         judged(args, rows, summary)
-    summary.update(limit=args.limit, max_new_tokens=args.max_new_tokens, decoding="greedy",
+    decoding = (f"temperature {args.temperature}, top-p {args.top_p}, seed {args.seed}"
+                if sampled else "greedy")
+    summary.update(limit=args.limit, max_new_tokens=args.max_new_tokens, decoding=decoding,
                    machine=platform.processor() or platform.machine())
     if args.out:
         out = Path(args.out)

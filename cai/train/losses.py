@@ -70,17 +70,25 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor,
     return token_mean(-token_logps(logits, labels), labels != IGNORE_INDEX, num_items)
 
 
-def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary KL(ref || policy) of the next-token distributions, per position.
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Full-vocabulary KL of the next-token distributions, per position: forward (the default)
+    or reverse.
 
-        KL_t = sum_v p_ref(v | y_<t) * (log p_ref(v | y_<t) - log p(v | y_<t))
+        forward  KL_t(ref || policy) = sum_v p_ref(v) * (log p_ref(v) - log p(v))
+        reverse  KL_t(policy || ref) = sum_v p(v)     * (log p(v) - log p_ref(v))
 
-    Its gradient is the soft cross-entropy -sum_v p_ref(v) grad log p(v): it pulls the policy's
-    whole distribution back toward the reference's, where the NLL of a sampled or greedy token
-    would sharpen it (self-distillation with soft targets, Hinton et al. 2015,
-    arXiv:1503.02531). `cai train sft` adds it with `sft.kl_coef` to keep the fine-tuned model
-    near its base: the KL-regularized objective of RLHF (Ziegler et al. 2019, arXiv:1909.08593),
-    computed exactly over the vocabulary instead of sampled.
+    with every p(v) the next-token probability given y_<t.
+
+    The forward gradient is the soft cross-entropy -sum_v p_ref(v) grad log p(v): it pulls the
+    policy's whole distribution back toward the reference's, where the NLL of a sampled or
+    greedy token would sharpen it (self-distillation with soft targets, Hinton et al. 2015,
+    arXiv:1503.02531). It is mass-covering: a token the policy has come to favour where the
+    reference gives it almost nothing costs only the mass it took from the others (about
+    -log(1 - q) for mass q). The reverse direction charges that token q log(q / p_ref), so it
+    pushes back much harder on a new mode, such as a refusal leaking onto benign prompts; it is
+    the direction of the KL penalty in RLHF (Ziegler et al. 2019, arXiv:1909.08593). `cai train
+    sft` adds either with `sft.kl_coef` (`sft.kl_direction`), computed exactly over the
+    vocabulary instead of sampled.
 
     Shape:
         logits, ref_logits: (..., V), the same positions (already shifted)
@@ -88,6 +96,8 @@ def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     """
     logp = F.log_softmax(logits.float(), dim=-1)
     ref_logp = F.log_softmax(ref_logits.float(), dim=-1)
+    if reverse:
+        return (logp.exp() * (logp - ref_logp)).sum(-1)
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
 
 

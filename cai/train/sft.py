@@ -7,7 +7,8 @@ normalized by the number of target tokens in the whole optimizer step, so gradie
 accumulation and data parallelism do not change it.
 
 With `sft.kl_coef` > 0 the loss gains that times the token-mean KL(base || model) of the
-next-token distributions at the same tokens (`cai.train.losses.token_kl`), the base being the
+next-token distributions at the same tokens (`cai.train.losses.token_kl`; KL(model || base)
+with `sft.kl_direction: reverse`), the base being the
 model with its LoRA adapter off (no second copy; one extra no-grad forward a step). Imitating
 the policy's own greedy or low-temperature answers sharpens its distribution and costs neutral
 ability (docs/results.md); the KL term pulls it back wherever the data teaches nothing new.
@@ -44,14 +45,24 @@ class SFTSection:
     assistant_only_loss: bool = opt(True, "train on assistant tokens only (false: on every "
                                           "token of the conversation)")
     kl_coef: float = opt(0.0, minimum=0,
-                         help="add this times KL(base || model) of the next-token "
+                         help="add this times the KL (sft.kl_direction) of the next-token "
                               "distributions at the trained tokens, the base being the model "
                               "with the adapter off (LoRA only): keeps the model near its base "
                               "where the data does not teach it something new")
+    kl_direction: str = opt("forward",
+                            help="forward: KL(base || model), which pulls the model's whole "
+                                 "distribution back to the base's; reverse: KL(model || base), "
+                                 "which pushes back harder on a token the base gives almost no "
+                                 "mass, such as a refusal leaking onto benign prompts")
     kl_only_kinds: list[str] = opt(factory=list,
                                    help="rows of these kinds (the `kind` of `cai revise` "
                                         "rows: helpful, revision) are trained by the KL term "
                                         "alone, not imitated (needs kl_coef)")
+
+    def __post_init__(self):
+        if self.kl_direction not in ("forward", "reverse"):
+            raise CaiError(f"sft.kl_direction must be forward or reverse, got "
+                           f"'{self.kl_direction}'")
 
 
 class SFTTrainer(Trainer):
@@ -65,12 +76,13 @@ class SFTTrainer(Trainer):
     # must neither divide it again by the accumulation steps ...
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, kl_coef: float = 0.0, **kwargs):
+    def __init__(self, *args, kl_coef: float = 0.0, kl_reverse: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # ... and must count those tokens for every step
         self.keep_logits = common.accepts_logits_to_keep(self.model)
         self.tokens_seen = 0  # non-padding tokens trained on by this process
         self.kl_coef = kl_coef
+        self.kl_reverse = kl_reverse
         self.kl_sum = 0.0  # the KL term's values since the last log (as micro-batch losses)
         self.kl_logged_at = 0  # the step of that log
 
@@ -96,7 +108,7 @@ class SFTTrainer(Trainer):
             with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
                 ref = model(**inputs, use_cache=False, **kept).logits
             ref = ref if self.keep_logits else ref[:, :-1]
-            kl = token_mean(token_kl(logits, ref), kept_targets != IGNORE_INDEX,
+            kl = token_mean(token_kl(logits, ref, self.kl_reverse), kept_targets != IGNORE_INDEX,
                             num_items_in_batch)
             loss = loss + self.kl_coef * kl
             if model.training:
@@ -146,7 +158,8 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks=None) -> dict:
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows,
                          eval_dataset=eval_rows, processing_class=tokenizer,
                          data_collator=data.Collator(tokenizer.pad_token_id, flatten=flatten),
-                         callbacks=callbacks, kl_coef=cfg.options.kl_coef)
+                         callbacks=callbacks, kl_coef=cfg.options.kl_coef,
+                         kl_reverse=cfg.options.kl_direction == "reverse")
     metrics = common.run(trainer, cfg, resume)
     if eval_rows:
         metrics.update(trainer.evaluate())

@@ -85,6 +85,34 @@ def test_token_kl_by_hand_and_its_gradient_is_soft_cross_entropy():
     assert torch.allclose(logits.grad, logits.softmax(-1) - ref_logits.softmax(-1), atol=1e-6)
 
 
+def test_reverse_token_kl_by_hand_and_it_charges_a_new_mode_more_than_forward():
+    """KL(policy || ref) by hand; its gradient is p * (log p - log p_ref - KL); and on a token
+    the reference almost never gives (a refusal leaking onto a benign prompt) the reverse
+    direction costs many times what the forward one does."""
+    ref = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    pol = torch.tensor([[0.25, 0.25, 0.5]]).log()
+    want = 0.25 * math.log(0.25 / 0.5) + 0.25 * 0 + 0.5 * math.log(0.5 / 0.25)
+    assert token_kl(pol + 7.0, ref - 3.0, reverse=True).item() == pytest.approx(want, abs=1e-6)
+    skewed = torch.tensor([[0.7, 0.2, 0.1]]).log()
+    assert token_kl(skewed, ref, reverse=True).item() != pytest.approx(
+        token_kl(skewed, ref).item(), abs=1e-3)  # not symmetric: the direction matters
+    logits = torch.randn(4, 5, 11, generator=torch.Generator().manual_seed(0),
+                         requires_grad=True)
+    ref_logits = torch.randn(4, 5, 11, generator=torch.Generator().manual_seed(1))
+    kl = token_kl(logits, ref_logits, reverse=True)
+    assert kl.shape == (4, 5) and (kl >= 0).all()
+    kl.sum().backward()
+    p, logp, ref_logp = logits.softmax(-1), logits.log_softmax(-1), ref_logits.log_softmax(-1)
+    grad = p * (logp - ref_logp - kl.detach().unsqueeze(-1))
+    assert torch.allclose(logits.grad, grad, atol=1e-5)
+    # the base gives token 0 a millionth; the policy has moved a tenth of its mass there
+    base = torch.tensor([[1e-6, 0.5 - 5e-7, 0.5 - 5e-7]]).log()
+    leaked = torch.tensor([[0.1, 0.45, 0.45]]).log()
+    forward, reverse = token_kl(leaked, base).item(), token_kl(leaked, base, reverse=True).item()
+    assert forward == pytest.approx(-math.log(0.9), rel=1e-3)
+    assert reverse > 10 * forward
+
+
 def test_micro_batches_with_step_count_sum_to_whole_batch_loss():
     """Gradient accumulation property: sum over micro-batches of sft_loss(.., N_step) equals
     sft_loss of the whole batch, for uneven target counts per micro-batch."""

@@ -291,6 +291,51 @@ def test_kl_only_kinds_errors(tiny_model, mixed, conversations, tmp_path):
                          sft__kl_only_kinds="helpful,revision"))
 
 
+def test_kl_direction_reverse_is_the_term_the_trainer_adds(tiny_model, mixed, tmp_path):
+    """sft.kl_direction picks the KL the trainer adds: on one batch, with an adapter moved off
+    zero, the loss is NLL + c * KL(base || model) (forward) or NLL + c * KL(model || base)
+    (reverse), each computed here by hand; a bad value is a one-line error."""
+    from cai.train import common
+    from cai.train import data as sft_data
+    from cai.train.losses import IGNORE_INDEX, token_kl
+
+    cfg = config(tiny_model, mixed, tmp_path / "out", data__packing=False, sft__kl_coef=2)
+    model, tokenizer = common.model_and_tokenizer(cfg)
+    with torch.no_grad():  # peaked distributions, and an adapter off zero: the KLs differ
+        model.get_output_embeddings().weight.mul_(30)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    rows, _ = sft_data.build(cfg.data, tokenizer, True, lambda *_: None)
+    batch = sft_data.Collator(tokenizer.pad_token_id)(rows[:4])
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits[:, :-1]
+        with model.disable_adapter():
+            ref = model(input_ids=batch["input_ids"],
+                        attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logp = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    n = keep.sum()
+    nll = -(logp[keep]).sum() / n
+    want = {"forward": nll + 2 * token_kl(logits, ref)[keep].sum() / n,
+            "reverse": nll + 2 * token_kl(logits, ref, reverse=True)[keep].sum() / n}
+    assert abs(want["forward"] - want["reverse"]) > 0.1
+    model.eval()
+    for direction, expected in want.items():
+        trainer = sft.SFTTrainer(model=model, args=common.training_arguments(cfg),
+                                 processing_class=tokenizer, kl_coef=2,
+                                 kl_reverse=direction == "reverse")
+        inputs = {k: v for k, v in batch.items()}
+        with torch.no_grad():
+            loss = trainer.compute_loss(model, inputs, num_items_in_batch=n)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-4), direction
+    with pytest.raises(CaiError, match="sft.kl_direction must be forward or reverse"):
+        sft.train(config(tiny_model, mixed, tmp_path / "bad", sft__kl_coef=1,
+                         sft__kl_direction="backward"))
+
+
 def test_full_fine_tuning(tiny_model, conversations, tmp_path):
     out = tmp_path / "full"
     sft.train(config(tiny_model, conversations, out, lora__enabled=False, training__max_steps=2))
