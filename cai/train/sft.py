@@ -8,8 +8,8 @@ accumulation and data parallelism do not change it.
 
 With `sft.kl_coef` > 0 the loss gains that times the token-mean KL(base || model) of the
 next-token distributions at the same tokens (`cai.train.losses.token_kl`; KL(model || base)
-with `sft.kl_direction: reverse`), the base being the
-model with its LoRA adapter off (no second copy; one extra no-grad forward a step). Imitating
+with `sft.kl_direction: reverse`), the base being the model with its LoRA adapter off (no
+second copy; one extra no-grad forward a step). Imitating
 the policy's own greedy or low-temperature answers sharpens its distribution and costs neutral
 ability (docs/results.md); the KL term pulls it back wherever the data teaches nothing new.
 
@@ -121,8 +121,8 @@ class SFTTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        """Training logs gain `kl`, the mean KL(base || model) per trained token since the
-        last log (with `kl_coef`)."""
+        """Training logs gain `kl`, the mean KL (in `kl_direction`) per trained token since
+        the last log (with `kl_coef`)."""
         if self.kl_coef and "loss" in logs and self.state.global_step:
             steps = self.state.global_step - self.kl_logged_at
             logs["kl"] = round(float(self.kl_sum) / max(steps, 1), 4)
