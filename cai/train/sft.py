@@ -9,19 +9,19 @@ accumulation and data parallelism do not change it.
 With `sft.kl_coef` > 0 the loss gains that times the token-mean KL(base || model) of the
 next-token distributions at the same tokens (`cai.train.losses.token_kl`; KL(model || base)
 with `sft.kl_direction: reverse`), the base being the model with its LoRA adapter off (no
-second copy; one extra no-grad forward a step). Imitating
-the policy's own greedy or low-temperature answers sharpens its distribution and costs neutral
-ability (docs/results.md); the KL term pulls it back wherever the data teaches nothing new.
+second copy; one extra no-grad forward a step). Imitating the policy's own greedy or
+low-temperature answers sharpens its distribution and costs neutral ability (docs/results.md);
+the KL term pulls it back wherever the data teaches nothing new.
 
 `sft.kl_only_kinds: [helpful]` goes one step further for the rows of those kinds (`cai revise`
 marks each row `revision` or `helpful`): their tokens leave the NLL and keep only the KL term,
 
     L = (1/N) [ sum_{t not anchored} -log p(y_t | y_<t) + c * sum_t KL_t(base || model) ]
 
-with N all target tokens. The policy's own helpful answers then say "answer this prompt the
-way the base did", the whole next-token distribution at every position, rather than "make this
-sampled answer more likely", which is what sharpened the model; the revisions are still
-imitated.
+with N all target tokens (KL_t(model || base) with `kl_direction: reverse`). The policy's own
+helpful answers then say "answer this prompt the way the base did", the whole next-token
+distribution at every position, rather than "make this sampled answer more likely", which is
+what sharpened the model; the revisions are still imitated.
 """
 
 from __future__ import annotations
