@@ -13,6 +13,12 @@ returns by ridge regression on the policy's hidden states at the answer tokens (
 the least-squares head for the features it will read, with no learning rate to tune, and with
 the penalty chosen by cross-validation over the rollout's answers (`choose_ridge`), since what
 matters is how it predicts the next rollout. From then on it learns with the policy as usual.
+
+That critic reads features chosen for generating text, not for predicting this reward, and on
+the embedded model it explains the first rollout and then predicts the next ones worse than
+their mean (docs/training.md). `ppo.critic: reward_model` gives the head the preference model's
+own judgment instead (`RewardModelCritic`), as Ouyang et al. 2022 start the value function
+from the reward model.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from cai.train.losses import gae
+from cai.train.rollout import Rollout
 
 
 def zero_head(hidden_size: int, device) -> torch.nn.Linear:
@@ -103,3 +110,54 @@ def fit_head(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
     head.bias.fill_(b.item())
     values = hidden.double() @ w + b
     return values.float() * mask
+
+
+
+class RewardModelCritic:
+    """The value of answer position t from the preference model itself: its score of the
+    prompt with answer[:t] as a finished answer (the state before token t), through a
+    one-feature linear head, V_t = a * score_t + b.
+
+    A preference model is trained to score finished conversations, read at their last token:
+    its states inside an unfinished answer do not carry that score (on the embedded model a
+    linear head on them predicted held-out answers' scores worse than their mean), but its
+    score of "the answer so far, ended here" does (correlation 0.64 with the final score over
+    the answer tokens of 40 of the SFT policy's answers, docs/training.md). At an answer's last
+    token (its end-of-sequence token) that prefix is the whole answer, so the value is the
+    reward's own score. The head starts at a = 1/scale, b = -shift/scale, the normalized score;
+    with `value_warmup` (the default) a and b are then fitted to the first rollout's returns
+    (`fit_head`: two numbers, nothing to overfit), which shrinks a toward the prefix score's
+    correlation with the return; the value loss goes on from there.
+
+    Cost: one preference-model forward per scored prefix. With `every` k > 1 only the prefixes
+    of k, 2k, ... tokens (and the empty one, and the whole answer before its last token) are
+    scored, and position t reads the longest scored prefix of at most t tokens: still a
+    function of the state, with no look-ahead."""
+
+    hidden_size = 1
+
+    def __init__(self, reward_model, tokenizer, batch_size: int = 8, every: int = 1):
+        self.reward_model, self.tokenizer, self.batch_size = reward_model, tokenizer, batch_size
+        self.every = every
+
+    @torch.no_grad()
+    def start_head(self, head: torch.nn.Linear, shift: float, scale: float) -> None:
+        head.weight.fill_(1.0 / scale)
+        head.bias.fill_(-shift / scale)
+
+    def prefix(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def features(self, rollout: Rollout, messages: list[list[dict]]) -> torch.Tensor:
+        """(B, R, 1) float32: the raw score of each answer prefix, 0 past each answer's end."""
+        convs, where = [], []
+        for b, (msgs, ids) in enumerate(zip(messages, rollout.response_ids)):
+            scored = sorted(set(range(0, len(ids), self.every)) | {len(ids) - 1})
+            for t in scored:
+                convs.append(msgs + [{"role": "assistant", "content": self.prefix(ids[:t])}])
+                where.append((b, t))
+        out = torch.zeros(*rollout.mask.shape, 1)
+        for (b, t), s in zip(where, self.reward_model.score(convs, self.batch_size)):
+            out[b, t:t + self.every, 0] = s  # held until the next scored prefix
+        return out * rollout.mask[..., None]

@@ -23,7 +23,8 @@ Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"); the formul
 
 The policy is LoRA (or QLoRA) on `model.name`; the value head is `nn.Linear(hidden, 1)` on the
 policy's last hidden state, fitted to the first rollout's returns before the first update
-(`cai.train.critic`, `value_warmup`).
+(`cai.train.critic`, `value_warmup`); or, with `critic: reward_model`, a recalibration of the
+preference model's score of each answer prefix.
 """
 
 from __future__ import annotations
@@ -111,9 +112,15 @@ class PPOTrainer:
             self.source.check_fits(self.prompts + (self.eval_prompts or []), self.messages,
                                    self.opts.max_new_tokens)
 
-        self.value_head = None
+        self.value_head = self.reward_critic = None
         if self.opts.advantage == "gae":
-            hidden = self.model.get_base_model().config.get_text_config().hidden_size
+            if self.opts.critic == "reward_model":
+                self.reward_critic = critic.RewardModelCritic(
+                    self.source.model, self.tokenizer, self.opts.generation_batch_size,
+                    self.opts.critic_every)
+                hidden = self.reward_critic.hidden_size
+            else:
+                hidden = self.model.get_base_model().config.get_text_config().hidden_size
             self.value_head = critic.zero_head(hidden, self.device)
         self.value_fitted = not self.opts.value_warmup  # fitted on the first rollout
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -133,6 +140,8 @@ class PPOTrainer:
         self.kl_coef = self.opts.kl_coef
         self.reward_shift, self.reward_scale = 0.0, 1.0
         self.normalized = not self.opts.normalize_reward  # set before the first step
+        if self.reward_critic is not None and self.normalized:
+            self.reward_critic.start_head(self.value_head, 0.0, 1.0)
         self.step_done = 0
 
     # ----------------------------------------------------------------------------------------
@@ -213,8 +222,10 @@ class PPOTrainer:
         return response_ids, items, scores, {"generation": generation,
                                              "scoring": time.perf_counter() - start - generation}
 
-    def rollout(self, records: list[dict], seed: int, keys: list[str], keep_hidden=False):
-        """(rollout with every tensor filled, raw scores (B,), items, seconds per phase)."""
+    def rollout(self, records: list[dict], seed: int, keys: list[str], keep_hidden=False,
+                values: bool = True):
+        """(rollout with every tensor filled, raw scores (B,), items, seconds per phase);
+        without `values`, no reward-model critic pass (evaluation)."""
         response_ids, items, scores, seconds = self.answers(records, seed, keys)
         start = time.perf_counter()
         rollout = Rollout.build([self.generator.encode(self.messages(r)) for r in records],
@@ -224,9 +235,15 @@ class PPOTrainer:
             common_args = (rollout, self.tokenizer.pad_token_id, self.device,
                            self.opts.temperature, self.args.per_device_eval_batch_size,
                            self.accelerator.autocast, self.keep_logits)
-            score_tokens(self.model, self.value_head, *common_args, keep_hidden=keep_hidden)
+            policy_head = None if self.reward_critic else self.value_head
+            score_tokens(self.model, policy_head, *common_args, keep_hidden=keep_hidden)
             with self.model.disable_adapter():
                 score_tokens(self.model, None, *common_args, reference=True)
+            if self.reward_critic is not None and values:
+                rollout.hidden = self.reward_critic.features(
+                    rollout, [self.messages(r) for r in records])
+                with torch.no_grad():
+                    rollout.values = self._reward_values(rollout.hidden) * rollout.mask
         finally:
             self.model.train()
         seconds["forward"] = time.perf_counter() - start
@@ -275,6 +292,9 @@ class PPOTrainer:
             stats = reward_stats.estimate(self)
             self.reward_shift, self.reward_scale = stats["shift"], stats["scale"]
             self.normalized = True
+            if self.reward_critic is not None:  # the normalized score, until the first fit
+                self.reward_critic.start_head(self.value_head, self.reward_shift,
+                                              self.reward_scale)
         rollout, scores, _, seconds = self.rollout(records, self.args.seed + step, keys,
                                                    keep_hidden=not self.value_fitted)
         mask = rollout.mask
@@ -283,7 +303,8 @@ class PPOTrainer:
         kl = kl_penalty(rollout.logps, rollout.ref_logps, opts.kl_estimator) * mask  # (B, R)
         kl_k1 = ((rollout.logps - rollout.ref_logps) * mask).sum(-1)             # (B,)
         advantages, returns = self.advantages(rollout, final, kl)
-        rollout.hidden = None
+        if self.reward_critic is None:  # the reward-model critic's features serve the update
+            rollout.hidden = None
 
         start = time.perf_counter()
         stats = self.update(rollout, advantages, returns, step)
@@ -346,9 +367,12 @@ class PPOTrainer:
                                      [rollout.response_ids[i] for i in idx],
                                      self.tokenizer.pad_token_id, self.device)
         with self.accelerator.autocast():
-            logits, values, _ = answer_forward(self.model, self.value_head, inputs, width,
+            logits, values, _ = answer_forward(self.model, None if self.reward_critic
+                                               else self.value_head, inputs, width,
                                                self.opts.temperature, self.keep_logits)
         dev = logits.device
+        if self.reward_critic is not None:
+            values = self._reward_values(rollout.hidden[part, :width])
         mask = rollout.mask[part, :width].to(dev)                                   # (b, r)
         logps = token_logps(logits, rollout.tokens[part, :width].to(dev))           # (b, r)
         loss, pstats = ppo_policy_loss(logps, rollout.logps[part, :width].to(dev),
@@ -368,6 +392,11 @@ class PPOTrainer:
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value * weight
 
+    def _reward_values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The value head on the reward-model critic's features (B, R, 1) -> (B, R)."""
+        head = self.value_head
+        return head(hidden.to(head.weight.device, head.weight.dtype)).squeeze(-1).float()
+
     # ----------------------------------------------------------------------------------------
     # Evaluation on held-out prompts
 
@@ -376,7 +405,8 @@ class PPOTrainer:
         sampled with the same seed at every evaluation; the answers go to eval/step-N.jsonl."""
         records = self.eval_prompts
         keys = [f"eval:{r['id']}" for r in records]
-        rollout, scores, items, seconds = self.rollout(records, self.args.seed, keys)
+        rollout, scores, items, seconds = self.rollout(records, self.args.seed, keys,
+                                                       values=False)
         kl = ((rollout.logps - rollout.ref_logps) * rollout.mask).sum(-1)
         folder = self.cfg.output_dir / "eval"
         folder.mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,15 @@ class PPOSection:
     cliprange: float = opt(0.2, "policy ratio clip epsilon")
     cliprange_value: float = opt(0.2, "value clip around the sampling-time values")
     value_warmup: bool = opt(True, "gae: fit the value head to the first rollout's returns "
-                                   "(ridge regression on the policy's hidden states) before "
-                                   "the first update; else it starts at zero")
+                                   "(ridge regression on its features) before the first "
+                                   "update; else it starts at zero (the policy critic) or at "
+                                   "the normalized score (the reward_model critic)")
+    critic: str = opt("policy", "gae: what the value head reads: 'policy' (the policy's last "
+                               "hidden states) or 'reward_model' (the preference model's "
+                               "score of the answer so far, normalized, then recalibrated)")
+    critic_every: int = opt(8, "critic reward_model: score the answer prefix every N tokens "
+                               "(and before the last), each position reading the latest; 1 "
+                               "scores every prefix (one preference-model pass per token)")
     vf_coef: float = opt(0.1, "weight of the value loss")
     gamma: float = opt(1.0, "GAE discount")
     lam: float = opt(0.95, "GAE lambda")
@@ -77,13 +84,19 @@ class PPOSection:
             raise CaiError("ppo.advantage rloo needs ppo.samples_per_prompt of at least 2 (the "
                            f"baseline is the mean of the other answers), got "
                            f"{self.samples_per_prompt}")
+        if self.critic not in ("policy", "reward_model"):
+            raise CaiError(f"ppo.critic must be policy or reward_model, got '{self.critic}'")
+        if self.critic == "reward_model" and not (self.reward_model and self.advantage == "gae"):
+            raise CaiError("ppo.critic reward_model scores answer prefixes with the preference "
+                           "model: it needs ppo.reward_model and ppo.advantage gae")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise CaiError(f"ppo.kl_estimator must be k1, k2 or k3, got '{self.kl_estimator}'")
         if self.feedback_baseline not in ("reference", "response"):
             raise CaiError("ppo.feedback_baseline must be reference or response, got "
                            f"'{self.feedback_baseline}'")
         for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs",
-                     "generation_batch_size", "feedback_principles", "kl_horizon"):
+                     "generation_batch_size", "feedback_principles", "kl_horizon",
+                     "critic_every"):
             if getattr(self, name) < 1:
                 raise CaiError(f"ppo.{name} must be at least 1, got {getattr(self, name)}")
         if self.normalize_reward and self.reward_stats_samples < 2:

@@ -6,6 +6,7 @@ starts out saying "yes" about a quarter of the time; the reward function pays 1 
 """
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -122,6 +123,11 @@ def test_config_mistakes_are_one_line_errors(tmp_path):
         config("m", "p", tmp_path, ppo__reward_function="")
     with pytest.raises(CaiError, match="kl_estimator must be k1, k2 or k3"):
         config("m", "p", tmp_path, ppo__kl_estimator="k4")
+    with pytest.raises(CaiError, match="critic reward_model .* needs ppo.reward_model and "
+                                       "ppo.advantage gae"):
+        config("m", "p", tmp_path, ppo__critic="reward_model")
+    with pytest.raises(CaiError, match="critic must be policy or reward_model"):
+        config("m", "p", tmp_path, ppo__critic="value")
 
 
 def test_generate_ids_stop_at_eos_and_chat_decodes_them(policy_model):
@@ -556,3 +562,54 @@ def test_real_model_ppo_runs_evaluates_and_exports(tmp_path):
     r = run_cai("export", "--adapter", out, "--out", merged, "--merge")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (merged / "model.safetensors").is_file()
+
+
+def test_reward_model_critic_values_are_its_scores_of_the_answer_so_far(
+        policy_model, prompts, reward_model, tmp_path):
+    """`ppo.critic: reward_model`: the value of answer position t is the preference model's
+    score of the prompt with answer[:t] as a finished answer, normalized like the reward at
+    the start ((score - shift) / scale); at an ended answer's last token that prefix is the
+    whole answer, so the value is its normalized reward. Then the value loss recalibrates the
+    head's two numbers; the policy critic's path is untouched."""
+    from cai.train.rm import load_reward_model
+
+    cfg = config(policy_model, prompts, tmp_path, ppo__reward_function="",
+                 ppo__reward_model=reward_model, ppo__no_eos_penalty=0,
+                 ppo__critic="reward_model", ppo__critic_every=1, ppo__reward_stats_samples=32,
+                 ppo__prompts_per_step=8, ppo__max_new_tokens=12)
+    trainer = ppo.PPOTrainer(cfg, log=lambda *_: None)
+    head = trainer.value_head
+    assert head.weight.shape == (1, 1) and head.weight.item() == 0 and not trainer.value_fitted
+    first = trainer.step(0)  # the reward's shift and scale, the head's start, one update
+    shift, scale = trainer.reward_shift, trainer.reward_scale
+    assert trainer.value_fitted and math.isfinite(first["value/explained_variance"])
+    assert head.weight.item() != pytest.approx(1 / scale, rel=1e-6)  # the value loss moved it
+
+    trainer.reward_critic.start_head(head, shift, scale)
+    records = trainer.step_prompts(1)
+    rollout, scores, _, _ = trainer.rollout(records, 7, [r["id"] for r in records])
+    rm = load_reward_model(reward_model)
+    checked = 0
+    for b, record in enumerate(records):
+        ids = rollout.response_ids[b]
+        convs = [[{"role": "user", "content": record["prompt"]},
+                  {"role": "assistant", "content": trainer.text(ids[:t])}]
+                 for t in range(len(ids))]
+        want = (torch.tensor(rm.score(convs)) - shift) / scale
+        assert rollout.values[b, :len(ids)].tolist() == pytest.approx(want.tolist(), abs=1e-4)
+        if rollout.ended[b]:  # the prefix before the end-of-sequence token is the answer
+            assert rollout.values[b, len(ids) - 1].item() == pytest.approx(
+                (scores[b].item() - shift) / scale, abs=1e-4)
+            checked += 1
+        assert (rollout.values[b, len(ids):] == 0).all()
+    assert checked >= 2
+    # every 3rd prefix: each position reads the latest scored one, the last position its own
+    trainer.reward_critic.every = 3
+    every = trainer.reward_critic.features(rollout, [trainer.messages(r) for r in records])
+    for b, ids in enumerate(rollout.response_ids):
+        last = len(ids) - 1
+        for t in range(last):
+            assert every[b, t, 0].item() == pytest.approx(rollout.hidden[b, t - t % 3, 0].item())
+        assert every[b, last, 0].item() == pytest.approx(rollout.hidden[b, last, 0].item())
+    evaluated, _, _, _ = trainer.rollout(records, 7, [r["id"] for r in records], values=False)
+    assert evaluated.hidden is None  # evaluation skips the critic's pass
