@@ -49,10 +49,10 @@ from cai.train.losses import (
     rloo_advantages,
     token_logps,
 )
+from cai.train.ppo_log import RunLog, eval_line, step_line
 from cai.train.ppo_options import PPOSection
 from cai.train.rollout import Rollout, answer_forward, model_inputs, score_tokens, step_prompts
 
-METRICS = "metrics.jsonl"
 VALUE_HEAD = ppo_checkpoint.VALUE_HEAD
 
 
@@ -122,6 +122,8 @@ class PPOTrainer:
             else:
                 hidden = self.model.get_base_model().config.get_text_config().hidden_size
             self.value_head = critic.zero_head(hidden, self.device)
+        # the head that reads the policy's own states in its forward passes (the policy critic)
+        self.policy_head = None if self.reward_critic else self.value_head
         self.value_fitted = not self.opts.value_warmup  # fitted on the first rollout
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.value_head is not None:
@@ -235,8 +237,7 @@ class PPOTrainer:
             common_args = (rollout, self.tokenizer.pad_token_id, self.device,
                            self.opts.temperature, self.args.per_device_eval_batch_size,
                            self.accelerator.autocast, self.keep_logits)
-            policy_head = None if self.reward_critic else self.value_head
-            score_tokens(self.model, policy_head, *common_args, keep_hidden=keep_hidden)
+            score_tokens(self.model, self.policy_head, *common_args, keep_hidden=keep_hidden)
             with self.model.disable_adapter():
                 score_tokens(self.model, None, *common_args, reference=True)
             if self.reward_critic is not None and values:
@@ -367,8 +368,7 @@ class PPOTrainer:
                                      [rollout.response_ids[i] for i in idx],
                                      self.tokenizer.pad_token_id, self.device)
         with self.accelerator.autocast():
-            logits, values, _ = answer_forward(self.model, None if self.reward_critic
-                                               else self.value_head, inputs, width,
+            logits, values, _ = answer_forward(self.model, self.policy_head, inputs, width,
                                                self.opts.temperature, self.keep_logits)
         dev = logits.device
         if self.reward_critic is not None:
@@ -442,49 +442,36 @@ class PPOTrainer:
         cfg, args = self.cfg, self.args
         out = cfg.output_dir
         train_config.save_resolved(cfg, out)
-        metrics_file = out / METRICS
         if resume:
             last = common.checkpoints(out)[-1]
             ppo_checkpoint.load(self, last)
             self.log(f"resumed from {last} (step {self.step_done})")
-            kept = [line for line in (metrics_file.read_text().splitlines()
-                                      if metrics_file.is_file() else [])
-                    if (step := _step_of(line)) is not None and step <= self.step_done]
-            metrics_file.write_text("".join(line + "\n" for line in kept))
-        elif metrics_file.exists():
-            metrics_file.unlink()
-        writer = common.metrics_writer(self.args, cfg.output_dir / "runs")
+        run_log = RunLog(args, out, self.step_done if resume else None)
         start = time.perf_counter()
         last_metrics: dict = {}
         evals: list[dict] = []
 
-        def record(row: dict) -> None:
-            with open(metrics_file, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, row["step"])
+        def evaluate(n: int) -> None:
+            evals.append(self.evaluate(n))
+            run_log.record(evals[-1])
+            self.log(eval_line(evals[-1]))
 
         if self.eval_prompts and self.step_done == 0:
-            evals.append(self.evaluate(0))
-            record(evals[-1])
-            self.log(self._eval_line(evals[-1]))
+            evaluate(0)
         try:
             while self.step_done < args.max_steps:
                 last_metrics = self.step(self.step_done)
-                record(last_metrics)
-                self.log(self._line(last_metrics))
+                run_log.record(last_metrics)
+                self.log(step_line(last_metrics, args.max_steps))
                 n = self.step_done
                 if self.eval_prompts and (n == args.max_steps or (
                         self.opts.eval_every and n % self.opts.eval_every == 0)):
-                    evals.append(self.evaluate(n))
-                    record(evals[-1])
-                    self.log(self._eval_line(evals[-1]))
+                    evaluate(n)
                 if args.save_strategy != "no" and args.save_steps and n < args.max_steps and \
                         n % int(args.save_steps) == 0:
                     ppo_checkpoint.save(self)
         finally:
-            writer.close()
+            run_log.close()
         self.model.save_pretrained(out)  # the adapter: `cai export --adapter OUT` reads it
         self.tokenizer.save_pretrained(out)
         if self.value_head is not None:
@@ -498,27 +485,6 @@ class PPOTrainer:
             results["eval/reward_mean_before"] = evals[0]["eval/reward_mean"]
         (out / "train_results.json").write_text(json.dumps(results, indent=1))
         return results
-
-    def _line(self, m: dict) -> str:
-        return (f"step {m['step']}/{self.args.max_steps}  reward {m['reward/mean']:.3f} "
-                f"(std {m['reward/std']:.3f})  kl {m['kl']:.3f}  entropy {m['entropy']:.2f}  "
-                f"clip {m.get('policy/clip_frac', 0):.3f}  len {m['response/length']:.1f}  "
-                f"gen {m['time/generation']:.1f}s  score {m['time/scoring']:.1f}s  "
-                f"train {m['time/training']:.1f}s")
-
-    @staticmethod
-    def _eval_line(m: dict) -> str:
-        return (f"eval at step {m['step']}: reward {m['eval/reward_mean']:.3f} "
-                f"(std {m['eval/reward_std']:.3f})  kl {m['eval/kl']:.3f}  "
-                f"len {m['eval/response_length']:.1f}")
-
-
-def _step_of(line: str) -> int | None:
-    """The step of a metrics line, or None for a line a kill tore in half (it is dropped)."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
