@@ -96,8 +96,8 @@ class EvalConfig(EngineConfig):
                                     help="a judge below this check accuracy is flagged as "
                                          "unreliable")
     judge_engine: str | None = opt(None, "judge engine (default: --engine)")
-    judge_dtype: str = opt("float32", "hf/vllm weights of the judge (float32: bfloat16 logits "
-                                      "quantize soft labels)")
+    judge_dtype: str = opt("float32", "hf/vllm weights of the judge (the hf engine computes "
+                                      "the choice logits in float32 either way)")
     judge_base_url: str | None = opt(None, "openai engine: the judge's server (default: "
                                            "--base-url)")
     judge_api_key_env: str | None = opt(None, "openai engine: the judge's key variable "

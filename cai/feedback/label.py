@@ -80,8 +80,8 @@ class LabelConfig:
     engine: str = opt("hf", "policy engine: hf, vllm or openai")
     labeler_engine: str | None = opt(None, "labeler engine (default: the policy's)")
     dtype: str = opt("bfloat16", "hf/vllm weights of the policy")
-    labeler_dtype: str = opt("float32", "hf/vllm weights of the labeler (bfloat16 logits "
-                                        "quantize its log-odds to steps of about 0.25)")
+    labeler_dtype: str = opt("float32", "hf/vllm weights of the labeler (the hf engine "
+                                        "computes the choice logits in float32 either way)")
     batch_size: int = opt(8, minimum=1, help="sequences per forward pass (hf engine)")
     base_url: str | None = opt(None, "openai engine: the policy's server, e.g. "
                                      "http://127.0.0.1:8000/v1")

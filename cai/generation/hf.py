@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 
 import torch
 from transformers import LogitsProcessorList
@@ -51,6 +52,7 @@ class HFGenerator:
         self.prefix = PrefixCache(reuse=reuse_prefix)
         # KV caches of the few-shot prefixes `choice_logprobs` scored last (`_prefix_cache`)
         self.prefixes: dict = {}
+        self.head32: dict = {}  # the LM head's float32 weight, for `choice_logprobs`
         self._cache_kwarg = cache_kwarg()
 
     # ----------------------------------------------------------------------------------------
@@ -126,10 +128,11 @@ class HFGenerator:
         prompts, choice_ids = choice_requests(self.tokenizer, conversations, choices)
         heads = [self._head(c, ids) for c, ids in zip(conversations, prompts)]
         rows = [(p, k) for p in range(len(prompts)) for k in range(len(choices))]
-        flat = continuation_logprobs(self.model, self.tokenizer.pad_token_id,
-                                     [prompts[p] for p, _ in rows],
-                                     [choice_ids[k] for _, k in rows], self.batch_size,
-                                     self.prefixes, [heads[p] for p, _ in rows])
+        with float32_logits(self.model, self.head32):
+            flat = continuation_logprobs(self.model, self.tokenizer.pad_token_id,
+                                         [prompts[p] for p, _ in rows],
+                                         [choice_ids[k] for _, k in rows], self.batch_size,
+                                         self.prefixes, [heads[p] for p, _ in rows])
         result = [[0.0] * len(choices) for _ in prompts]
         for (p, k), lp in zip(rows, flat):
             result[p][k] = lp
@@ -149,6 +152,35 @@ class HFGenerator:
     def close(self) -> None:
         self.prefix.clear()
         self.prefixes.clear()
+
+
+@contextmanager
+def float32_logits(model, store: dict):
+    """Within the block, the model's LM head computes its logits in float32: its input upcast,
+    times a float32 copy of its weight (made once, kept in `store`).
+
+    A bfloat16 head rounds each logit to 8 significant bits, a step of 0.125 for logits between
+    16 and 32: a judge's or labeler's log-odds between two options then move in steps of that
+    size, and many near-ties become exact ties. The head is one matrix product per scored
+    position, so doing it in float32 costs little; the layers below it keep their dtype.
+    """
+    head = model.get_output_embeddings()
+    if head is None or head.weight.dtype == torch.float32:
+        yield
+        return
+    if store.get("source") is not head.weight:
+        store.clear()
+        store.update(source=head.weight, weight=head.weight.detach().float(),
+                     bias=None if head.bias is None else head.bias.detach().float())
+
+    def upcast(module, args, output):
+        return torch.nn.functional.linear(args[0].float(), store["weight"], store["bias"])
+
+    handle = head.register_forward_hook(upcast)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def continuation_logprobs(model, pad_id: int, contexts: list[list[int]],

@@ -14,6 +14,7 @@ import json
 import random
 
 import torch
+from tqdm.auto import tqdm
 
 from cai import records
 
@@ -47,11 +48,13 @@ def estimate(trainer) -> dict:
         range(len(trainer.prompts)), len(trainer.prompts))
     prompts = [trainer.prompts[order[i % len(order)]] for i in range(n)]
     scores = []
-    for start in range(0, n, trainer.batch):
-        part = prompts[start:start + trainer.batch]
-        keys = [f"stats:{start + j}:{r['id']}" for j, r in enumerate(part)]
-        scores += trainer.answers(part, trainer.args.seed + 7_919 * (start + 1), keys,
-                                  start_policy=True)[2].tolist()
+    with tqdm(total=n, desc="reward normalization", unit="answer", dynamic_ncols=True) as bar:
+        for start in range(0, n, trainer.batch):
+            part = prompts[start:start + trainer.batch]
+            keys = [f"stats:{start + j}:{r['id']}" for j, r in enumerate(part)]
+            scores += trainer.answers(part, trainer.args.seed + 7_919 * (start + 1), keys,
+                                      start_policy=True)[2].tolist()
+            bar.update(len(part))
     values = torch.tensor(scores, dtype=torch.float64)
     std = values.std().item()
     stats = {"key": key, "samples": n, "mean": values.mean().item(), "std": std,

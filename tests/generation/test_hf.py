@@ -159,3 +159,33 @@ def test_per_conversation_seeds_make_each_answer_its_own(tiny_model):
     assert twice[0] != twice[1]
     # in a batch, padding moves logits only by float rounding: the draws stay the same
     assert batched.chat(CONVS, params([11, 12, 13])) == every
+
+
+def test_bfloat16_choice_scores_keep_float32_logits(tiny_model):
+    """A bfloat16 head rounds logits near 20 to steps of 0.125; the judge's and labeler's scores
+    read the head in float32, so they match a float64 head on the same hidden state."""
+    gen = make_generator("hf", str(tiny_model), dtype="bfloat16", batch_size=1)
+    head = gen.model.get_output_embeddings()
+    with torch.no_grad():
+        head.weight.mul_(40)  # logits in the tens, where bfloat16's step is 0.0625-0.125
+    choices = ["A", "B"]
+    ids = [gen.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    assert all(len(i) == 1 for i in ids)
+    got = gen.choice_logprobs(CONVS, choices)
+    seen = {}
+    handle = head.register_forward_hook(lambda m, args, out: seen.update(h=args[0], out=out))
+    worst_bf16 = 0.0
+    try:
+        for conv, row in zip(CONVS, got):
+            prompt = torch.tensor([gen.encode(conv)])
+            with torch.no_grad():
+                gen.model(input_ids=prompt, logits_to_keep=1)
+            exact = torch.log_softmax(seen["h"][0, -1].double() @ head.weight.double().T, -1)
+            rounded = torch.log_softmax(seen["out"][0, -1].float(), -1)
+            for (token,), value in zip(ids, row):
+                assert value == pytest.approx(exact[token].item(), abs=2e-3)
+                worst_bf16 = max(worst_bf16, abs(rounded[token].item() - exact[token].item()))
+    finally:
+        handle.remove()
+    assert head.weight.dtype == torch.bfloat16
+    assert worst_bf16 > 0.01  # the rounding the float32 head avoids is real here
