@@ -157,7 +157,7 @@ class HFGenerator:
 @contextmanager
 def float32_logits(model, store: dict):
     """Within the block, the model's LM head computes its logits in float32: its input upcast,
-    times a float32 copy of its weight (made once, kept in `store`).
+    times a float32 copy of its weight (kept in `store` until the weight changes).
 
     A bfloat16 head rounds each logit to 8 significant bits, a step of 0.125 for logits between
     16 and 32: a judge's or labeler's log-odds between two options then move in steps of that
@@ -168,9 +168,10 @@ def float32_logits(model, store: dict):
     if head is None or head.weight.dtype == torch.float32:
         yield
         return
-    if store.get("source") is not head.weight:
+    key = (id(head.weight), head.weight._version)  # an in-place update makes a new copy
+    if store.get("key") != key:
         store.clear()
-        store.update(source=head.weight, weight=head.weight.detach().float(),
+        store.update(key=key, weight=head.weight.detach().float(),
                      bias=None if head.bias is None else head.bias.detach().float())
 
     def upcast(module, args, output):

@@ -112,7 +112,6 @@ def fit_head(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
     return values.float() * mask
 
 
-
 class RewardModelCritic:
     """The value of answer position t from the preference model itself: its score of the
     prompt with answer[:t] as a finished answer (the state before token t), through a
