@@ -271,7 +271,7 @@ def cmd_eval(args) -> int:
 def cmd_score(args) -> int:
     import json
 
-    from cai.train.rm import score_file
+    from cai.train.rm import ranking_accuracy, score_file
 
     rows = score_file(args.model, args.data, batch_size=args.batch_size)
     text = "".join(json.dumps(r) + "\n" for r in rows)
@@ -281,6 +281,12 @@ def cmd_score(args) -> int:
         print(f"cai score: wrote {len(rows)} scores to {args.out}")
     else:
         sys.stdout.write(text)
+    accuracy = ranking_accuracy(rows)
+    if accuracy:  # stdout is the scores without --out: the summary goes to stderr then
+        acc, n = accuracy.pop("all")
+        kinds = ", ".join(f"{k} {a:.2f} of {m}" for k, (a, m) in sorted(accuracy.items()))
+        print(f"cai score: chosen ranked first in {acc:.2f} of {n} pairs"
+              + (f" ({kinds})" if kinds else ""), file=sys.stdout if args.out else sys.stderr)
     return 0
 
 
@@ -423,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score (prompt, response) pairs with a `cai train rm` model")
     p.add_argument("--model", required=True, help="reward model folder (a `cai train rm` output)")
     p.add_argument("--data", required=True, help=".jsonl with prompt and response (or messages, "
-                                                 "or chosen and rejected)")
+                                                 "or chosen and rejected, or better and worse "
+                                                 "as in data/label_check.jsonl: then the share "
+                                                 "ranked right, by kind, is printed too)")
     p.add_argument("--out", help="write the scores here as .jsonl (default: print them)")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_score)

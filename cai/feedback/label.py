@@ -336,9 +336,11 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
     helpful = [] if cfg.responses else records.helpful_sample(
         cfg.helpful_prompts, cfg.helpful_ratio, len(items), column=cfg.prompt_column,
         shard=cfg.shard, seed=cfg.seed)
-    if helpful:
+    items = items + helpful
+    # helpful-kind records (sampled here, or `cai revise` output's helpful samples) are asked
+    # the helpfulness questions
+    if any(it.get("kind") == "helpful" for it in items):
         pools["helpful"] = constitution.restrict("preference", cfg.helpful_principle_ids)
-        items = items + helpful
     labeler_engine, labeler_model, labeler_kwargs = role_engine(cfg, "labeler")
     policy_settings = {} if cfg.responses else \
         engine_identity("policy", cfg.engine, cfg.policy, policy_engine_kwargs(cfg))
@@ -361,7 +363,8 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
             "cot_temperature": cfg.cot_temperature} if cfg.cot else {}),
         **({"helpful": [records.source_id(cfg.helpful_prompts, cfg.prompt_column),
                         cfg.helpful_ratio, [p.id for p in pools["helpful"]]]}
-           if helpful else {}),
+           if helpful else {"helpful_pool": [p.id for p in pools["helpful"]]}
+           if "helpful" in pools else {}),
     }
     with lock.hold(out):  # no second job appends to this folder meanwhile
         manifest = records.Manifest(out, "label", identity, as_dict(cfg))

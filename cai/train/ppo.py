@@ -35,6 +35,7 @@ import time
 import torch
 
 from cai.errors import CaiError
+from cai.records import helpful_sample, load_prompts
 from cai.train import common, critic, ppo_checkpoint, reward_sources, reward_stats
 from cai.train import config as train_config
 from cai.train.config import TrainConfig
@@ -88,6 +89,9 @@ class PPOTrainer:
         self.device = self.accelerator.device
 
         self.prompts = self._prompts(cfg.data.path, cfg.data.limit, "data.path")
+        self.prompts += helpful_sample(self.opts.helpful_prompts, self.opts.helpful_ratio,
+                                       len(self.prompts), column=self.opts.prompt_column,
+                                       seed=self.args.seed)
         # the reward source fails here, before the policy loads
         self.source = reward_sources.make_source(self.opts, args.seed)
         self.model, self.tokenizer = common.model_and_tokenizer(cfg)
@@ -150,8 +154,6 @@ class PPOTrainer:
     # Prompts
 
     def _prompts(self, spec: str, limit: int | None, key: str) -> list[dict]:
-        from cai.records import load_prompts
-
         found = load_prompts(spec, self.opts.prompt_column, self.cfg.data.split)
         found = found[:limit] if limit else found
         if self.opts.labeler and self.opts.feedback_baseline == "response":

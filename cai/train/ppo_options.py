@@ -36,6 +36,11 @@ class PPOSection:
     prompts_dir: str | None = opt(None, "labeler: folder with your own feedback*.j2 templates")
     labeler_dtype: str = opt("float32", "labeler: weights dtype")
     prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
+    helpful_prompts: str | None = opt(None, "also roll out on these ordinary prompts (ids "
+                                            "prefixed helpful:), so that a policy refusing "
+                                            "everything is not rewarded for it")
+    helpful_ratio: float = opt(0.5, minimum=0, help="helpful prompts per data.path prompt "
+                                                    "(with helpful_prompts)")
     prompts_per_step: int = opt(8, "prompts in each rollout batch")
     samples_per_prompt: int = opt(1, "answers sampled per prompt (rloo: at least 2)")
     max_new_tokens: int = opt(64, "longest answer, in tokens")
@@ -94,6 +99,9 @@ class PPOSection:
         if self.feedback_baseline not in ("reference", "response"):
             raise CaiError("ppo.feedback_baseline must be reference or response, got "
                            f"'{self.feedback_baseline}'")
+        if self.labeler and self.feedback_baseline == "response" and self.helpful_prompts:
+            raise CaiError("ppo.helpful_prompts has no 'response' to compare with: use "
+                           "ppo.feedback_baseline reference with it")
         for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs",
                      "generation_batch_size", "feedback_principles", "kl_horizon",
                      "critic_every"):

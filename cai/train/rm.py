@@ -223,14 +223,17 @@ def load_reward_model(folder, dtype: str = "float32", device: str | None = None)
 
 
 def score_file(model_dir, data, batch_size: int = 8) -> list[dict]:
-    """Scores of the records in `data` (a .jsonl): each row's `id` (or line number) with `score`
-    for prompt + response (or `messages`), or `score_chosen` and `score_rejected` for a
-    preference record."""
+    """Scores of the records in `data` (a .jsonl): each row's `id` (or line number), and its
+    `kind` if it has one, with `score` for prompt + response (or `messages`), or `score_chosen`
+    and `score_rejected` for a preference record (chosen/rejected, or better/worse as in
+    `data/label_check.jsonl`)."""
     rows = records.read_rows(str(data), "train", "a .jsonl or a `cai label` folder")
     convs, slots = [], []  # slots: (row index, output key)
     for n, (where, row) in enumerate(rows):
         if not isinstance(row, dict):
             raise CaiError(f"{where}: expected an object")
+        if "better" in row and "worse" in row and not ("chosen" in row or "rejected" in row):
+            row = {**row, "chosen": row["better"], "rejected": row["worse"]}
         if "chosen" in row and "rejected" in row:
             pair = pairs.read_pair(row, where)
             for side in pairs.SIDES:
@@ -249,7 +252,23 @@ def score_file(model_dir, data, batch_size: int = 8) -> list[dict]:
     if not convs:
         raise CaiError(f"{data}: no records to score")
     scores = load_reward_model(model_dir).score(convs, batch_size)
-    out = [{"id": row.get("id", n + 1)} for n, (_, row) in enumerate(rows)]
+    out = [{"id": row.get("id", n + 1), **({"kind": row["kind"]} if "kind" in row else {})}
+           for n, (_, row) in enumerate(rows)]
     for (n, key), s in zip(slots, scores):
         out[n][key] = s if math.isfinite(s) else None
     return out
+
+
+def ranking_accuracy(scored: list[dict]) -> dict[str, tuple[float, int]]:
+    """{"all" or a kind: (accuracy, pairs)} over the preference rows of `score_file` output:
+    the share with score_chosen > score_rejected, a tie counting 1/2 (as the trainer's
+    eval_accuracy). Empty when no row is a pair."""
+    hits: dict[str, list[float]] = {}
+    for row in scored:
+        chosen, rejected = row.get("score_chosen"), row.get("score_rejected")
+        if chosen is None or rejected is None:
+            continue
+        hit = 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
+        for key in ("all", *([str(row["kind"])] if "kind" in row else [])):
+            hits.setdefault(key, []).append(hit)
+    return {k: (sum(v) / len(v), len(v)) for k, v in hits.items()}

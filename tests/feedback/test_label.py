@@ -362,3 +362,21 @@ def test_helpful_prompts_are_labelled_with_the_helpfulness_questions(tiny_model,
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["identity"]["helpful"][1:] == [0.5, ["more-helpful"]]
     assert manifest["total_prompts"] == 6
+
+
+def test_helpful_records_in_a_responses_file_get_the_helpfulness_questions(tmp_path):
+    """`cai revise` output carries helpful samples (kind: helpful); labelling it with
+    --responses asks them the helpfulness questions and the others the --principle-ids."""
+    responses = write_jsonl(tmp_path / "responses.jsonl", [
+        {"id": "r", "prompt": "Question r?", "responses": ["GOOD one", "BAD one"]},
+        {"id": "helpful:h", "prompt": "Question h?", "responses": ["GOOD two", "BAD two"],
+         "kind": "helpful"},
+    ])
+    stats, rows, manifest = label(tmp_path, responses, KnownLabeler(), few_shot=0,
+                                  principle_ids=["less-harmful"],
+                                  helpful_principle_ids=["more-helpful"])
+    by_id = {r["id"]: r for r in rows}
+    assert {v["principle_id"] for v in by_id["r:0-1"]["votes"]} == {"less-harmful"}
+    assert {v["principle_id"] for v in by_id["helpful:h:0-1"]["votes"]} == {"more-helpful"}
+    assert by_id["helpful:h:0-1"]["kind"] == "helpful" and stats["written"] == 2
+    assert manifest["identity"]["helpful_pool"] == ["more-helpful"]

@@ -197,6 +197,23 @@ def test_prompts_come_once_per_pass(policy_model, prompts, tmp_path):
     assert seen[:8] != seen[8:16]  # each pass has its own order
 
 
+def test_helpful_prompts_are_mixed_into_the_rollouts(policy_model, prompts, tmp_path):
+    """RL on red-team prompts alone rewards a policy that refuses everything (docs/training.md:
+    borderline over-refusal 0.30 -> 0.95); ppo.helpful_prompts adds ordinary ones."""
+    helpful = write_jsonl(tmp_path / "helpful.jsonl", [
+        {"id": f"h{i}", "prompt": f"Name a colour, {i}."} for i in range(10)])
+    cfg = config(policy_model, prompts, tmp_path / "out", ppo__helpful_prompts=helpful,
+                 ppo__helpful_ratio=0.5, ppo__prompts_per_step=4)
+    trainer = ppo.PPOTrainer(cfg, log=lambda *_: None)
+    ids = [r["id"] for r in trainer.prompts]
+    assert len(ids) == 12 and sum(i.startswith("helpful:h") for i in ids) == 4  # 0.5 x 8
+    seen = {r["id"] for step in range(3) for r in trainer.step_prompts(step)}
+    assert seen == set(ids)  # one pass of 12 over three steps of 4 reaches both kinds
+    with pytest.raises(CaiError, match="helpful_prompts has no 'response'"):
+        config("m", "p", tmp_path, ppo__reward_function="", ppo__labeler="m",
+               ppo__feedback_baseline="response", ppo__helpful_prompts=helpful)
+
+
 # --------------------------------------------------------------------------------------------
 # Resume, CLI, export
 

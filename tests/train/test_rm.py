@@ -107,6 +107,21 @@ def test_cai_score_cli(trained, tmp_path):
     assert [s["id"] for s in scored] == [row["id"] for row in rows]
     assert sum(s["score_chosen"] > s["score_rejected"] for s in scored) / len(scored) > 0.9
 
+    # pairs: the ranking accuracy, by kind; better/worse (data/label_check.jsonl) = chosen/rejected
+    assert f"chosen ranked first in {sum(s['score_chosen'] > s['score_rejected'] for s in scored) / len(scored):.2f} of {len(rows)} pairs" in r.stdout  # noqa: E501
+    check = write_jsonl(tmp_path / "check.jsonl", [
+        {"id": "a", "prompt": rows[0]["prompt"][0]["content"], "kind": "harmless",
+         "better": rows[0]["chosen"][0]["content"], "worse": rows[0]["rejected"][0]["content"]},
+        {"id": "b", "prompt": rows[0]["prompt"][0]["content"], "kind": "helpful",
+         "better": rows[0]["rejected"][0]["content"], "worse": rows[0]["chosen"][0]["content"]}])
+    r = run_cai("score", "--model", out, "--data", check)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = map(json.loads, r.stdout.splitlines())
+    assert a["score_chosen"] == pytest.approx(b["score_rejected"]) and a["kind"] == "harmless"
+    assert a["score_chosen"] > a["score_rejected"]  # the refusal, as in the held-out pairs
+    assert r.stderr.strip().splitlines()[-1] == "cai score: chosen ranked first in 0.50 of 2 " \
+                                                "pairs (harmless 1.00 of 1, helpful 0.00 of 1)"
+
     r = run_cai("score", "--model", tmp_path, "--data", single)
     assert r.returncode == 2
     assert r.stderr.strip() == f"cai: error: {tmp_path}: not a reward model folder (no " \
