@@ -261,14 +261,14 @@ def score_file(model_dir, data, batch_size: int = 8) -> list[dict]:
 
 def ranking_accuracy(scored: list[dict]) -> dict[str, tuple[float, int]]:
     """{"all" or a kind: (accuracy, pairs)} over the preference rows of `score_file` output:
-    the share with score_chosen > score_rejected, a tie counting 1/2 (as the trainer's
-    eval_accuracy). Empty when no row is a pair."""
-    hits: dict[str, list[float]] = {}
+    the share with score_chosen > score_rejected, a tie counting 1/2, computed as the trainer's
+    eval_accuracy (`eval_metrics`). Empty when no row is a pair."""
+    margins: dict[str, list[float]] = {}
     for row in scored:
         chosen, rejected = row.get("score_chosen"), row.get("score_rejected")
         if chosen is None or rejected is None:
             continue
-        hit = 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
         for key in ("all", *([str(row["kind"])] if "kind" in row else [])):
-            hits.setdefault(key, []).append(hit)
-    return {k: (sum(v) / len(v), len(v)) for k, v in hits.items()}
+            margins.setdefault(key, []).append(chosen - rejected)
+    return {k: (label_metrics.accuracy(torch.sigmoid(torch.tensor(v, dtype=torch.float64))
+                                       .tolist()), len(v)) for k, v in margins.items()}

@@ -108,7 +108,8 @@ def test_cai_score_cli(trained, tmp_path):
     assert sum(s["score_chosen"] > s["score_rejected"] for s in scored) / len(scored) > 0.9
 
     # pairs: the ranking accuracy, by kind; better/worse (data/label_check.jsonl) = chosen/rejected
-    assert f"chosen ranked first in {sum(s['score_chosen'] > s['score_rejected'] for s in scored) / len(scored):.2f} of {len(rows)} pairs" in r.stdout  # noqa: E501
+    right = sum(s["score_chosen"] > s["score_rejected"] for s in scored) / len(scored)
+    assert f"chosen ranked first in {right:.2f} of {len(rows)} pairs" in r.stdout
     check = write_jsonl(tmp_path / "check.jsonl", [
         {"id": "a", "prompt": rows[0]["prompt"][0]["content"], "kind": "harmless",
          "better": rows[0]["chosen"][0]["content"], "worse": rows[0]["rejected"][0]["content"]},
