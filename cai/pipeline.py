@@ -146,9 +146,11 @@ class Pipeline:
                 inputs.update(shared)
                 column = str(options.get("prompt_column", "prompt"))
                 inputs["prompts"] = self._input_key(options.get("prompts", PROMPTS), column)
-                if isinstance(options.get("helpful_prompts"), str):
-                    inputs["helpful_prompts"] = self._input_key(options["helpful_prompts"],
-                                                                column)
+                helpful = options.get("helpful_prompts")
+                if isinstance(helpful, str):  # one set keyed as before: such runs stay current
+                    inputs["helpful_prompts"] = self._input_key(helpful, column)
+                elif isinstance(helpful, list):
+                    inputs["helpful_prompts"] = [self._input_key(h, column) for h in helpful]
             elif name in TRAINERS:
                 inputs["config"] = _digest(self._train_config_path(name))
                 inputs["files"] = self._named_files(name)
@@ -337,6 +339,9 @@ class Pipeline:
         for key in ("prompts", "responses", "helpful_prompts"):
             if isinstance(options.get(key), str) and not options[key].startswith("dataset:"):
                 options[key] = str(self._path(options[key]))
+            elif isinstance(options.get(key), list):
+                options[key] = [str(self._path(v)) if isinstance(v, str) and
+                                not v.startswith("dataset:") else v for v in options[key]]
         return cfgmod.build(cls, {**options, **fixed}, self.where(name))
 
     def _run_revise(self, folder: Path) -> dict:

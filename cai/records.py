@@ -196,18 +196,36 @@ def _from_datasets(name: str, column: str, split: str) -> list[dict]:
     return out
 
 
-def helpful_sample(spec: str | None, ratio: float, n_prompts: int, *, column: str = "prompt",
-                   shard: str | None = None, seed: int = 0) -> list[dict]:
-    """`ratio` x `n_prompts` ordinary prompts drawn (seeded) from `spec`, ids prefixed
-    `helpful:` so they never collide with the red-team ids: the helpfulness share that SL-CAI
-    and RL-CAI data mix in (Bai et al. 2022, sections 3 and 4)."""
-    if not spec or not ratio:
+def helpful_sample(specs: str | list[str] | None, ratio: float, n_prompts: int, *,
+                   column: str = "prompt", shard: str | None = None, seed: int = 0
+                   ) -> list[dict]:
+    """`ratio` x `n_prompts` ordinary prompts drawn (seeded) from the pooled prompt sets
+    `specs` (one or more), ids prefixed `helpful:` so they never collide with the red-team ids:
+    the helpfulness share that SL-CAI and RL-CAI data mix in (Bai et al. 2022, sections 3 and
+    4). An id found in two of the sets is an error."""
+    specs = [specs] if isinstance(specs, str) else list(specs or [])
+    if not specs or not ratio:
         return []
-    found = select_shard(load_prompts(spec, column), shard)
+    found, where = [], {}
+    for spec in specs:
+        for it in select_shard(load_prompts(spec, column), shard):
+            if it["id"] in where:
+                raise CaiError(f"{spec}: id '{it['id']}' is also in {where[it['id']]} "
+                               "(helpful prompt sets are pooled: ids must differ)")
+            where[it["id"]] = spec
+            found.append(it)
     drawn = random.Random(f"{seed}:helpful").sample(found, min(len(found),
                                                                round(ratio * n_prompts)))
     return [{"id": f"helpful:{it['id']}", "prompt": it["prompt"], "kind": "helpful"}
             for it in drawn]
+
+
+def sources_id(specs: str | list[str], column: str = "prompt") -> str | list[str]:
+    """`source_id` of one prompt set, or the list of them for several."""
+    if isinstance(specs, str):
+        return source_id(specs, column)
+    ids = [source_id(s, column) for s in specs]
+    return ids[0] if len(ids) == 1 else ids
 
 
 def select_shard(items: list[dict], shard: str | None) -> list[dict]:

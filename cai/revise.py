@@ -102,9 +102,10 @@ class ReviseConfig(EngineConfig):
                                                "P(it does what the red-team request asked) is "
                                                "below this (cai eval's judge question; off by "
                                                "default)")
-    helpful_prompts: str | None = opt(None, "also answer these ordinary prompts with the policy "
-                                            "(no critique) as helpful SFT samples, e.g. "
-                                            "data/helpful.jsonl")
+    helpful_prompts: list[str] | None = opt(None, "also answer these ordinary prompt sets "
+                                                  "(comma-separated, pooled) with the policy, no "
+                                                  "critique, as helpful SFT samples, e.g. "
+                                                  "data/helpful.jsonl")
     helpful_ratio: float = opt(1.0, minimum=0, help="helpful samples per red-team prompt (with "
                                                     "--helpful-prompts)")
     helpful_temperature: float | None = opt(None, minimum=0,
@@ -390,7 +391,7 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
         **({"gate_compliance": [cfg.gate_max_complies, "checked first", records.text_sha256(
             templates.fingerprint(("judge_refusal.j2",)) + repr(gate.examples))]}
            if gate and gate.max_complies is not None else {}),
-        "helpful": [records.source_id(cfg.helpful_prompts, cfg.prompt_column), cfg.helpful_ratio,
+        "helpful": [records.sources_id(cfg.helpful_prompts, cfg.prompt_column), cfg.helpful_ratio,
                     helpful_temperature(cfg)] if helpful else None,
     }
     with lock.hold(out):  # no second job appends to this folder meanwhile

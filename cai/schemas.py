@@ -34,11 +34,13 @@ def type_schema(hint) -> dict:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         inner = type_schema(args[0])
         if "type" in inner and type(None) in typing.get_args(hint):
-            inner["type"] = [inner["type"], "null"]
+            inner["type"] = [*([inner["type"]] if isinstance(inner["type"], str)
+                               else inner["type"]), "null"]
         return inner
     if origin in (list, tuple):
         (item, *_) = typing.get_args(hint) or (typing.Any,)
-        return {"type": "array", "items": type_schema(item)}
+        # the loaders also take one comma-separated string (`cai.config.coerce`)
+        return {"type": ["array", "string"], "items": type_schema(item)}
     if origin is dict or hint is dict:
         return {"type": "object"}
     simple = {str: "string", bool: "boolean", int: "integer", float: "number"}

@@ -74,6 +74,26 @@ def test_shards_partition_the_ids():
             records.select_shard(items, bad)
 
 
+def test_helpful_prompt_sets_are_pooled(tmp_path):
+    a = write(tmp_path / "a.jsonl", [json.dumps({"id": f"a{i}", "prompt": f"A {i}?"})
+                                     for i in range(4)])
+    b = write(tmp_path / "b.jsonl", [json.dumps({"id": f"b{i}", "prompt": f"B {i}?"})
+                                     for i in range(4)])
+    both = records.helpful_sample([str(a), str(b)], 2.0, 4)  # 8 of the 8 pooled prompts
+    assert sorted(r["id"] for r in both) == [f"helpful:{s}{i}" for s in "ab" for i in range(4)]
+    assert all(r["kind"] == "helpful" for r in both)
+    some = records.helpful_sample([str(a), str(b)], 1.0, 3)
+    assert len(some) == 3 and some == records.helpful_sample([str(a), str(b)], 1.0, 3)
+    # one set, given as text or as a one-item list: the same draw and the same identity
+    assert records.helpful_sample(str(a), 0.5, 4) == records.helpful_sample([str(a)], 0.5, 4)
+    assert records.sources_id([str(a)]) == records.sources_id(str(a)) == records.source_id(str(a))
+    assert records.sources_id([str(a), str(b)]) == [records.source_id(str(a)),
+                                                    records.source_id(str(b))]
+    clash = write(tmp_path / "c.jsonl", [json.dumps({"id": "a1", "prompt": "again"})])
+    with pytest.raises(CaiError, match=r"c\.jsonl: id 'a1' is also in .*a\.jsonl"):
+        records.helpful_sample([str(a), str(clash)], 1.0, 2)
+
+
 def test_torn_last_line_is_cut_on_resume(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_bytes(b'{"id": "a"}\n{"id": "b"}\n{"id": "c", "resp')

@@ -7,6 +7,7 @@ import sys
 import pytest
 from conftest import ROOT, make_tiny_model, read_records, run_cai, run_cai_process
 
+from cai import records
 from cai.errors import CaiError
 from cai.revision_check import revision_flag, strip_boilerplate
 
@@ -300,6 +301,26 @@ def test_helpful_samples_are_mixed_in(tiny_model, prompts_file, tmp_path):
     # every helpful sample, and the revised prompts whose revision the gate took
     assert len(load_conversations(str(out))) == 6 + sum(
         r["messages"] is not None for r in rows if r["kind"] == "revision")
+
+
+def test_several_helpful_prompt_sets_are_pooled(tiny_model, prompts_file, tmp_path):
+    """--helpful-prompts A,B draws from both sets (the pipeline mixes data/helpful.jsonl and
+    data/borderline.jsonl); both files are in the job's identity."""
+    sets = []
+    for name in ("helpful", "borderline"):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"{name[0]}{i}", "prompt": f"{name} {i}?"})
+                                + "\n" for i in range(2)))
+        sets.append(path)
+    out = tmp_path / "out"
+    result = run_cai("revise", "--prompts", prompts_file, "--out", out, "--model", tiny_model,
+                     "--limit", "2", "--helpful-prompts", f"{sets[0]},{sets[1]}",
+                     "--helpful-ratio", "2", *GATE_FAST)
+    assert result.returncode == 0, result.stderr
+    helpful = sorted(r["id"] for r in read_records(out / "data.jsonl") if r["kind"] == "helpful")
+    assert helpful == ["helpful:b0", "helpful:b1", "helpful:h0", "helpful:h1"]
+    identity = json.loads((out / "manifest.json").read_text())["identity"]["helpful"]
+    assert identity[0] == [records.source_id(str(p)) for p in sets]
 
 
 def test_helpful_samples_can_be_greedy(tiny_model, prompts_file, tmp_path):

@@ -137,6 +137,7 @@ def test_dataclass_schema_by_hand():
         rate: float = opt(0.5)
         on: bool = opt(True, "switch")
         ids: list[str] = opt(help="some ids", factory=lambda: ["a"])
+        files: list[str] | None = opt(None)
         extra: dict = opt(help="anything", factory=dict)
 
     assert schemas.dataclass_schema(Options, "the options") == {
@@ -146,6 +147,8 @@ def test_dataclass_schema_by_hand():
             "count": {"type": ["integer", "null"], "description": "how many"},
             "rate": {"type": "number", "default": 0.5},
             "on": {"type": "boolean", "description": "switch", "default": True},
-            "ids": {"type": "array", "items": {"type": "string"}, "description": "some ids",
-                    "default": ["a"]},
+            # a list may also be one comma-separated string, as the loaders take it
+            "ids": {"type": ["array", "string"], "items": {"type": "string"},
+                    "description": "some ids", "default": ["a"]},
+            "files": {"type": ["array", "string", "null"], "items": {"type": "string"}},
             "extra": {"type": "object", "description": "anything"}}}

@@ -102,8 +102,9 @@ class LabelConfig:
     seed: int = opt(0, "seed for sampling, pairs, principles, orders and few-shot choice")
     prompts_dir: str | None = opt(None, "folder with your own feedback*.j2 templates")
     prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
-    helpful_prompts: str | None = opt(None, "also label pairs on these ordinary prompts, with "
-                                            "the helpfulness questions, e.g. data/helpful.jsonl")
+    helpful_prompts: list[str] | None = opt(None, "also label pairs on these ordinary prompt "
+                                                  "sets (comma-separated, pooled), with the "
+                                                  "helpfulness questions, e.g. data/helpful.jsonl")
     helpful_ratio: float = opt(0.5, minimum=0, help="helpful prompts per red-team prompt (with "
                                                     "--helpful-prompts)")
     helpful_principle_ids: list[str] = opt(help="preference ids asked on the helpful prompts",
@@ -361,7 +362,7 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
             "top_p": cfg.top_p} if not cfg.responses else {}),
         **({"cot_clamp": cfg.cot_clamp, "cot_max_new_tokens": cfg.cot_max_new_tokens,
             "cot_temperature": cfg.cot_temperature} if cfg.cot else {}),
-        **({"helpful": [records.source_id(cfg.helpful_prompts, cfg.prompt_column),
+        **({"helpful": [records.sources_id(cfg.helpful_prompts, cfg.prompt_column),
                         cfg.helpful_ratio, [p.id for p in pools["helpful"]]]}
            if helpful else {"helpful_pool": [p.id for p in pools["helpful"]]}
            if "helpful" in pools else {}),

@@ -36,9 +36,9 @@ class PPOSection:
     prompts_dir: str | None = opt(None, "labeler: folder with your own feedback*.j2 templates")
     labeler_dtype: str = opt("float32", "labeler: weights dtype")
     prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
-    helpful_prompts: str | None = opt(None, "also roll out on these ordinary prompts (ids "
-                                            "prefixed helpful:), so that a policy refusing "
-                                            "everything is not rewarded for it")
+    helpful_prompts: list[str] | None = opt(None, "also roll out on these ordinary prompt sets "
+                                                  "(pooled; ids prefixed helpful:), so that a "
+                                                  "policy refusing everything is not rewarded")
     helpful_ratio: float = opt(0.5, minimum=0, help="helpful prompts per data.path prompt "
                                                     "(with helpful_prompts)")
     prompts_per_step: int = opt(8, "prompts in each rollout batch")
