@@ -62,6 +62,16 @@ def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> tor
     return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[1]
 
 
+def explained_variance(returns: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+                       ) -> float:
+    """1 - Var(returns - values) / Var(returns) over the positions in `mask` (0 when the
+    returns do not vary): 1 for values that predict the returns, 0 for their mean, below 0
+    for worse. Shape: (B, T) each, mask (B, T) bool"""
+    r, v = returns[mask].double(), values[mask].double()
+    var = r.var(unbiased=False)
+    return (1 - (r - v).var(unbiased=False) / var).item() if var > 0 else 0.0
+
+
 RIDGES = (1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 

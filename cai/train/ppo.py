@@ -273,6 +273,10 @@ class PPOTrainer:
                 targets = critic.reward_to_go(rewards_t, mask, opts.gamma)
                 rollout.values = critic.fit_head(self.value_head, rollout.hidden, targets, mask)
                 self.value_fitted = True
+                fit = critic.explained_variance(targets, rollout.values, mask.bool())
+                self.log(f"critic warm-up: the value head explains {fit:.2f} of the first "
+                         "rollout's returns (in sample)" + (": its features hardly predict "
+                                                            "this reward" if fit < 0.1 else ""))
             advantages, returns = gae(rewards_t, rollout.values, mask, opts.gamma, opts.lam)
             if opts.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
@@ -328,10 +332,8 @@ class PPOTrainer:
             "time/training": training,
         }
         if returns is not None:
-            values = rollout.values
-            var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-            err = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
-            metrics["value/explained_variance"] = (1 - err / var).item() if var > 0 else 0.0
+            metrics["value/explained_variance"] = critic.explained_variance(
+                returns, rollout.values, mask.bool())
         if opts.adaptive_kl:
             self.kl_coef = adaptive_kl_coef(self.kl_coef, metrics["kl"], opts.kl_target,
                                             opts.kl_horizon, len(rollout))

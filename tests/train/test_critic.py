@@ -1,5 +1,6 @@
 """The critic's start (`cai.train.critic`): ridge fit, its strength by cross-validation."""
 
+import pytest
 import torch
 
 from cai.train import critic
@@ -39,3 +40,21 @@ def test_cross_validation_picks_a_strong_penalty_when_the_batch_is_as_wide_as_it
     # with plenty of clean data the weakest penalty wins
     hidden, targets, mask = rollout(64, 32, 8, noise=0.01, seed=3)
     assert critic.choose_ridge(hidden, targets, mask) == critic.RIDGES[0]
+
+
+def test_explained_variance_known_cases():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 5.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    assert critic.explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    mean = returns[mask].mean()
+    assert critic.explained_variance(returns, torch.full_like(returns, mean), mask) == \
+        pytest.approx(0.0, abs=1e-12)
+    # values off by a constant explain as much: the residual's variance is what counts
+    assert critic.explained_variance(returns, returns + 7.0, mask) == pytest.approx(1.0)
+    # half-way to the mean leaves a quarter of the variance: 1 - 0.25
+    half = (returns + mean) / 2
+    assert critic.explained_variance(returns, half, mask) == pytest.approx(0.75)
+    # positions outside the mask do not count; constant returns give 0, not a division by 0
+    assert critic.explained_variance(returns, returns.masked_fill(~mask, 99.0), mask) == \
+        pytest.approx(1.0)
+    assert critic.explained_variance(torch.ones(2, 4), torch.zeros(2, 4), mask) == 0.0

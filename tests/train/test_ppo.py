@@ -373,6 +373,30 @@ def reward_model(tiny_model, tmp_path_factory):
     return out
 
 
+def test_the_critic_warm_up_says_how_much_it_explains(policy_model, prompts, tmp_path):
+    """The warm-up fit logs how much of the first rollout's returns the fitted head explains,
+    in sample, and says so when that is little (a reward-model critic whose prefix scores do
+    not predict the final score explained 0.00 for a whole run, docs/training.md); without the
+    warm-up nothing is logged."""
+    logged = []
+    cfg = config(policy_model, prompts, tmp_path, ppo__reward_function=f"{Path(__file__)}:length",
+                 ppo__prompts_per_step=16, ppo__max_new_tokens=12, ppo__reward_stats_samples=32)
+    trainer = ppo.PPOTrainer(cfg, log=logged.append)
+    trainer.step(0)
+    trainer.step(1)
+    lines = [line for line in logged if line.startswith("critic warm-up:")]
+    assert len(lines) == 1  # once, before the first update only
+    fit = float(lines[0].split("explains ")[1].split(" ")[0])
+    assert -1e-6 <= fit <= 1.0  # least squares with a bias: never below the mean's 0
+    assert ("hardly predict" in lines[0]) == (fit < 0.1)
+    quiet = []
+    off = config(policy_model, prompts, tmp_path / "off", ppo__value_warmup=False,
+                 ppo__reward_function=f"{Path(__file__)}:length", ppo__prompts_per_step=16,
+                 ppo__max_new_tokens=12, ppo__reward_stats_samples=32)
+    ppo.PPOTrainer(off, log=quiet.append).step(0)
+    assert not any(line.startswith("critic warm-up:") for line in quiet)
+
+
 def test_reward_model_rewards_normalized_by_a_dedicated_pass(
         policy_model, prompts, reward_model, tmp_path):
     """The shift and scale come from 256 answers of the starting policy sampled before the
