@@ -147,10 +147,10 @@ class Pipeline:
                 column = str(options.get("prompt_column", "prompt"))
                 inputs["prompts"] = self._input_key(options.get("prompts", PROMPTS), column)
                 helpful = options.get("helpful_prompts")
-                if isinstance(helpful, str):  # one set keyed as before: such runs stay current
-                    inputs["helpful_prompts"] = self._input_key(helpful, column)
-                elif isinstance(helpful, list):
-                    inputs["helpful_prompts"] = [self._input_key(h, column) for h in helpful]
+                if helpful:  # one set keyed as before, as text or a one-item list
+                    keys = [self._input_key(h, column) for h in
+                            ([helpful] if isinstance(helpful, str) else helpful)]
+                    inputs["helpful_prompts"] = keys[0] if len(keys) == 1 else keys
             elif name in TRAINERS:
                 inputs["config"] = _digest(self._train_config_path(name))
                 inputs["files"] = self._named_files(name)
@@ -336,12 +336,15 @@ class Pipeline:
         for key in fixed:
             if key in getattr(self.spec, name):
                 raise CaiError(f"{self.where(name, key)}: '{name}.{key}' is set by the pipeline")
+        def resolve(v):
+            return str(self._path(v)) if isinstance(v, str) and \
+                not v.startswith("dataset:") else v
+
         for key in ("prompts", "responses", "helpful_prompts"):
-            if isinstance(options.get(key), str) and not options[key].startswith("dataset:"):
-                options[key] = str(self._path(options[key]))
-            elif isinstance(options.get(key), list):
-                options[key] = [str(self._path(v)) if isinstance(v, str) and
-                                not v.startswith("dataset:") else v for v in options[key]]
+            if isinstance(options.get(key), list):
+                options[key] = [resolve(v) for v in options[key]]
+            elif key in options:
+                options[key] = resolve(options[key])
         return cfgmod.build(cls, {**options, **fixed}, self.where(name))
 
     def _run_revise(self, folder: Path) -> dict:

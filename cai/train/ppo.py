@@ -273,7 +273,7 @@ class PPOTrainer:
                 targets = critic.reward_to_go(rewards_t, mask, opts.gamma)
                 rollout.values = critic.fit_head(self.value_head, rollout.hidden, targets, mask)
                 self.value_fitted = True
-                fit = critic.explained_variance(targets, rollout.values, mask.bool())
+                fit = critic.explained_variance(targets, rollout.values, mask)
                 self.log(f"critic warm-up: the value head explains {fit:.2f} of the first "
                          "rollout's returns (in sample)" + (": its features hardly predict "
                                                             "this reward" if fit < 0.1 else ""))
@@ -333,7 +333,7 @@ class PPOTrainer:
         }
         if returns is not None:
             metrics["value/explained_variance"] = critic.explained_variance(
-                returns, rollout.values, mask.bool())
+                returns, rollout.values, mask)
         if opts.adaptive_kl:
             self.kl_coef = adaptive_kl_coef(self.kl_coef, metrics["kl"], opts.kl_target,
                                             opts.kl_horizon, len(rollout))
