@@ -43,6 +43,13 @@ STATE = "stage.json"
 TRAINERS = ("sft", "dpo", "rm", "ppo")
 PROMPTS = "data/red_team.jsonl"  # the default prompt set of revise, label and ppo
 PIPELINE_KEYS = {"eval": "models"}  # a stage's key in the YAML that is not its job's option
+# Stage options that name principles, and the constitution section they name them from.
+PRINCIPLE_OPTIONS = {("revise", "principles"): "critique_revision",
+                     ("revise", "gate_principles"): "preference",
+                     ("label", "principle_ids"): "preference",
+                     ("label", "helpful_principle_ids"): "preference",
+                     ("eval", "helpful_principles"): "preference",
+                     ("eval", "harmless_principles"): "preference"}
 
 
 @dataclass
@@ -113,6 +120,31 @@ class Pipeline:
         self.workdir = (self.base / Path(self.spec.workdir).expanduser()).resolve()
         self.stages = self._stages()
         self._eval_models()  # a bad `eval.models` fails now, not after the training stages
+        self._check_principles()  # and so does a misspelt principle id
+
+    def _check_principles(self) -> None:
+        """Every principle id a stage names exists where that stage will look it up: revise and
+        label in the pipeline's constitution, eval in its own (the judge's by default)."""
+        from cai import constitution as constitutions
+        from cai.eval.run import JUDGE_CONSTITUTION
+
+        loaded: dict[Path, constitutions.Constitution] = {}
+        for (stage, option), kind in PRINCIPLE_OPTIONS.items():
+            ids = getattr(self.spec, stage).get(option)
+            if not ids:
+                continue
+            if isinstance(ids, str):
+                ids = [i.strip() for i in ids.split(",") if i.strip()]
+            own = self.spec.eval.get("constitution") if stage == "eval" else None
+            path = self._path(own) if own else JUDGE_CONSTITUTION if stage == "eval" \
+                else self._path(self.spec.constitution)
+            try:
+                if path not in loaded:
+                    loaded[path] = constitutions.load(path)
+                loaded[path].restrict(kind, [str(i) for i in ids])
+            except CaiError as e:
+                raise CaiError(f"{self.where(stage, option)}: '{stage}.{option}': "
+                               f"{str(e).splitlines()[0]}") from None
 
     def _path(self, value: str) -> Path:
         """An input path in the YAML, relative to the YAML's folder (or to the repository root

@@ -170,6 +170,30 @@ def test_bad_pipeline_files_fail_with_one_line(tmp_path):
     assert run_cai("pipeline", "status", tmp_path / "none.yaml").returncode == 2
 
 
+def test_principle_ids_are_checked_before_any_stage_runs(tmp_path):
+    """A misspelt id in label: fails at once, naming its line, not after revise and SFT."""
+    from cai.pipeline import Pipeline
+
+    Pipeline()  # the shipped pipeline names only principles its constitutions have
+    path = tmp_path / "p.yaml"
+    for text, line, message in (
+            ("revise:\n  principles: [harmful-help, weapon]\n", 2,
+             "'revise.principles': constitutions/default.yaml: no critique_revision principle "
+             "'weapon' (did you mean 'weapons'?)"),
+            ("revise:\n  limit: 2\nlabel:\n  principle_ids: less-harmful,less-violnt\n", 4,
+             "'label.principle_ids': constitutions/default.yaml: no preference principle "
+             "'less-violnt' (did you mean 'less-violent'?)"),
+            ("eval:\n  harmless_principles: [less-harmful]\n", 2,
+             "'eval.harmless_principles': constitutions/judge.yaml: no preference principle "
+             "'less-harmful'")):
+        path.write_text(text)
+        result = run_cai("pipeline", "status", path)
+        assert result.returncode == 2
+        [err] = result.stderr.strip().splitlines()
+        assert err.startswith(f"cai: error: {path}:{line}: ") and message in err.replace(
+            str(ROOT) + "/", ""), err
+
+
 def test_killed_pipeline_resumes(tiny_model, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about {i}."})
