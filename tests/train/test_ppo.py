@@ -654,6 +654,7 @@ def test_reward_model_critic_values_are_its_scores_of_the_answer_so_far(
         for t in range(last):
             assert every[b, t, 0].item() == pytest.approx(rollout.hidden[b, t - t % 3, 0].item(),
                                                           abs=1e-6)
-        assert every[b, last, 0].item() == pytest.approx(rollout.hidden[b, last, 0].item(), abs=1e-6)
+        assert every[b, last, 0].item() == pytest.approx(rollout.hidden[b, last, 0].item(),
+                                                         abs=1e-6)
     evaluated, _, _, _ = trainer.rollout(records, 7, [r["id"] for r in records], values=False)
     assert evaluated.hidden is None  # evaluation skips the critic's pass
