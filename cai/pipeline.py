@@ -24,6 +24,7 @@ starting point and the reference of DPO/PPO; the evaluation compares base, SFT a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
@@ -123,28 +124,22 @@ class Pipeline:
         self._check_principles()  # and so does a misspelt principle id
 
     def _check_principles(self) -> None:
-        """Every principle id a stage names exists where that stage will look it up: revise and
-        label in the pipeline's constitution, eval in its own (the judge's by default)."""
+        """Every principle id a stage names exists where the stage looks it up: revise and label
+        in the pipeline's constitution, eval in its own (the judge's by default)."""
         from cai import constitution as constitutions
         from cai.eval.run import JUDGE_CONSTITUTION
 
-        loaded: dict[Path, constitutions.Constitution] = {}
+        load = functools.cache(constitutions.load)
         for (stage, option), kind in PRINCIPLE_OPTIONS.items():
-            ids = getattr(self.spec, stage).get(option)
-            if not ids:
+            options, where = getattr(self.spec, stage), self.where(stage, option)
+            if not options.get(option):
                 continue
-            if isinstance(ids, str):
-                ids = [i.strip() for i in ids.split(",") if i.strip()]
-            own = self.spec.eval.get("constitution") if stage == "eval" else None
-            path = self._path(own) if own else JUDGE_CONSTITUTION if stage == "eval" \
-                else self._path(self.spec.constitution)
+            ids = cfgmod.coerce(options[option], list[str], where)  # as the job will read them
+            own = options.get("constitution") if stage == "eval" else self.spec.constitution
             try:
-                if path not in loaded:
-                    loaded[path] = constitutions.load(path)
-                loaded[path].restrict(kind, [str(i) for i in ids])
+                load(self._path(own) if own else JUDGE_CONSTITUTION).restrict(kind, ids)
             except CaiError as e:
-                raise CaiError(f"{self.where(stage, option)}: '{stage}.{option}': "
-                               f"{str(e).splitlines()[0]}") from None
+                raise CaiError(f"{where}: '{stage}.{option}': {str(e).splitlines()[0]}") from None
 
     def _path(self, value: str) -> Path:
         """An input path in the YAML, relative to the YAML's folder (or to the repository root
