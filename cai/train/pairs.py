@@ -208,8 +208,10 @@ class PairCollator:
         return out
 
 
-def build(data_cfg, tokenizer, label_column: str, need_labels: bool, whole: bool, log=print):
-    """(train examples, eval examples or None) from the `data:` section."""
+def build(data_cfg, tokenizer, label_column: str, need_labels: bool, whole: bool, log=print,
+          augment=None):
+    """(train examples, eval examples or None) from the `data:` section; `augment` maps the
+    training pairs (after the held-out ones are split off) to the pairs to train on."""
     if data_cfg.packing:
         raise CaiError("data.packing does not apply to preference pairs (each batch holds the "
                        "chosen and the rejected rows of its pairs); set it to false")
@@ -224,6 +226,8 @@ def build(data_cfg, tokenizer, label_column: str, need_labels: bool, whole: bool
         n_eval = max(1, round(len(order) * data_cfg.eval_fraction))
         held_out = [pairs[i] for i in sorted(order[:n_eval])]
         pairs = [pairs[i] for i in sorted(order[n_eval:])]
+    if augment:
+        pairs = augment(pairs)
     train, summary = tokenize_pairs(tokenizer, pairs, data_cfg.max_length, data_cfg.truncation,
                                     whole)
     if not train:

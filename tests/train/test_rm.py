@@ -144,3 +144,62 @@ def test_export_merges_the_reward_model(trained, tmp_path):
     convs = [r["prompt"] + r["chosen"] for r in rows]
     assert rm.load_reward_model(merged).score(convs) == pytest.approx(
         rm.load_reward_model(out).score(convs), abs=1e-4)
+
+
+def test_prefix_pairs_cut_both_answers_to_the_same_first_tokens(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [{**r, "where": f"data.jsonl:{i + 1}"}
+            for i, r in enumerate(refusal_pairs(TOPICS[:4]))]
+    cut = rm.prefix_pairs(rows, tokenizer, copies=3, seed=0)
+    assert cut == rm.prefix_pairs(rows, tokenizer, copies=3, seed=0)  # seeded
+    assert 0 < len(cut) <= 3 * len(rows) and cut != rm.prefix_pairs(rows, tokenizer, 3, seed=1)
+    by_where = {r["where"]: r for r in rows}
+    ks = set()
+    for pair in cut:
+        where, k = pair["where"].rsplit(" (first ", 1)
+        k = int(k.split()[0])
+        ks.add(k)
+        whole = by_where[where]
+        assert pair["prompt"] == whole["prompt"] and pair["p_chosen"] == whole["p_chosen"]
+        for side in ("chosen", "rejected"):
+            text = pair[side][-1]["content"]
+            assert pair[side][-1]["role"] == "assistant"
+            assert whole[side][-1]["content"].startswith(text) and text
+            ids = tokenizer(whole[side][-1]["content"], add_special_tokens=False)["input_ids"]
+            assert text == tokenizer.decode(ids[:k], skip_special_tokens=True).strip()
+            assert k < len(ids)
+        assert pair["chosen"] != pair["rejected"]
+    assert len(ks) > 3  # the cut points vary
+
+
+def test_a_reward_model_trained_on_prefixes_ranks_unfinished_answers(tiny_model, tmp_path):
+    """With rm.prefix_pairs the model also learns from the pairs' first k tokens, so held-out
+    answers cut after 4 tokens are ranked as their whole versions are: what PPO's reward-model
+    critic reads. The log counts the pairs trained on."""
+    data = write_jsonl(tmp_path / "data.jsonl", refusal_pairs(TOPICS[:16]))
+    held_out = read_records(write_jsonl(tmp_path / "held.jsonl",
+                                        refusal_pairs(TOPICS[16:], seed=1)))
+    out = tmp_path / "rm"
+    r = run_cai("train", "rm", ROOT / "configs" / "rm.yaml", "--model.name", tiny_model,
+                "--data.path", data, "--data.eval_fraction", 0, "--data.max_length", 128,
+                "--rm.prefix_pairs", 2, "--lora.r", 8, "--lora.alpha", 16,
+                "--training.output_dir", out, "--training.max_steps", 12,
+                "--training.per_device_train_batch_size", 8,
+                "--training.gradient_accumulation_steps", 1, "--training.learning_rate", 5e-3,
+                "--training.eval_strategy", "no", "--training.save_strategy", "no",
+                "--training.report_to", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    n = len(read_records(data))
+    kept = int(r.stdout.split("train: ")[1].split()[0])
+    assert 2 * n < kept <= 3 * n  # the whole pairs and up to two cut copies each
+    model = rm.load_reward_model(out)
+
+    def first(messages, k=4):
+        ids = model.tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
+        return [{"role": "assistant", "content": model.tokenizer.decode(ids[:k]).strip()}]
+
+    chosen = model.score([p["prompt"] + first(p["chosen"]) for p in held_out])
+    rejected = model.score([p["prompt"] + first(p["rejected"]) for p in held_out])
+    assert sum(c > r for c, r in zip(chosen, rejected)) / len(held_out) > 0.9
