@@ -29,6 +29,12 @@ from cai.train.losses import gae
 from cai.train.rollout import Rollout
 
 
+def answer_prefix(tokenizer, ids: list[int]) -> str:
+    """An unfinished answer's first tokens as the text the preference model scores (the
+    reward-model critic's prefixes, and `rm.prefix_pairs`' cut answers)."""
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
 def zero_head(hidden_size: int, device) -> torch.nn.Linear:
     head = torch.nn.Linear(hidden_size, 1).to(device)
     torch.nn.init.zeros_(head.weight)
@@ -154,8 +160,6 @@ class RewardModelCritic:
         head.weight.fill_(1.0 / scale)
         head.bias.fill_(-shift / scale)
 
-    def prefix(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     @torch.no_grad()
     def features(self, rollout: Rollout, messages: list[list[dict]]) -> torch.Tensor:
@@ -164,7 +168,8 @@ class RewardModelCritic:
         for b, (msgs, ids) in enumerate(zip(messages, rollout.response_ids)):
             scored = sorted(set(range(0, len(ids), self.every)) | {len(ids) - 1})
             for t in scored:
-                convs.append(msgs + [{"role": "assistant", "content": self.prefix(ids[:t])}])
+                text = answer_prefix(self.tokenizer, ids[:t])
+                convs.append(msgs + [{"role": "assistant", "content": text}])
                 where.append((b, t))
         out = torch.zeros(*rollout.mask.shape, 1)
         for (b, t), s in zip(where, self.reward_model.score(convs, self.batch_size)):

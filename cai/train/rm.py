@@ -32,6 +32,7 @@ from cai.models import pad_batch
 from cai.train import common, pairs
 from cai.train import config as train_config
 from cai.train.config import TrainConfig
+from cai.train.critic import answer_prefix
 from cai.train.losses import preference_loss
 
 
@@ -168,7 +169,7 @@ def prefix_pairs(rows: list[dict], tokenizer, copies: int, seed: int = 0) -> lis
             k = rng.randint(1, shorter - 1)
             cut = {side: pair[side][:-1] + [{
                 "role": pair[side][-1]["role"],
-                "content": tokenizer.decode(ids[side][:k], skip_special_tokens=True).strip()}]
+                "content": answer_prefix(tokenizer, ids[side][:k])}]
                 for side in pairs.SIDES}
             if cut["chosen"] != cut["rejected"]:
                 out.append({**pair, **cut, "where": f"{pair['where']} (first {k} tokens)"})

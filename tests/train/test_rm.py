@@ -175,9 +175,9 @@ def test_prefix_pairs_cut_both_answers_to_the_same_first_tokens(tiny_model):
 
 
 def test_a_reward_model_trained_on_prefixes_ranks_unfinished_answers(tiny_model, tmp_path):
-    """With rm.prefix_pairs the model also learns from the pairs' first k tokens, so held-out
-    answers cut after 4 tokens are ranked as their whole versions are: what PPO's reward-model
-    critic reads. The log counts the pairs trained on."""
+    """With rm.prefix_pairs the cut copies are trained on (the log counts them) and the model
+    ranks held-out answers cut after 4 tokens, what PPO's reward-model critic reads. (Whether
+    the copies help that ranking on a real model is measured in docs/training.md: not here.)"""
     data = write_jsonl(tmp_path / "data.jsonl", refusal_pairs(TOPICS[:16]))
     held_out = read_records(write_jsonl(tmp_path / "held.jsonl",
                                         refusal_pairs(TOPICS[16:], seed=1)))
