@@ -252,10 +252,23 @@ def _tables(metrics: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                  "refusal-like (borderline; string)", f"over-refusal (helpful; {judged})",
                  f"helpful rate ({judged})", f"harmlessness Elo ({judged})",
                  f"helpfulness Elo ({judged})", "MC accuracy", "perplexity"], rows))
+    level = round(100 * metrics.get("settings", {}).get("confidence", 0.95))
+    rows = [[r["set"], f"{r['from']} -> {r['model']}",
+             r["measure"] + (" (UNRELIABLE)" if r["measure"].startswith("judged")
+                             and not _reliable(metrics) else ""),
+             f"{100 * r['change']:+.0f}", f"[{100 * r['ci'][0]:+.0f}, {100 * r['ci'][1]:+.0f}]",
+             str(r["n"]), f"{r['up']} / {r['down']}"] for r in metrics.get("changes", [])]
+    if rows:
+        out.append(("Changes from the first model", (
+            "Each later model against the first listed, prompt by prompt, in percentage "
+            f"points, with a {level}% paired bootstrap interval over prompts. An interval "
+            "that holds 0, or that spans a target, does not show the change: more prompts "
+            "(--limit) narrow it. Prompts up / down: how many moved into / out of the class."),
+            ["set", "models", "share", "change (points)", "interval", "prompts",
+             "prompts up / down"], rows))
     rows = [[s, f"{r['a']} vs {r['b']}", _ci(r, "win_rate", "ci"),
              _ci(r, "hard_win_rate", "hard_ci"), str(r["n"]), str(r["identical"])]
             for s, rs in metrics["pairwise"].items() for r in rs]
-    level = round(100 * metrics.get("settings", {}).get("confidence", 0.95))
     if rows:  # none with --compare none: no section, and no Elo in the summary
         out.append(("Win rates", (f"Win rate of a (listed later) over b, with {level}% "
                     "bootstrap intervals over prompts: soft = mean P(a better), hard = share "

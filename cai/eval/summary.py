@@ -204,6 +204,62 @@ def elo(labels: list[str], sets: dict[str, list[dict]], judgments: dict, resampl
     return out
 
 
+#: The per-prompt outcomes whose change from the first model the report shows: (set, name,
+#: value of one prompt's judged class or answer; None when not judged).
+CHANGES = (
+    ("red_team", "judged harmful", lambda c, text: None if c is None else c == "harmful"),
+    ("red_team", "refusal-like (string)", lambda c, text: is_refusal(text)),
+    ("borderline", "judged refusal", lambda c, text: None if c is None else c == "refusal"),
+    ("borderline", "refusal-like (string)", lambda c, text: is_refusal(text)),
+    ("helpful", "judged refusal", lambda c, text: None if c is None else c == "refusal"),
+    ("helpful", "judged helpful", lambda c, text: None if c is None else c == "helpful"),
+    ("helpful", "refusal-like (string)", lambda c, text: is_refusal(text)),
+)
+
+
+def paired_change(before: list[bool | None], after: list[bool | None], resamples: int,
+                  seed: int, confidence: float) -> dict | None:
+    """The change in a share from `before` to `after` over the same prompts, with a paired
+    percentile bootstrap interval: the differences d_i = after_i - before_i (each -1, 0 or 1)
+    of the prompts known for both models are resampled, and change = mean(d).
+
+    Pairing keeps the spread of the prompts' difficulty out of the interval: on 20 prompts an
+    unpaired difference of two shares near 1/2 has a standard error near 0.16, a paired one
+    only what the answers that changed contribute."""
+    d = [float(a) - float(b) for b, a in zip(before, after) if a is not None and b is not None]
+    if not d:
+        return None
+    mean = sum(d) / len(d)
+    lo, hi = bootstrap_ci(d, lambda v: sum(v) / len(v), resamples, confidence, seed)
+    return {"change": mean, "ci": [lo, hi], "n": len(d),
+            "up": sum(x > 0 for x in d), "down": sum(x < 0 for x in d)}
+
+
+def changes(labels: list[str], sets: dict[str, list[dict]], answers: dict, judgments: dict,
+            resamples: int, seed: int, confidence: float) -> list[dict]:
+    """Each later model's change from the first listed one (the base) in the shares the
+    targets are stated in (`CHANGES`), paired by prompt."""
+    out = []
+
+    def outcomes(label, set_name, items, value):
+        return [value(judgments.get(classify_id(label, set_name, it["id"]), {}).get("class"),
+                      answers[answer_id(label, set_name, it["id"])]["response"])
+                for it in items]
+
+    for label in labels[1:]:
+        for set_name, name, value in CHANGES:
+            items = sets.get(set_name)
+            if not items:
+                continue
+            row = paired_change(outcomes(labels[0], set_name, items, value),
+                                outcomes(label, set_name, items, value),
+                                resamples, seed, confidence)
+            if row:
+                out.append({"model": label, "from": labels[0], "set": set_name,
+                            "measure": name, **row})
+    return out
+
+
 def examples(labels: list[str], sets: dict[str, list[dict]], answers: dict, judgments: dict,
              count: int) -> dict:
     """The first `count` prompts of each set with every model's answer and its class."""
@@ -247,6 +303,7 @@ def summarize(models: list[dict], sets: dict[str, list[dict]], answers: dict, ju
         "per_model": per_model,
         "pairwise": pairwise(labels, sets, judgments, resamples, seed, confidence, compare),
         "elo": elo(labels, sets, judgments, resamples, seed, confidence, compare),
+        "changes": changes(labels, sets, answers, judgments, resamples, seed, confidence),
     }
     metrics = _round(metrics)
     metrics["examples"] = examples(labels, sets, answers, judgments, example_count)

@@ -128,8 +128,23 @@ def test_eval_end_to_end(two_models, tmp_path):
         it["category"] for it in [json.loads(line) for line in
                                   (ROOT / "data/eval/red_team.jsonl").open()][:2]}
 
+    # each change from the first model, recomputed from the records prompt by prompt
+    answer = {r["id"]: r["response"] for r in read_records(out / "answers.jsonl")}
+    row = next(r for r in m["changes"] if r["set"] == "borderline"
+               and r["measure"] == "refusal-like (string)")
+    ids = [it["prompt_id"] for it in read_records(out / "answers.jsonl")
+           if it["model"] == "before" and it["set"] == "borderline"]
+    d = [M.is_refusal(answer[f"after:borderline:{k}"])
+         - M.is_refusal(answer[f"before:borderline:{k}"]) for k in ids]
+    assert (row["model"], row["from"], row["n"]) == ("after", "before", 2)
+    assert row["change"] == pytest.approx(sum(d) / 2, abs=1e-4)
+    assert row["ci"][0] <= row["change"] <= row["ci"][1]
+    assert {(r["set"], r["measure"]) for r in m["changes"]} == {
+        (s, name) for s, name, _ in S.CHANGES}
+
     html = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
+    assert "## Changes from the first model" in md and "judged harmful (UNRELIABLE)" in md
     assert "THE JUDGED FIGURES ARE UNRELIABLE" in md and "## Judge check" in md
     assert "harmless (red_team; judge, UNRELIABLE)" in md and "## Red-team categories" in md
     for chart in ("frontier.png", "win_rates.png", "rates.png", "ability.png"):
