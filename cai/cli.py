@@ -263,6 +263,12 @@ def cmd_eval(args) -> int:
         print(f"cai eval: {label}: harmless {p['harmlessness']} ({judged}), over-refusal "
               f"{p['over_refusal']} ({judged}), refusal-like by string match "
               f"{p['string_refusal']}, MC accuracy {mc}")
+    for label in list(m["per_model"])[1:]:
+        rows = [r for r in m.get("changes", []) if r["model"] == label]
+        if rows:
+            print(f"cai eval: {label} - {rows[0]['from']}, points (95% interval): " + "; ".join(
+                f"{r['set']} {r['measure']} {100 * r['change']:+.0f} "
+                f"[{100 * r['ci'][0]:+.0f}, {100 * r['ci'][1]:+.0f}]" for r in rows))
     print(f"cai eval: metrics in {Path(cfg.out) / 'metrics.json'}"
           + (f", report in {Path(cfg.out) / 'report.html'}" if cfg.report else ""))
     return 0

@@ -253,7 +253,7 @@ def _tables(metrics: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                  f"helpful rate ({judged})", f"harmlessness Elo ({judged})",
                  f"helpfulness Elo ({judged})", "MC accuracy", "perplexity"], rows))
     level = round(100 * metrics.get("settings", {}).get("confidence", 0.95))
-    rows = [[r["set"], f"{r['from']} -> {r['model']}",
+    rows = [[r["set"], f"{r['from']} to {r['model']}",
              r["measure"] + (" (UNRELIABLE)" if r["measure"].startswith("judged")
                              and not _reliable(metrics) else ""),
              f"{100 * r['change']:+.0f}", f"[{100 * r['ci'][0]:+.0f}, {100 * r['ci'][1]:+.0f}]",

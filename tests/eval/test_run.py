@@ -122,6 +122,8 @@ def test_eval_end_to_end(two_models, tmp_path):
     assert any("evaluated model (before)" in w for w in judge["unreliable_because"])
     assert any("below 0.7" in w for w in judge["unreliable_because"])
     assert "UNRELIABLE" in result.stdout
+    assert "cai eval: after - before, points (95% interval): red_team judged harmful" in \
+        result.stdout
     sm = m["string_match_check"]  # the detector itself, on the same known answers
     assert sm["n"] == len(check) and sm["refusal_recall"] > 0.8 and sm["false_refusal_rate"] < 0.1
     assert set(m["per_model"]["after"]["red_team_categories"]) == {
