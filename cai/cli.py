@@ -248,6 +248,7 @@ def cmd_train_ppo(args) -> int:
 
 def cmd_eval(args) -> int:
     from cai.eval.run import EvalConfig, run
+    from cai.eval.summary import change_text
 
     cfg = cfgmod.load(EvalConfig, args.config, cfgmod.overrides(args, EvalConfig))
     m = run(cfg)
@@ -266,9 +267,10 @@ def cmd_eval(args) -> int:
     for label in list(m["per_model"])[1:]:
         rows = [r for r in m.get("changes", []) if r["model"] == label]
         if rows:
-            print(f"cai eval: {label} - {rows[0]['from']}, points (95% interval): " + "; ".join(
-                f"{r['set']} {r['measure']} {100 * r['change']:+.0f} "
-                f"[{100 * r['ci'][0]:+.0f}, {100 * r['ci'][1]:+.0f}]" for r in rows))
+            level = round(100 * m.get("settings", {}).get("confidence", 0.95))
+            print(f"cai eval: {label} - {rows[0]['from']}, points ({level}% interval): "
+                  + "; ".join(
+                      f"{r['set']} {r['measure']} {change_text(r)}" for r in rows))
     print(f"cai eval: metrics in {Path(cfg.out) / 'metrics.json'}"
           + (f", report in {Path(cfg.out) / 'report.html'}" if cfg.report else ""))
     return 0

@@ -12,6 +12,8 @@ import base64
 import html
 from pathlib import Path
 
+from cai.eval.summary import change_text
+
 CHARTS = {"frontier.png": "Harmlessness against helpfulness",
           "win_rates.png": "Pairwise win rates",
           "rates.png": "Harmlessness and refusals",
@@ -256,8 +258,8 @@ def _tables(metrics: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
     rows = [[r["set"], f"{r['from']} to {r['model']}",
              r["measure"] + (" (UNRELIABLE)" if r["measure"].startswith("judged")
                              and not _reliable(metrics) else ""),
-             f"{100 * r['change']:+.0f}", f"[{100 * r['ci'][0]:+.0f}, {100 * r['ci'][1]:+.0f}]",
-             str(r["n"]), f"{r['up']} / {r['down']}"] for r in metrics.get("changes", [])]
+             *change_text(r).split(" ", 1), str(r["n"]), f"{r['up']} / {r['down']}"]
+            for r in metrics.get("changes", [])]
     if rows:
         out.append(("Changes from the first model", (
             "Each later model against the first listed, prompt by prompt, in percentage "

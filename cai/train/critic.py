@@ -160,7 +160,6 @@ class RewardModelCritic:
         head.weight.fill_(1.0 / scale)
         head.bias.fill_(-shift / scale)
 
-
     @torch.no_grad()
     def features(self, rollout: Rollout, messages: list[list[dict]]) -> torch.Tensor:
         """(B, R, 1) float32: the raw score of each answer prefix, 0 past each answer's end."""

@@ -140,7 +140,9 @@ def test_eval_end_to_end(two_models, tmp_path):
          - M.is_refusal(answer[f"before:borderline:{k}"]) for k in ids]
     assert (row["model"], row["from"], row["n"]) == ("after", "before", 2)
     assert row["change"] == pytest.approx(sum(d) / 2, abs=1e-4)
-    assert row["ci"][0] <= row["change"] <= row["ci"][1]
+    assert row["ci"] == pytest.approx(list(M.bootstrap_ci(
+        [float(x) for x in d], lambda v: sum(v) / len(v), m["settings"]["resamples"],
+        m["settings"]["confidence"], m["settings"]["seed"])), abs=1e-4)
     assert {(r["set"], r["measure"]) for r in m["changes"]} == {
         (s, name) for s, name, _ in S.CHANGES}
 
