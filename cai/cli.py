@@ -60,18 +60,18 @@ def cmd_constitution_diff(args) -> int:
 
     from cai.constitution import load
     from cai.constitution_diff import diff, format_diff
-    from cai.pipeline import DEFAULT_PIPELINE, Pipeline
+    from cai.pipeline import Pipeline, default_pipeline
 
     changes = diff(load(args.old), load(args.new))
     print(f"{args.old} -> {args.new}: " + (f"{len(changes)} change(s)" if changes else
                                           "the same principles and examples"))
     for line in format_diff(changes):
         print(line)
-    if args.pipeline is None and not DEFAULT_PIPELINE.is_file():
+    if args.pipeline is None and not default_pipeline().is_file():
         return 0
     pipe = Pipeline(args.pipeline)
     reruns = pipe.rerun_by_edit(Path(args.old).read_bytes(), Path(args.new).read_bytes())
-    text = (f"Pipeline {args.pipeline or 'configs/pipeline.yaml'} (constitution "
+    text = (f"Pipeline {pipe.path} (constitution "
             f"{pipe.spec.constitution}): an edit like this reruns "
             + (", ".join(reruns) if reruns else "no stage (the files are byte for byte the same)")
             + ("; stages are keyed by the file's bytes, so comments and layout count too"
@@ -319,6 +319,7 @@ def cmd_pipeline_run(args) -> int:
     from cai.pipeline import Pipeline
 
     pipe = Pipeline(args.file)
+    print(f"cai pipeline: {pipe.path}, outputs in {pipe.workdir}", flush=True)
     result = pipe.run()
     report = pipe.stages["eval"].folder(pipe.workdir) / "report.html"
     print(f"cai pipeline: all stages current in {pipe.workdir}"
@@ -365,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("old")
     p.add_argument("new")
     p.add_argument("--pipeline", help="pipeline YAML whose stages are checked (default: "
-                                      "configs/pipeline.yaml)")
+                                      "configs/pipeline.yaml in the working directory, else "
+                                      "cai's own)")
     p.set_defaults(func=cmd_constitution_diff)
     p = con_sub.add_parser("import", help="convert the public CAI JSON layout to our YAML")
     p.add_argument("file")
@@ -463,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "resumes)"),
             ("status", cmd_pipeline_status, "which stages are current and which would rerun")):
         p = pipe_sub.add_parser(action, help=text)
-        p.add_argument("file", nargs="?", help="pipeline YAML (default: configs/pipeline.yaml)")
+        p.add_argument("file", nargs="?", help="pipeline YAML (default: configs/pipeline.yaml "
+                                               "in the working directory, else cai's own)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("export", help="an adapter as a standalone folder (merged with --merge)")

@@ -39,7 +39,15 @@ from cai.errors import CaiError
 from cai.models import fingerprint
 from cai.records import atomic_write_text, package_versions, redact, source_id
 
-DEFAULT_PIPELINE = ROOT / "configs" / "pipeline.yaml"
+DEFAULT_PIPELINE = ROOT / "configs" / "pipeline.yaml"  # the one shipped with cai
+
+
+def default_pipeline() -> Path:
+    """The pipeline YAML used when none is named: configs/pipeline.yaml in the working
+    directory when there is one (your checkout, even with another checkout's environment), else
+    the one shipped with the installed cai."""
+    here = Path("configs") / "pipeline.yaml"
+    return here.resolve() if here.is_file() else DEFAULT_PIPELINE
 STATE = "stage.json"
 TRAINERS = ("sft", "dpo", "rm", "ppo")
 PROMPTS = "data/red_team.jsonl"  # the default prompt set of revise, label and ppo
@@ -101,7 +109,7 @@ class Stage:
 
 class Pipeline:
     def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path else DEFAULT_PIPELINE
+        self.path = Path(path) if path else default_pipeline()
         if not self.path.is_file():
             raise CaiError(f"{self.path}: pipeline file not found")
         raw = cfgmod.read_yaml(self.path)

@@ -245,6 +245,20 @@ def test_outputs_resolve_next_to_the_yaml_only(tmp_path):
     assert Pipeline(path).workdir == tmp_path / "data"
 
 
+def test_the_default_yaml_is_the_working_directorys_then_the_shipped_one(tmp_path, monkeypatch):
+    """With no file named, a checkout's own configs/pipeline.yaml wins over the installed cai's
+    (one environment shared by two checkouts ran the other checkout's pipeline)."""
+    from cai.pipeline import DEFAULT_PIPELINE, Pipeline
+
+    monkeypatch.chdir(tmp_path)
+    assert Pipeline().path == DEFAULT_PIPELINE
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "pipeline.yaml").write_text("model: smollm2-135m-instruct\n")
+    pipe = Pipeline()
+    assert pipe.path == (tmp_path / "configs" / "pipeline.yaml").resolve()
+    assert pipe.workdir == (tmp_path / "configs" / "runs" / "pipeline").resolve()
+
+
 def test_keys_see_files_named_in_training_configs_models_and_versions(tokenizer_dir, tmp_path,
                                                                       monkeypatch):
     from cai.pipeline import Pipeline
