@@ -40,6 +40,10 @@ from cai.models import fingerprint
 from cai.records import atomic_write_text, package_versions, redact, source_id
 
 DEFAULT_PIPELINE = ROOT / "configs" / "pipeline.yaml"  # the one shipped with cai
+STATE = "stage.json"
+TRAINERS = ("sft", "dpo", "rm", "ppo")
+PROMPTS = "data/red_team.jsonl"  # the default prompt set of revise, label and ppo
+PIPELINE_KEYS = {"eval": "models"}  # a stage's key in the YAML that is not its job's option
 
 
 def default_pipeline() -> Path:
@@ -48,10 +52,8 @@ def default_pipeline() -> Path:
     the one shipped with the installed cai."""
     here = Path("configs") / "pipeline.yaml"
     return here.resolve() if here.is_file() else DEFAULT_PIPELINE
-STATE = "stage.json"
-TRAINERS = ("sft", "dpo", "rm", "ppo")
-PROMPTS = "data/red_team.jsonl"  # the default prompt set of revise, label and ppo
-PIPELINE_KEYS = {"eval": "models"}  # a stage's key in the YAML that is not its job's option
+
+
 # Stage options that name principles, and the constitution section they name them from.
 PRINCIPLE_OPTIONS = {("revise", "principles"): "critique_revision",
                      ("revise", "gate_principles"): "preference",
