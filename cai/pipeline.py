@@ -37,61 +37,13 @@ from cai import ROOT, lock
 from cai import config as cfgmod
 from cai.errors import CaiError
 from cai.models import fingerprint
+from cai.pipeline_spec import PRINCIPLE_OPTIONS, PipelineSpec, default_pipeline
 from cai.records import atomic_write_text, package_versions, redact, source_id
 
-DEFAULT_PIPELINE = ROOT / "configs" / "pipeline.yaml"  # the one shipped with cai
 STATE = "stage.json"
 TRAINERS = ("sft", "dpo", "rm", "ppo")
 PROMPTS = "data/red_team.jsonl"  # the default prompt set of revise, label and ppo
 PIPELINE_KEYS = {"eval": "models"}  # a stage's key in the YAML that is not its job's option
-
-
-def default_pipeline() -> Path:
-    """The pipeline YAML used when none is named: configs/pipeline.yaml in the working
-    directory when there is one (your checkout, even with another checkout's environment), else
-    the one shipped with the installed cai."""
-    here = Path("configs") / "pipeline.yaml"
-    return here.resolve() if here.is_file() else DEFAULT_PIPELINE
-
-
-# Stage options that name principles, and the constitution section they name them from.
-PRINCIPLE_OPTIONS = {("revise", "principles"): "critique_revision",
-                     ("revise", "gate_principles"): "preference",
-                     ("label", "principle_ids"): "preference",
-                     ("label", "helpful_principle_ids"): "preference",
-                     ("eval", "helpful_principles"): "preference",
-                     ("eval", "harmless_principles"): "preference"}
-
-
-@dataclass
-class PipelineSpec:
-    """The keys of a pipeline YAML."""
-
-    workdir: str = cfgmod.opt("runs/pipeline", "folder for every stage's outputs "
-                                               "(relative to the YAML's folder, always)")
-    model: str = cfgmod.opt("smollm2-135m-instruct", "the policy: the helpful-only model being "
-                                                     "aligned")
-    feedback_model: str | None = cfgmod.opt(None, "writes critiques and revisions, gates them and "
-                                                  "labels pairs (default: the policy, as in the "
-                                                  "paper)")
-    judge: str | None = cfgmod.opt(None, "the evaluation's judge (default: cai eval's); the "
-                                         "report flags a judge that is the feedback model or "
-                                         "an evaluated model")
-    constitution: str = cfgmod.opt("constitutions/default.yaml", "the principles, for every stage")
-    preference: str = cfgmod.opt("dpo", "preference learning: dpo, or ppo (trains a preference "
-                                        "model first)")
-    prompts_dir: str | None = cfgmod.opt(None, "folder with your own prompt templates")
-    revise: dict = cfgmod.opt(help="`cai revise` options", factory=dict)
-    sft: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
-    label: dict = cfgmod.opt(help="`cai label` options", factory=dict)
-    dpo: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
-    rm: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
-    ppo: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
-    eval: dict = cfgmod.opt(help="`cai eval` options", factory=dict)
-
-    def __post_init__(self):
-        if self.preference not in ("dpo", "ppo"):
-            raise CaiError(f"preference must be dpo or ppo, got '{self.preference}'")
 
 
 @dataclass

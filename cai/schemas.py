@@ -106,7 +106,7 @@ def train_schema(algo: str) -> dict:
 
 def pipeline_schema() -> dict:
     """`cai pipeline run|status FILE`: the roles, and each stage's options."""
-    from cai.pipeline import PipelineSpec
+    from cai.pipeline_spec import PipelineSpec
 
     body = dataclass_schema(PipelineSpec)
     props = body["properties"]

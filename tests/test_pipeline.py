@@ -248,7 +248,8 @@ def test_outputs_resolve_next_to_the_yaml_only(tmp_path):
 def test_the_default_yaml_is_the_working_directorys_then_the_shipped_one(tmp_path, monkeypatch):
     """With no file named, a checkout's own configs/pipeline.yaml wins over the installed cai's
     (one environment shared by two checkouts ran the other checkout's pipeline)."""
-    from cai.pipeline import DEFAULT_PIPELINE, Pipeline
+    from cai.pipeline import Pipeline
+    from cai.pipeline_spec import DEFAULT_PIPELINE
 
     monkeypatch.chdir(tmp_path)
     assert Pipeline().path == DEFAULT_PIPELINE
