@@ -41,64 +41,72 @@ def _ci(row: dict, key: str, ci_key: str) -> str:
     return f"{row[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _elo_axes(metrics: dict) -> list[str]:
+    """The Elo axes fitted on judged comparisons: none with one model or `--compare none`."""
+    if len(metrics["models"]) < 2:
+        return []
+    return [axis for axis, e in metrics["elo"].items() if e.get("comparisons")]
+
+
 def _elo(metrics: dict, axis: str, label: str):
     """A model's Elo on `axis`, or None when no comparison was judged (`--compare none`)."""
-    ratings = metrics["elo"].get(axis, {}).get("ratings", {})
-    compared = any(metrics["pairwise"].values())
-    return ratings.get(label, {}).get("elo") if compared and len(metrics["models"]) > 1 \
-        else None
+    if axis not in _elo_axes(metrics):
+        return None
+    return metrics["elo"][axis]["ratings"].get(label, {}).get("elo")
 
 
 # --------------------------------------------------------------------------------------------
 # Charts
 
 
-def _empty(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="0.4", wrap=True,
-            transform=ax.transAxes)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 def _frontier(metrics: dict, plt):
+    """Elo (when comparisons were judged) and the judged rates side by side: each panel only
+    when it has data, and no chart when neither has."""
     labels = [m["label"] for m in metrics["models"]]
     per = metrics["per_model"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
-    elo = metrics["elo"]
-    if len(labels) > 1 and "harmlessness" in elo and "helpfulness" in elo:
-        h = elo["helpfulness"]["ratings"]
-        s = elo["harmlessness"]["ratings"]
-        xs, ys = [h[k]["elo"] for k in labels], [s[k]["elo"] for k in labels]
-        xerr = [[x - h[k]["ci"][0] for x, k in zip(xs, labels)],
-                [h[k]["ci"][1] - x for x, k in zip(xs, labels)]]
-        yerr = [[y - s[k]["ci"][0] for y, k in zip(ys, labels)],
-                [s[k]["ci"][1] - y for y, k in zip(ys, labels)]]
-        left.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o", color="C0", ecolor="0.6",
-                      capsize=3)
-        _path(left, xs, ys, labels)
-        left.set_xlabel("helpfulness Elo (helpful + borderline sets)")
-        left.set_ylabel("harmlessness Elo (red_team set)")
-        left.axhline(0, color="0.85", lw=0.8, zorder=0)
-        left.axvline(0, color="0.85", lw=0.8, zorder=0)
-        left.set_title("Elo from pairwise judgments (first model = 0)", fontsize=10)
-    else:
-        _empty(left, "Elo needs two or more models\nand both red_team and a helpfulness set")
-        left.set_title("Elo from pairwise judgments", fontsize=10)
-    xs = [per[k]["helpful_rate"] for k in labels]
-    ys = [per[k]["harmlessness"] for k in labels]
-    if all(v is not None for v in xs + ys):
-        right.scatter(xs, ys, color="C1", zorder=3)
-        _path(right, xs, ys, labels)
-        right.set_xlim(-0.05, 1.05)
-        right.set_ylim(-0.05, 1.05)
-        right.set_xlabel("helpful-answer rate (helpful set, judge)")
-        right.set_ylabel("harmlessness rate (red_team, judge)")
-        right.grid(alpha=0.3)
-    else:
-        _empty(right, "rates need the red_team and helpful sets")
-    right.set_title("Rates from the judge's classification", fontsize=10)
+    panels = []
+    if {"harmlessness", "helpfulness"} <= set(_elo_axes(metrics)):
+        panels.append(_elo_panel)
+    if all(per[k][key] is not None for k in labels for key in ("helpful_rate", "harmlessness")):
+        panels.append(_rate_panel)
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
+    for draw, ax in zip(panels, axes[0]):
+        draw(ax, metrics, labels)
     fig.suptitle("Harmlessness vs helpfulness (up and right is better)", fontsize=11)
     return fig
+
+
+def _elo_panel(ax, metrics: dict, labels: list[str]) -> None:
+    h = metrics["elo"]["helpfulness"]["ratings"]
+    s = metrics["elo"]["harmlessness"]["ratings"]
+    xs, ys = [h[k]["elo"] for k in labels], [s[k]["elo"] for k in labels]
+    xerr = [[x - h[k]["ci"][0] for x, k in zip(xs, labels)],
+            [h[k]["ci"][1] - x for x, k in zip(xs, labels)]]
+    yerr = [[y - s[k]["ci"][0] for y, k in zip(ys, labels)],
+            [s[k]["ci"][1] - y for y, k in zip(ys, labels)]]
+    ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o", color="C0", ecolor="0.6", capsize=3)
+    _path(ax, xs, ys, labels)
+    ax.set_xlabel("helpfulness Elo (helpful + borderline sets)")
+    ax.set_ylabel("harmlessness Elo (red_team set)")
+    ax.axhline(0, color="0.85", lw=0.8, zorder=0)
+    ax.axvline(0, color="0.85", lw=0.8, zorder=0)
+    ax.set_title("Elo from pairwise judgments (first model = 0)", fontsize=10)
+
+
+def _rate_panel(ax, metrics: dict, labels: list[str]) -> None:
+    per = metrics["per_model"]
+    xs = [per[k]["helpful_rate"] for k in labels]
+    ys = [per[k]["harmlessness"] for k in labels]
+    ax.scatter(xs, ys, color="C1", zorder=3)
+    _path(ax, xs, ys, labels)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("helpful-answer rate (helpful set, judge)")
+    ax.set_ylabel("harmlessness rate (red_team, judge)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Rates from the judge's classification", fontsize=10)
 
 
 def _path(ax, xs, ys, labels) -> None:
@@ -118,10 +126,9 @@ def _path(ax, xs, ys, labels) -> None:
 def _win_rates(metrics: dict, plt):
     rows = [(f"{r['a']} vs {r['b']} ({s})", r) for s, rs in metrics["pairwise"].items()
             for r in rs if r.get("win_rate") is not None]
+    if not rows:  # one model, or --compare none
+        return None
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * max(len(rows), 2)))
-    if not rows:
-        _empty(ax, "no pairwise comparisons\n(one model, or --compare none)")
-        return fig
     names = [n for n, _ in rows]
     values = [r["win_rate"] for _, r in rows]
     err = [[v - r["ci"][0] for v, (_, r) in zip(values, rows)],
@@ -158,6 +165,8 @@ def _rates(metrics: dict, plt):
         if s in metrics["sets"]:
             groups += [(f"over-refusal\n({s}, judge)", lambda p, s=s: p["over_refusal"][s]),
                        (f"refusal\n({s}, string)", lambda p, s=s: p["string_refusal"][s])]
+    if not groups:
+        return None
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
     width = 0.8 / len(labels)
     for k, label in enumerate(labels):
@@ -177,35 +186,40 @@ def _rates(metrics: dict, plt):
 
 
 def _ability(metrics: dict, plt):
+    """MC accuracy and perplexity, each panel only when every model was measured."""
     labels = [m["label"] for m in metrics["models"]]
     per = metrics["per_model"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     mc = [(per[k]["ability"] or {}).get("mc") for k in labels]
     text = [(per[k]["ability"] or {}).get("text") for k in labels]
-    colors = [f"C{k}" for k in range(len(labels))]
-    if all(mc):
-        left.bar(labels, [m["accuracy"] for m in mc], color=colors)
-        left.axhline(mc[0]["chance"], color="0.3", ls="--", lw=1, label="chance")
-        left.set_ylim(0, 1)
-        left.set_ylabel("accuracy")
-        left.legend(fontsize=8)
-        left.set_title(f"Multiple choice ({mc[0]['n']} questions, log-likelihood)", fontsize=10)
-    else:
-        _empty(left, "not measured")
-    if all(text):
-        right.bar(labels, [t["perplexity"] for t in text], color=colors)
-        right.set_ylabel("perplexity (lower is better)")
-        right.set_title(f"Perplexity on neutral text ({text[0]['tokens']} tokens)", fontsize=10)
-    else:
-        _empty(right, "not measured")
-    for ax in (left, right):
+    panels = [(draw, got) for draw, got in ((_mc_panel, mc), (_text_panel, text)) if all(got)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for (draw, got), ax in zip(panels, axes[0]):
+        draw(ax, labels, got)
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return fig
 
 
+def _mc_panel(ax, labels: list[str], mc: list[dict]) -> None:
+    ax.bar(labels, [m["accuracy"] for m in mc], color=[f"C{k}" for k in range(len(labels))])
+    ax.axhline(mc[0]["chance"], color="0.3", ls="--", lw=1, label="chance")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Multiple choice ({mc[0]['n']} questions, log-likelihood)", fontsize=10)
+
+
+def _text_panel(ax, labels: list[str], text: list[dict]) -> None:
+    ax.bar(labels, [t["perplexity"] for t in text], color=[f"C{k}" for k in range(len(labels))])
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title(f"Perplexity on neutral text ({text[0]['tokens']} tokens)", fontsize=10)
+
+
 def draw_charts(metrics: dict, out: Path) -> dict[str, Path]:
-    """Save every chart as a PNG in `out`; returns {file name: path}."""
+    """Save each chart that has data as a PNG in `out` (and remove an older one that has
+    none); returns {file name: path} of those drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,6 +229,9 @@ def draw_charts(metrics: dict, out: Path) -> dict[str, Path]:
     for name, draw in (("frontier.png", _frontier), ("win_rates.png", _win_rates),
                        ("rates.png", _rates), ("ability.png", _ability)):
         fig = draw(metrics, plt)
+        if fig is None:
+            (out / name).unlink(missing_ok=True)
+            continue
         paths[name] = out / name
         fig.savefig(paths[name], dpi=110)
         plt.close(fig)
@@ -244,16 +261,19 @@ def _tables(metrics: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                      _fmt(_elo(metrics, "helpfulness", m["label"]), 0),
                      _fmt(mc.get("accuracy")), _fmt(text.get("perplexity"), 2)])
     judged = "judge" if _reliable(metrics) else "judge, UNRELIABLE"
+    header = ["model", "path", f"harmless (red_team; {judged})",
+              "refusal-like (red_team; string)", f"over-refusal (borderline; {judged})",
+              "refusal-like (borderline; string)", f"over-refusal (helpful; {judged})",
+              f"helpful rate ({judged})", f"harmlessness Elo ({judged})",
+              f"helpfulness Elo ({judged})", "MC accuracy", "perplexity"]
+    keep = [k for k in range(len(header)) if k < 2 or any(r[k] != "–" for r in rows)]
     out.append(("Summary", ("Rates are shares of answers: judged by the judge model, and by a "
-                "plain string match for refusal-like text (no model). Elo is relative to the "
-                "first model. Details below; definitions in docs/evaluation.md."
+                "plain string match for refusal-like text (no model). "
+                + ("Elo is relative to the first model. " if _elo_axes(metrics) else "")
+                + "Details below; definitions in docs/evaluation.md."
                 + ("" if _reliable(metrics) else " The judged columns are not results: see the "
                    "judge's check above.")),
-                ["model", "path", f"harmless (red_team; {judged})",
-                 "refusal-like (red_team; string)", f"over-refusal (borderline; {judged})",
-                 "refusal-like (borderline; string)", f"over-refusal (helpful; {judged})",
-                 f"helpful rate ({judged})", f"harmlessness Elo ({judged})",
-                 f"helpfulness Elo ({judged})", "MC accuracy", "perplexity"], rows))
+                [header[k] for k in keep], [[r[k] for k in keep] for r in rows]))
     level = round(100 * metrics.get("settings", {}).get("confidence", 0.95))
     rows = [[r["set"], f"{r['from']} to {r['model']}",
              r["measure"] + (" (UNRELIABLE)" if r["measure"].startswith("judged")
@@ -286,11 +306,12 @@ def _tables(metrics: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                          _fmt(st["string_refusal_rate"]), _fmt(st["words"]["mean"], 1),
                          _fmt(st["words"]["median"], 1), _fmt(st["tokens"]["mean"], 1),
                          _fmt(st["tokens"]["median"], 1)])
-    out.append(("Classes, refusals and lengths", ("Judge classes (share of answers), the "
-                "string-match refusal rate, and answer lengths."),
-                ["set", "model", "answers", "harmful", "refusal", "helpful",
-                 "refusal (string)", "mean words", "median words", "mean tokens",
-                 "median tokens"], rows))
+    if rows:
+        out.append(("Classes, refusals and lengths", ("Judge classes (share of answers), the "
+                    "string-match refusal rate, and answer lengths."),
+                    ["set", "model", "answers", "harmful", "refusal", "helpful",
+                     "refusal (string)", "mean words", "median words", "mean tokens",
+                     "median tokens"], rows))
     categories = dict.fromkeys(c for label in labels
                                for c in per[label].get("red_team_categories", {}))
     rows = [[cat, label, str(st["n"]), _fmt(st["harmful"]), _fmt(st["refusal"]),
@@ -320,10 +341,11 @@ def _tables(metrics: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
         rows.append([label, _fmt(mc.get("accuracy")), _fmt(mc.get("accuracy_norm")),
                      _fmt(mc.get("chance")), _fmt(mc.get("n")), _fmt(text.get("perplexity"), 2),
                      _fmt(text.get("nll_per_token")), _fmt(text.get("tokens"))])
-    out.append(("Alignment tax: neutral ability", ("Multiple-choice accuracy by log-likelihood "
-                "(norm: per character) and perplexity on plain text."),
-                ["model", "MC accuracy", "MC accuracy (norm)", "chance", "questions",
-                 "perplexity", "NLL / token", "tokens"], rows))
+    if any(per[label]["ability"] for label in labels):  # none with --no-ability
+        out.append(("Alignment tax: neutral ability", ("Multiple-choice accuracy by "
+                    "log-likelihood (norm: per character) and perplexity on plain text."),
+                    ["model", "MC accuracy", "MC accuracy (norm)", "chance", "questions",
+                     "perplexity", "NLL / token", "tokens"], rows))
     return out
 
 
@@ -342,6 +364,8 @@ def _example_rows(metrics: dict, kind: str) -> list[tuple[str, list[str], list[l
     labels = [m["label"] for m in metrics["models"]]
     out = []
     for s, items in metrics.get("examples", {}).items():
+        if not items:
+            continue
         rows = []
         for ex in items:
             cells = [ex["prompt"]]
@@ -390,14 +414,17 @@ def _header(metrics: dict) -> list[str]:
             + ", ".join(f"{s} {v['prompts']}" for s, v in metrics["sets"].items()) + "."]
 
 
-def markdown(metrics: dict) -> str:
+def markdown(metrics: dict, images: dict[str, Path]) -> str:
+    """report.md; it links the charts in `images` (those drawn)."""
     parts = ["# cai eval report", "", *[f"{line}  " for line in _header(metrics)], ""]
     tables = _tables(metrics)
     for title, note, header, rows in tables:
         parts += [f"## {title}", "", note, "", _md_table(header, rows), ""]
-        parts += [f"![{CHARTS[c]}]({c})\n" for c in CHARTS_AFTER.get(title, [])]
-    parts += ["## Example answers", "", "Each answer starts with the judge's class.", ""]
-    for s, header, rows in _example_rows(metrics, "md"):
+        parts += [f"![{CHARTS[c]}]({c})\n" for c in CHARTS_AFTER.get(title, []) if c in images]
+    examples = _example_rows(metrics, "md")
+    if examples:
+        parts += ["## Example answers", "", "Each answer starts with the judge's class.", ""]
+    for s, header, rows in examples:
         parts += [f"### {s}", "", _md_table(header, rows), ""]
     return "\n".join(parts)
 
@@ -421,9 +448,11 @@ def html_report(metrics: dict, images: dict[str, Path]) -> str:
     for title, note, header, rows in _tables(metrics):
         body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(note)}</p>",
                  _html_table(header, rows)]
-        body += [img(c) for c in CHARTS_AFTER.get(title, [])]
-    body += ["<h2>Example answers</h2>", "<p>Each answer starts with the judge's class.</p>"]
-    for s, header, rows in _example_rows(metrics, "html"):
+        body += [img(c) for c in CHARTS_AFTER.get(title, []) if c in images]
+    examples = _example_rows(metrics, "html")
+    if examples:
+        body += ["<h2>Example answers</h2>", "<p>Each answer starts with the judge's class.</p>"]
+    for s, header, rows in examples:
         body += [f"<h3>{html.escape(s)}</h3>", _html_table(header, rows, "examples")]
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;"
              "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;"
@@ -441,6 +470,6 @@ def write_report(metrics: dict, out: str | Path) -> dict[str, Path]:
     """Write the charts, report.md and report.html into `out`; returns their paths."""
     out = Path(out)
     images = draw_charts(metrics, out)
-    (out / "report.md").write_text(markdown(metrics), encoding="utf-8")
+    (out / "report.md").write_text(markdown(metrics, images), encoding="utf-8")
     (out / "report.html").write_text(html_report(metrics, images), encoding="utf-8")
     return {**images, "report.md": out / "report.md", "report.html": out / "report.html"}
