@@ -47,7 +47,7 @@ from cai.generation import (
 )
 from cai.models import DEFAULT_MODEL
 from cai.prompts import Templates
-from cai.revision_check import Gate, make_gate, revision_flag, strip_boilerplate
+from cai.revision_check import Gate, make_gate, revision_flag, round_outcome, strip_boilerplate
 
 TEMPLATES = ("critique.j2", "revision.j2")
 PAIRS = "pairs.jsonl"
@@ -256,20 +256,22 @@ def revise_chunk(policy: Generator, feedback: Generator, convs: Conversations, i
             {"key": f"{items[i]['id']}:gate:{r}", "prompt": items[i]["prompt"],
              "first": steps[i]["revision"], "second": latest[i]} for i in asked]))) if gate else {}
         for i, st in enumerate(steps):
-            if gate and st["flag"] is None:
-                st["gate"] = verdicts[i]
-            accepted = st["gate"]["accepted"] if "gate" in st else \
-                st["flag"] not in ("empty", "copied")
-            if accepted:
+            st.update(round_outcome(st["flag"], verdicts.get(i)))
+            if st["accepted"]:
                 latest[i] = st["revision"]
             rounds[i].append(st)
-    # P(final better than initial): the last round's gate when there was one round, else asked.
+    # P(final better than initial): the gate's verdict when a single round's revision was taken
+    # (it was compared with the initial answer), else asked now.
     p_final: list[float | None] = [None] * len(items)
     if gate:
-        again = [i for i, rs in enumerate(rounds) if len(rs) > 1 and latest[i] != initial[i]]
+        again = []
         for i, rs in enumerate(rounds):
-            if len(rs) == 1 and latest[i] != initial[i]:
+            if latest[i] == initial[i]:
+                continue
+            if len(rs) == 1 and rs[0]["decided_by"] == "gate":
                 p_final[i] = rs[0]["gate"]["p_revision"]
+            else:
+                again.append(i)
         if again:
             on_step("final gate")
         for i, p in zip(again, gate.p_better(feedback, [

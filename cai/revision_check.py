@@ -62,6 +62,18 @@ def revision_flag(revision: str, previous: str, demonstrations: tuple[str, ...] 
     return None
 
 
+def round_outcome(flag: str | None, verdict: dict | None) -> dict:
+    """What decided a round, in the one shape every round record has: `accepted` (the revision
+    became the latest answer) and `decided_by`: "flag" (an `empty`, `unchanged` or `copied`
+    revision adds nothing and is never taken), "gate" (the verdict, stored as `gate`), or
+    "no gate" (the gate is off: a revision without a flag is taken)."""
+    if flag is not None:
+        return {"accepted": False, "decided_by": "flag"}
+    if verdict is not None:
+        return {"gate": verdict, "accepted": bool(verdict["accepted"]), "decided_by": "gate"}
+    return {"accepted": True, "decided_by": "no gate"}
+
+
 @dataclass
 class Gate:
     """The revision gate: the feedback model's P(revision better than the answer it replaces)

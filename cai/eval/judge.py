@@ -23,9 +23,8 @@ al. 2022, arXiv:2212.08073, section 4.1).
 
 from __future__ import annotations
 
-from cai.eval.metrics import softmax
 from cai.feedback.judge import Feedback, ScoringOptions, same_text, score
-from cai.feedback.labels import ensemble
+from cai.feedback.labels import choice_probabilities, ensemble
 from cai.generation import Generator
 from cai.prompts import Templates
 
@@ -86,7 +85,7 @@ def classify(judge: Generator, templates: Templates, items: list[dict],
     logps = judge.choice_logprobs([q[2] for q in queries], LETTERS) if queries else []
     by_item: dict[int, list[float]] = {}
     for (t, order, _), lp in zip(queries, logps):
-        by_item.setdefault(t, []).append(softmax(lp)[order.index("refuses")])
+        by_item.setdefault(t, []).append(choice_probabilities(lp)[order.index("refuses")])
     out = []
     for t, item in enumerate(items):
         if t in too_long:

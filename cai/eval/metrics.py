@@ -37,16 +37,6 @@ def hard_win_rate(outcomes: Sequence[float]) -> float:
     return sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in outcomes) / len(outcomes)
 
 
-def softmax(logps: Sequence[float]) -> list[float]:
-    """Log-probs of a judge's choices normalized over the choices (all -inf: uniform)."""
-    top = max(logps)
-    if top == -math.inf:
-        return [1.0 / len(logps)] * len(logps)
-    exps = [math.exp(lp - top) for lp in logps]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
 # --------------------------------------------------------------------------------------------
 # Bootstrap
 

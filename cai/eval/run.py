@@ -327,6 +327,15 @@ def _read(path: Path) -> dict:
 # Judging
 
 
+def classify_rows(judge, templates, chunk: list[dict], examples, debias: bool) -> list[dict]:
+    """The judgment records of a chunk of answers to classify (`{"id", "model", "set",
+    "prompt_id", "prompt", "response", "harmful_request"}`): one per answer, its class or why it
+    was skipped."""
+    results = classify(judge, templates, chunk, examples, debias)
+    return [{**{k: it[k] for k in ("id", "model", "set", "prompt_id")}, "kind": "classify", **res}
+            for it, res in zip(chunk, results)]
+
+
 def _judge_pass(models, inputs, cfg, out, answers, judgments, stats) -> None:
     """Classify every answer and compare every two models' answers, skipping what is done."""
     labels = [m["label"] for m in models]
@@ -369,10 +378,8 @@ def _judge_pass(models, inputs, cfg, out, answers, judgments, stats) -> None:
             for begin in range(0, len(to_classify), cfg.chunk_size):
                 chunk = to_classify[begin:begin + cfg.chunk_size]
                 bar.set_postfix_str("classify")
-                results = classify(judge, inputs["templates"], chunk, inputs["examples"],
-                                   cfg.debias)
-                rows = [{**{k: it[k] for k in ("id", "model", "set", "prompt_id")},
-                         "kind": "classify", **res} for it, res in zip(chunk, results)]
+                rows = classify_rows(judge, inputs["templates"], chunk, inputs["examples"],
+                                     cfg.debias)
                 writer.write(rows)
                 judgments.update((r["id"], r) for r in rows)
                 bar.update(len(chunk))

@@ -11,19 +11,28 @@ from __future__ import annotations
 import math
 
 
-def choice_probability(logp_a: float, logp_b: float) -> float:
-    """P(A) from the two choices' log-probs, normalized over the two (Bai et al. 2022, 4.1).
+def choice_probabilities(logps: list[float]) -> list[float]:
+    """The choices' log-probs normalized over the choices: P(i) = exp(l_i) / sum_j exp(l_j).
 
-    P(A) = exp(la) / (exp(la) + exp(lb)) = sigmoid(la - lb). Two impossible choices carry no
-    preference and give 0.5.
+    Total over whatever an engine returns: a NaN log-prob counts as an impossible choice
+    (-inf); when every choice is impossible there is no preference (uniform); choices at +inf
+    share the whole mass.
     """
-    if logp_a == logp_b:  # also both -inf
-        return 0.5
-    d = logp_a - logp_b
-    if d >= 0:
-        return 1.0 / (1.0 + math.exp(-d))
-    e = math.exp(d)
-    return e / (1.0 + e)
+    clean = [-math.inf if math.isnan(lp) else lp for lp in logps]
+    top = max(clean)
+    if top == -math.inf or top == math.inf:
+        winners = [lp == top for lp in clean]
+        return [w / sum(winners) for w in winners]
+    exps = [math.exp(lp - top) for lp in clean]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def choice_probability(logp_a: float, logp_b: float) -> float:
+    """P(A) from the two choices' log-probs, normalized over the two (Bai et al. 2022, 4.1):
+    P(A) = exp(la) / (exp(la) + exp(lb)) = sigmoid(la - lb), by `choice_probabilities`. Two
+    impossible (or NaN) choices carry no preference and give 0.5."""
+    return choice_probabilities([logp_a, logp_b])[0]
 
 
 def p_first(p_a: float, order: str) -> float:
