@@ -7,6 +7,7 @@ import random
 import pytest
 
 from cai.eval import metrics as M
+from cai.feedback.labels import choice_probabilities
 
 
 def test_win_rates_soft_and_hard():
@@ -17,10 +18,10 @@ def test_win_rates_soft_and_hard():
 
 
 def test_softmax_normalizes_choice_logprobs():
-    assert M.softmax([math.log(0.2), math.log(0.2), math.log(0.6)]) == pytest.approx(
+    assert choice_probabilities([math.log(0.2), math.log(0.2), math.log(0.6)]) == pytest.approx(
         [0.2, 0.2, 0.6])
-    assert M.softmax([-1000.0, 0.0]) == pytest.approx([0.0, 1.0])  # no underflow to nan
-    assert M.softmax([-math.inf] * 3) == pytest.approx([1 / 3] * 3)
+    assert choice_probabilities([-1000.0, 0.0]) == pytest.approx([0.0, 1.0])  # no underflow to nan
+    assert choice_probabilities([-math.inf] * 3) == pytest.approx([1 / 3] * 3)
 
 
 def test_percentile_interpolates_between_order_statistics():
