@@ -58,6 +58,16 @@ def _isolated_home(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _denormals_restored():
+    """cai flushes denormal floats to zero when it loads a bfloat16 model or trains on a CPU, a
+    setting of the whole process: each test ends with the default restored, so one test's model
+    never changes another's arithmetic (hypothesis refuses to draw floats under flush-to-zero)."""
+    yield
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_flush_denormal(False)
+
+
+@pytest.fixture(autouse=True)
 def _real_model_home(request, monkeypatch):
     """Tests of the real embedded model (marked slow or vllm) use the user's CAI_HOME: its
     converted SmolLM2 is made once (minutes) and reused. That conversion is the only write the
