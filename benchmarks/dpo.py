@@ -145,7 +145,7 @@ def run_trl(opts, records, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from cai.models import resolve
+    from cai.foundation.model_store import resolve
 
     path = resolve(opts.model)
     tok = AutoTokenizer.from_pretrained(path)

@@ -47,8 +47,10 @@ def tiny_model(out: Path) -> Path:
     from transformers import AutoTokenizer
 
     sys.path.insert(0, str(ROOT))
-    from cai.models import resolve
-    from cai.tiny import write_tiny_model
+    sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny model
+    from tiny import write_tiny_model
+
+    from cai.foundation.model_store import resolve
 
     return write_tiny_model(AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct")), out,
                             max_positions=2048)

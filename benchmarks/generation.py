@@ -40,9 +40,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cai.foundation.model_store import load_causal_lm, load_tokenizer, resolve  # noqa: E402
 from cai.generation import SamplingParams, make_generator  # noqa: E402
 from cai.generation.base import GenerationStats, encode_chat  # noqa: E402
-from cai.models import load_causal_lm, load_tokenizer, resolve  # noqa: E402
 from cai.revise import ReviseConfig, run  # noqa: E402
 
 
@@ -162,8 +162,8 @@ def raw_vllm(args):
     import vllm
 
     from cai.constitution import load
-    from cai.prompts import Templates
-    from cai.records import load_prompts
+    from cai.foundation.inputs import load_prompts
+    from cai.foundation.templates import Templates
     from cai.revise import Conversations, sample_principles
 
     start = time.perf_counter()
@@ -200,7 +200,7 @@ def raw_vllm(args):
 
 def sweep(args) -> dict:
     """Plain chat throughput of the hf engine over batch size and dtype (one process)."""
-    from cai.records import load_prompts
+    from cai.foundation.inputs import load_prompts
 
     items = load_prompts(str(ROOT / "data" / "red_team.jsonl"))[:args.prompts]
     convs = [[{"role": "user", "content": it["prompt"]}] for it in items]

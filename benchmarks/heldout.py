@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from cai.eval.metrics import is_refusal
+    from cai.foundation.inputs import load_prompts
     from cai.generation import SamplingParams, make_generator
-    from cai.records import load_prompts
 
     sets = {s: load_prompts(str(ROOT / "data" / "eval" / f"{s}.jsonl"))[:args.limit]
             for s in SETS}
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 def ability(model: str, batch_size: int) -> dict:
     """`cai eval`'s neutral-ability probes (cai.eval.ability) on one model."""
     from cai.eval import ability as probes
-    from cai.models import load_causal_lm, load_tokenizer
+    from cai.foundation.model_store import load_causal_lm, load_tokenizer
 
     lm, tokenizer = load_causal_lm(model), load_tokenizer(model)
     mc = probes.load_mc(ROOT / "data" / "eval" / "neutral_mc.jsonl")
@@ -122,8 +122,8 @@ def judged(args, rows: list[dict], summary: dict) -> None:
     """Classify every answer with `cai eval`'s judge; adds `judged_<set>` shares per model."""
     from cai.eval.judge import classify
     from cai.eval.run import EXAMPLES_FILE, load_judge_examples
+    from cai.foundation.templates import Templates
     from cai.generation import make_generator
-    from cai.prompts import Templates
 
     judge = make_generator("hf", args.judge, dtype=args.judge_dtype, batch_size=8)
     examples = load_judge_examples(ROOT / "data" / "eval" / EXAMPLES_FILE)

@@ -38,7 +38,7 @@ def fresh_reward_model(model: str, out: Path) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from cai.models import resolve
+    from cai.foundation.model_store import resolve
 
     path = resolve(model)
     torch.manual_seed(0)

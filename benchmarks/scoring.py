@@ -23,14 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cai import records  # noqa: E402
 from cai.constitution import load  # noqa: E402
 from cai.eval.judge import LETTERS, TEMPLATE, demonstrations, reading_orders  # noqa: E402
 from cai.feedback.judge import CHOICES, Feedback  # noqa: E402
+from cai.foundation.inputs import jsonl_objects, load_prompts  # noqa: E402
+from cai.foundation.model_store import load_causal_lm, load_tokenizer  # noqa: E402
+from cai.foundation.templates import Templates  # noqa: E402
 from cai.generation.base import choice_requests  # noqa: E402
 from cai.generation.hf import _whole_logprobs, shared_prefix_logprobs  # noqa: E402
-from cai.models import load_causal_lm, load_tokenizer  # noqa: E402
-from cai.prompts import Templates  # noqa: E402
 
 
 def requests(tokenizer, items: int):
@@ -38,8 +38,8 @@ def requests(tokenizer, items: int):
     classifications in both orders."""
     constitution, templates = load(), Templates()
     feedback = Feedback(constitution, templates, few_shot=1, cot=False, seed=0)
-    prompts = records.load_prompts(str(ROOT / "data" / "red_team.jsonl"))[:items]
-    check = [r for _, r in records.jsonl_objects(ROOT / "data" / "eval" / "judge_check.jsonl",
+    prompts = load_prompts(str(ROOT / "data" / "red_team.jsonl"))[:items]
+    check = [r for _, r in jsonl_objects(ROOT / "data" / "eval" / "judge_check.jsonl",
                                                    "check")[0]][:items]
     question = constitution.principles("preference")[0]
     convs, choices = [], []
@@ -48,7 +48,7 @@ def requests(tokenizer, items: int):
         for first, second in ((a, b), (b, a)):
             convs.append(feedback.conversation(it["id"], question, it["prompt"], first, second))
             choices.append(CHOICES)
-    examples = [r for _, r in records.jsonl_objects(
+    examples = [r for _, r in jsonl_objects(
         ROOT / "data" / "eval" / "judge_examples.jsonl", "example")[0]]
     for it in check:
         for order in reading_orders(True):

@@ -131,7 +131,7 @@ def run_trl(opts, convs, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from cai.models import resolve
+    from cai.foundation.model_store import resolve
 
     path = resolve(opts.model)
     tok = AutoTokenizer.from_pretrained(path)

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from cai import cli_constitution
-from cai import config as cfgmod
-from cai.errors import CaiError
+from cai.foundation import config as cfgmod
+from cai.foundation.errors import CaiError
 
 
 def cmd_revise(args) -> int:
@@ -62,7 +62,7 @@ def _train_args(args, module):
         if resume:
             raise CaiError("--resume and --overwrite: choose one (continue the run, or train "
                            "anew in its folder)")
-        from cai import lock
+        from cai.foundation import lock
         from cai.train.resume import clear_run
 
         lock.keep(cfg.output_dir)  # not while another run writes there
@@ -190,7 +190,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_records_merge(args) -> int:
-    from cai.merge import merge
+    from cai.foundation.shards import merge
 
     stats = merge([Path(f) for f in args.folders], Path(args.out))
     print(f"merged {stats['shards']} shards into {args.out}: {stats['records']} records"

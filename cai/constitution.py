@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from cai import ROOT
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 
 DEFAULT_PATH = ROOT / "constitutions" / "default.yaml"
 ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")

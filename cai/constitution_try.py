@@ -14,9 +14,9 @@ import shutil
 import textwrap
 
 from cai import constitution as constitutions
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
+from cai.foundation.templates import Templates
 from cai.generation import Generator, SamplingParams
-from cai.prompts import Templates
 from cai.revise import Conversations, ReviseConfig, make_engines
 from cai.revision_check import make_gate, revision_flag, strip_boilerplate
 

@@ -14,7 +14,7 @@ unfinished one with the same key resumes in place (every stage is resumable); a 
 changed moves its old folder to `workdir/previous/STAGE-KEY` (nothing is deleted, not even an
 earlier archive of the same name) and runs anew, and so does every stage downstream of it,
 because their keys include its key. `workdir` is relative to the YAML's folder, and a run holds
-a lock on it (`cai.lock`).
+a lock on it (`cai.foundation.lock`).
 
 The pipeline fills in what connects the stages (models, data paths, output folders): the base
 `model` revises and labels; the SFT model (merged) samples the responses to label and is the
@@ -33,12 +33,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cai import ROOT, lock
-from cai import config as cfgmod
-from cai.errors import CaiError
-from cai.models import fingerprint
+from cai import ROOT
+from cai.foundation import config as cfgmod
+from cai.foundation import lock
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import source_id
+from cai.foundation.manifest import package_versions, redact
+from cai.foundation.model_store import fingerprint
+from cai.foundation.records import atomic_write_text
 from cai.pipeline_spec import PRINCIPLE_OPTIONS, PipelineSpec, default_pipeline
-from cai.records import atomic_write_text, package_versions, redact, source_id
 
 STATE = "stage.json"
 TRAINERS = ("sft", "dpo", "rm", "ppo")

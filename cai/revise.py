@@ -31,10 +31,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cai import constitution as constitutions
-from cai import lock, records
-from cai.config import as_dict, opt
 from cai.constitution import Constitution, Principle, sample_principles
-from cai.errors import CaiError
+from cai.foundation import lock, records
+from cai.foundation.config import as_dict, opt
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import helpful_sample, load_prompts, source_id, sources_id
+from cai.foundation.manifest import Manifest, text_sha256
+from cai.foundation.model_store import DEFAULT_MODEL
+from cai.foundation.shards import select_shard
+from cai.foundation.templates import Templates
 from cai.generation import (
     EngineConfig,
     Generator,
@@ -45,8 +50,6 @@ from cai.generation import (
     make_generator,
     role_engine,
 )
-from cai.models import DEFAULT_MODEL
-from cai.prompts import Templates
 from cai.revision_check import Gate, make_gate, revision_flag, round_outcome, strip_boilerplate
 
 TEMPLATES = ("critique.j2", "revision.j2")
@@ -367,20 +370,20 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
     gate = make_gate(cfg, constitution, templates)
     policy_kwargs = engine_kwargs(cfg)  # both models' engine options fail here, before a load
     fb_engine, fb_model, fb_kwargs = role_engine(cfg, "feedback")
-    items = records.select_shard(records.load_prompts(cfg.prompts, cfg.prompt_column), cfg.shard)
+    items = select_shard(load_prompts(cfg.prompts, cfg.prompt_column), cfg.shard)
     if cfg.limit is not None:
         items = items[:cfg.limit]
-    helpful = records.helpful_sample(cfg.helpful_prompts, cfg.helpful_ratio, len(items),
+    helpful = helpful_sample(cfg.helpful_prompts, cfg.helpful_ratio, len(items),
                                      column=cfg.prompt_column, shard=cfg.shard, seed=cfg.seed)
     out = Path(cfg.out)
     names = {"model": str(cfg.model or DEFAULT_MODEL),
              "feedback_model": str(cfg.feedback or cfg.model or DEFAULT_MODEL),
              "constitution": constitution.name}
     identity = {
-        "prompts": records.source_id(cfg.prompts, cfg.prompt_column),
+        "prompts": source_id(cfg.prompts, cfg.prompt_column),
         "prompt_column": cfg.prompt_column,
         "constitution": constitution.sha256, "principles": [p.id for p in principles],
-        "templates": records.text_sha256(templates.fingerprint(TEMPLATES + ("feedback.j2",))),
+        "templates": text_sha256(templates.fingerprint(TEMPLATES + ("feedback.j2",))),
         "model": names["model"], "rounds": cfg.rounds,
         **engine_identity("policy", cfg.engine, cfg.model, policy_kwargs),
         "few_shot": cfg.few_shot, "max_new_tokens": cfg.max_new_tokens,
@@ -390,14 +393,14 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
         **engine_identity("feedback", fb_engine, fb_model or cfg.model, fb_kwargs),
         "gate": [p.id for p in gate.pool] + [cfg.gate_questions, cfg.gate_threshold]
         if gate else None,
-        **({"gate_compliance": [cfg.gate_max_complies, "checked first", records.text_sha256(
+        **({"gate_compliance": [cfg.gate_max_complies, "checked first", text_sha256(
             templates.fingerprint(("judge_refusal.j2",)) + repr(gate.examples))]}
            if gate and gate.max_complies is not None else {}),
-        "helpful": [records.sources_id(cfg.helpful_prompts, cfg.prompt_column), cfg.helpful_ratio,
+        "helpful": [sources_id(cfg.helpful_prompts, cfg.prompt_column), cfg.helpful_ratio,
                     helpful_temperature(cfg)] if helpful else None,
     }
     with lock.hold(out):  # no second job appends to this folder meanwhile
-        manifest = records.Manifest(out, "revise", identity, as_dict(cfg))
+        manifest = Manifest(out, "revise", identity, as_dict(cfg))
         done = records.done_ids(out)
         todo = [it for it in items if it["id"] not in done]
         todo_helpful = [it for it in helpful if it["id"] not in done]

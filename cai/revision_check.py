@@ -16,8 +16,8 @@ from cai import ROOT
 from cai.constitution import Constitution, Principle
 from cai.feedback.judge import Feedback, ScoringOptions, load_inputs, score
 from cai.feedback.labels import ensemble
+from cai.foundation.templates import Templates
 from cai.generation import Generator
-from cai.prompts import Templates
 
 # Openers a model puts before a rewrite ("Sure, here is a revised response:") that are not part
 # of the answer itself.

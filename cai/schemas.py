@@ -39,7 +39,7 @@ def type_schema(hint) -> dict:
         return inner
     if origin in (list, tuple):
         (item, *_) = typing.get_args(hint) or (typing.Any,)
-        # the loaders also take one comma-separated string (`cai.config.coerce`)
+        # the loaders also take one comma-separated string (`cai.foundation.config.coerce`)
         return {"type": ["array", "string"], "items": type_schema(item)}
     if origin is dict or hint is dict:
         return {"type": "object"}
@@ -49,7 +49,8 @@ def type_schema(hint) -> dict:
 
 def dataclass_schema(cls, description: str = "") -> dict:
     """An object schema from a dataclass of options: one property per field, with its type,
-    default, help and floor (`cai.config.opt`); unknown keys are errors, as in the loaders."""
+    default, help and floor (`cai.foundation.config.opt`); unknown keys are errors, as in
+    the loaders."""
     hints = typing.get_type_hints(cls)
     properties = {}
     for f in dataclasses.fields(cls):

@@ -60,8 +60,10 @@ def build_tiny_model(out: Path) -> Path:
 
     from transformers import AutoTokenizer
 
-    from cai.models import EMBEDDED, cai_home
-    from cai.tiny import write_tiny_model
+    sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny model
+    from tiny import write_tiny_model
+
+    from cai.foundation.model_store import EMBEDDED, cai_home
 
     cached = Path(os.environ.get("CAI_HOME_USER", cai_home())) / "models" / \
         "smollm2-135m-instruct"

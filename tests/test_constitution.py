@@ -5,7 +5,7 @@ import yaml
 from conftest import ROOT, run_cai, run_cai_process
 
 from cai import constitution as C
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 
 SHIPPED = sorted((ROOT / "constitutions").glob("*.yaml"))
 

@@ -4,11 +4,11 @@ the revision gate's verdicts, on a tiny random model."""
 import pytest
 from conftest import ROOT, run_cai
 
-from cai import config as cfgmod
 from cai import constitution as C
 from cai.constitution_try import changed_fraction, format_table, try_principles
+from cai.foundation import config as cfgmod
+from cai.foundation.templates import Templates
 from cai.generation import make_generator
-from cai.prompts import Templates
 from cai.revise import ReviseConfig, make_gate
 
 MINIMAL = ROOT / "constitutions" / "minimal.yaml"

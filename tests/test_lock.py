@@ -1,6 +1,6 @@
-"""One process per output folder (cai.lock): a second job stops with one line naming the folder
-and the holder's pid, and a killed holder's lock blocks nobody. Every holder here is a real
-process."""
+"""One process per output folder (cai.foundation.lock): a second job stops with one line naming
+the folder and the holder's pid, and a killed holder's lock blocks nobody. Every holder here is a
+real process."""
 
 import json
 import signal
@@ -11,11 +11,11 @@ import time
 import pytest
 from conftest import ROOT, run_cai, wait_for_lines
 
-from cai import lock
-from cai.errors import CaiError
+from cai.foundation import lock
+from cai.foundation.errors import CaiError
 
-HOLD = "import sys, time; from cai import lock; f = lock.acquire(sys.argv[1]); print('held', " \
-       "flush=True); time.sleep(600)"
+HOLD = "import sys, time; from cai.foundation import lock; f = lock.acquire(sys.argv[1]); " \
+       "print('held', flush=True); time.sleep(600)"
 
 
 @pytest.fixture

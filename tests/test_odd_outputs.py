@@ -22,10 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cai import ROOT, records
+from cai import ROOT
 from cai.constitution import load
+from cai.foundation import records
+from cai.foundation.inputs import helpful_sample
+from cai.foundation.record_schemas import JUDGMENT, LABEL, LABEL_SKIP, REVISE
 from cai.generation.base import GenerationStats
-from cai.record_schemas import JUDGMENT, LABEL, LABEL_SKIP, REVISE
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -43,7 +45,7 @@ def odd_text(history: list[str]) -> st.SearchStrategy[str]:
         st.sampled_from(history) if history else st.just("echo"),      # identical to the input
         st.sampled_from(DEMOS),                                        # a demonstration's text
         st.tuples(st.sampled_from(OPENERS), st.sampled_from(["", "Fine.", DEMOS[0]]))
-        .map("".join),                                                 # an opener the clean-up strips
+        .map("".join),                                                 # an opener, stripped
         st.sampled_from(["a", ".", "I"]),                              # one token
         st.just(LONG),                                                 # very long
         st.text(alphabet="éß中文🙂 \u200b\nab", min_size=1, max_size=30),  # non-ASCII
@@ -168,7 +170,7 @@ def test_label_writes_every_pair_once(data, samples, principles, debias, cot, ma
         skipped = records.read_jsonl(tmp / "out" / records.SKIPPED)
         ids = [r["id"] for r in rows] + [s["id"] for s in skipped]
         pairs = samples * (samples - 1) // 2
-        prompts = n + len(records.helpful_sample(cfg.helpful_prompts, cfg.helpful_ratio, n))
+        prompts = n + len(helpful_sample(cfg.helpful_prompts, cfg.helpful_ratio, n))
         assert len(ids) == len(set(ids)) == prompts * pairs  # every pair once
         assert {i.rsplit(":", 1)[0] for i in ids if not i.startswith("helpful:")} == \
             {f"r{i}" for i in range(n)}
@@ -184,7 +186,7 @@ def test_label_writes_every_pair_once(data, samples, principles, debias, cot, ma
        context=st.sampled_from([None, 6000, 900]))
 def test_eval_judge_writes_one_valid_judgment_per_answer(data, n, debias, context):
     from cai.eval.run import EXAMPLES_FILE, classify_rows, load_judge_examples
-    from cai.prompts import Templates
+    from cai.foundation.templates import Templates
 
     engine = OddEngine(data, context)
     chunk = [{"id": f"m/set/{i}", "model": "m", "set": "red_team", "prompt_id": str(i),

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 from conftest import read_records, run_cai
 
-from cai.record_schemas import JUDGMENT, LABEL, LABEL_SKIP, REVISE
+from cai.foundation.record_schemas import JUDGMENT, LABEL, LABEL_SKIP, REVISE
 
 pytestmark = pytest.mark.slow
 

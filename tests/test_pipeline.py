@@ -329,7 +329,7 @@ def test_a_corrupt_stage_file_never_costs_an_archive(tiny_model, tmp_path):
 
 
 def test_a_full_fine_tuning_stage_counts_as_done(tiny_model, tmp_path):
-    from cai.models import load_causal_lm
+    from cai.foundation.model_store import load_causal_lm
     from cai.pipeline import Pipeline
 
     prompts = tmp_path / "prompts.jsonl"

@@ -1,8 +1,8 @@
 import pytest
 
 from cai.constitution import Principle, load
-from cai.errors import CaiError
-from cai.prompts import DEFAULT_DIR, Templates
+from cai.foundation.errors import CaiError
+from cai.foundation.templates import DEFAULT_DIR, Templates
 
 P = Principle(id="x", critique="Critique it.", revision="Revise it.", question="Which?")
 VARIABLES = dict(principle=P, prompt="the prompt", response="the answer", critique="the critique",

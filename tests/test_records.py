@@ -2,8 +2,11 @@ import json
 
 import pytest
 
-from cai import records
-from cai.errors import CaiError
+from cai.foundation import records
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import helpful_sample, load_prompts, source_id, sources_id
+from cai.foundation.manifest import Manifest
+from cai.foundation.shards import select_shard
 
 
 def write(path, lines):
@@ -14,10 +17,10 @@ def write(path, lines):
 def test_jsonl_and_txt_prompts(tmp_path):
     jl = write(tmp_path / "p.jsonl", ['{"id": "a", "prompt": "hi", "category": "x"}',
                                       "", '{"id": 7, "prompt": "yo"}'])
-    assert records.load_prompts(str(jl)) == [
+    assert load_prompts(str(jl)) == [
         {"id": "a", "prompt": "hi", "category": "x"}, {"id": "7", "prompt": "yo"}]
     txt = write(tmp_path / "q.txt", ["first one", "", "  second  "])
-    assert records.load_prompts(str(txt)) == [{"id": "q-1", "prompt": "first one"},
+    assert load_prompts(str(txt)) == [{"id": "q-1", "prompt": "first one"},
                                               {"id": "q-3", "prompt": "second"}]
 
 
@@ -32,7 +35,7 @@ def test_every_bad_line_is_named(tmp_path):
         '{"id": "d", "prompt": 5}',
     ])
     with pytest.raises(CaiError) as e:
-        records.load_prompts(str(path))
+        load_prompts(str(path))
     assert str(e.value).splitlines() == [
         f"{path}:2: not valid JSON (Expecting value at column 23)",
         f"{path}:3: empty prompt",
@@ -45,33 +48,33 @@ def test_every_bad_line_is_named(tmp_path):
 
 def test_missing_and_unknown_files(tmp_path):
     with pytest.raises(CaiError, match="prompt file not found"):
-        records.load_prompts(str(tmp_path / "nope.jsonl"))
+        load_prompts(str(tmp_path / "nope.jsonl"))
     with pytest.raises(CaiError, match="unknown prompt file type '.csv'"):
-        records.load_prompts(str(write(tmp_path / "p.csv", ["a"])))
+        load_prompts(str(write(tmp_path / "p.csv", ["a"])))
     with pytest.raises(CaiError, match="no prompts"):
-        records.load_prompts(str(write(tmp_path / "e.jsonl", [""])))
+        load_prompts(str(write(tmp_path / "e.jsonl", [""])))
 
 
 def test_datasets_loader_on_a_local_folder(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     write(folder / "train.jsonl", ['{"question": "what?"}', '{"question": "why?"}'])
-    items = records.load_prompts(f"dataset:{folder}", column="question")
+    items = load_prompts(f"dataset:{folder}", column="question")
     assert items == [{"id": "ds-0", "prompt": "what?"}, {"id": "ds-1", "prompt": "why?"}]
     with pytest.raises(CaiError, match="no column 'prompt'"):
-        records.load_prompts(f"dataset:{folder}")
+        load_prompts(f"dataset:{folder}")
 
 
 def test_shards_partition_the_ids():
     items = [{"id": f"x{i}", "prompt": "p"} for i in range(100)]
-    shards = [records.select_shard(items, f"{i}/3") for i in range(3)]
+    shards = [select_shard(items, f"{i}/3") for i in range(3)]
     ids = [it["id"] for s in shards for it in s]
     assert sorted(ids) == sorted(it["id"] for it in items)
     assert all(len(s) > 15 for s in shards)
-    assert records.select_shard(items, "1/3") == shards[1]  # deterministic
+    assert select_shard(items, "1/3") == shards[1]  # deterministic
     for bad in ("3/3", "a/b", "1", "-1/2"):
         with pytest.raises(CaiError, match="expected I/N"):
-            records.select_shard(items, bad)
+            select_shard(items, bad)
 
 
 def test_helpful_prompt_sets_are_pooled(tmp_path):
@@ -79,19 +82,19 @@ def test_helpful_prompt_sets_are_pooled(tmp_path):
                                      for i in range(4)])
     b = write(tmp_path / "b.jsonl", [json.dumps({"id": f"b{i}", "prompt": f"B {i}?"})
                                      for i in range(4)])
-    both = records.helpful_sample([str(a), str(b)], 2.0, 4)  # 8 of the 8 pooled prompts
+    both = helpful_sample([str(a), str(b)], 2.0, 4)  # 8 of the 8 pooled prompts
     assert sorted(r["id"] for r in both) == [f"helpful:{s}{i}" for s in "ab" for i in range(4)]
     assert all(r["kind"] == "helpful" for r in both)
-    some = records.helpful_sample([str(a), str(b)], 1.0, 3)
-    assert len(some) == 3 and some == records.helpful_sample([str(a), str(b)], 1.0, 3)
+    some = helpful_sample([str(a), str(b)], 1.0, 3)
+    assert len(some) == 3 and some == helpful_sample([str(a), str(b)], 1.0, 3)
     # one set, given as text or as a one-item list: the same draw and the same identity
-    assert records.helpful_sample(str(a), 0.5, 4) == records.helpful_sample([str(a)], 0.5, 4)
-    assert records.sources_id([str(a)]) == records.sources_id(str(a)) == records.source_id(str(a))
-    assert records.sources_id([str(a), str(b)]) == [records.source_id(str(a)),
-                                                    records.source_id(str(b))]
+    assert helpful_sample(str(a), 0.5, 4) == helpful_sample([str(a)], 0.5, 4)
+    assert sources_id([str(a)]) == sources_id(str(a)) == source_id(str(a))
+    assert sources_id([str(a), str(b)]) == [source_id(str(a)),
+                                                    source_id(str(b))]
     clash = write(tmp_path / "c.jsonl", [json.dumps({"id": "a1", "prompt": "again"})])
     with pytest.raises(CaiError, match=r"c\.jsonl: id 'a1' is also in .*a\.jsonl"):
-        records.helpful_sample([str(a), str(clash)], 1.0, 2)
+        helpful_sample([str(a), str(clash)], 1.0, 2)
 
 
 def test_torn_last_line_is_cut_on_resume(tmp_path):
@@ -114,17 +117,17 @@ def test_a_broken_line_in_the_middle_is_an_error(tmp_path):
 
 
 def test_manifest_refuses_to_mix_runs(tmp_path):
-    m = records.Manifest(tmp_path, "revise", {"model": "a", "seed": 0}, {})
+    m = Manifest(tmp_path, "revise", {"model": "a", "seed": 0}, {})
     m.add_run(written=3, generated_tokens=10)
-    m2 = records.Manifest(tmp_path, "revise", {"model": "a", "seed": 0}, {})
+    m2 = Manifest(tmp_path, "revise", {"model": "a", "seed": 0}, {})
     m2.add_run(written=2, generated_tokens=5)
     saved = json.loads((tmp_path / "manifest.json").read_text())
     assert saved["totals"]["written"] == 5 and len(saved["runs"]) == 2
     assert "torch" in saved["versions"]
     with pytest.raises(CaiError, match="different model, seed"):
-        records.Manifest(tmp_path, "revise", {"model": "b", "seed": 1}, {})
+        Manifest(tmp_path, "revise", {"model": "b", "seed": 1}, {})
     with pytest.raises(CaiError, match="holds the output of 'cai revise'"):
-        records.Manifest(tmp_path, "label", {}, {})
+        Manifest(tmp_path, "label", {}, {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,26 +137,26 @@ def test_manifest_refuses_to_mix_runs(tmp_path):
 def test_a_folder_with_records_but_no_manifest_is_refused(tmp_path):
     (tmp_path / "data.jsonl").write_text('{"id": "a"}\n')
     with pytest.raises(CaiError) as e:
-        records.Manifest(tmp_path, "revise", {"seed": 0}, {})
+        Manifest(tmp_path, "revise", {"seed": 0}, {})
     assert str(e.value) == (f"{tmp_path}: holds data.jsonl but no manifest.json, so what made "
                             "them is unknown; use another --out folder to start over")
     assert (tmp_path / "data.jsonl").read_text() == '{"id": "a"}\n'  # nothing touched
 
 
 def test_limit_may_grow_and_completeness_is_by_ids(tmp_path):
-    m = records.Manifest(tmp_path, "revise", {"seed": 0, "limit": 2}, {})
+    m = Manifest(tmp_path, "revise", {"seed": 0, "limit": 2}, {})
     m.expect(["a", "b"])
     assert m.status({"a", "x"}) == "partial"  # two ids done, but not the two expected
     assert m.status({"a", "b", "x"}) == "complete"
     m.save(status="complete")
-    records.Manifest(tmp_path, "revise", {"seed": 0, "limit": 3}, {})  # a larger --limit adds
+    Manifest(tmp_path, "revise", {"seed": 0, "limit": 3}, {})  # a larger --limit adds
     with pytest.raises(CaiError, match="different seed"):
-        records.Manifest(tmp_path, "revise", {"seed": 1, "limit": 3}, {})
+        Manifest(tmp_path, "revise", {"seed": 1, "limit": 3}, {})
 
 
 def test_url_credentials_never_reach_the_manifest(tmp_path):
     url = "http://alice:s3cret@10.0.0.1:8000/v1"
-    records.Manifest(tmp_path, "label", {"server": url},
+    Manifest(tmp_path, "label", {"server": url},
                      {"base_url": url, "more": [{"labeler_base_url": url}]}).save()
     text = (tmp_path / "manifest.json").read_text()
     assert "s3cret" not in text and "alice" not in text
@@ -164,10 +167,10 @@ def test_a_dataset_input_is_known_by_its_content(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     write(folder / "train.jsonl", ['{"question": "what?"}'])
-    first = records.source_id(f"dataset:{folder}", "question")
-    assert first == records.source_id(f"dataset:{folder}", "question")
+    first = source_id(f"dataset:{folder}", "question")
+    assert first == source_id(f"dataset:{folder}", "question")
     write(folder / "train.jsonl", ['{"question": "why?"}'])  # same name, other content
-    assert records.source_id(f"dataset:{folder}", "question") != first
+    assert source_id(f"dataset:{folder}", "question") != first
 
 
 def test_atomic_write_uses_a_fresh_temporary_file_and_fsyncs(tmp_path, monkeypatch):

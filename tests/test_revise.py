@@ -7,8 +7,8 @@ import sys
 import pytest
 from conftest import ROOT, make_tiny_model, read_records, run_cai, run_cai_process
 
-from cai import records
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import source_id
 from cai.revision_check import revision_flag, strip_boilerplate
 
 FAST = ["--max-new-tokens", "8", "--rounds", "2", "--dtype", "float32", "--batch-size", "4"]
@@ -320,7 +320,7 @@ def test_several_helpful_prompt_sets_are_pooled(tiny_model, prompts_file, tmp_pa
     helpful = sorted(r["id"] for r in read_records(out / "data.jsonl") if r["kind"] == "helpful")
     assert helpful == ["helpful:b0", "helpful:b1", "helpful:h0", "helpful:h1"]
     identity = json.loads((out / "manifest.json").read_text())["identity"]["helpful"]
-    assert identity[0] == [records.source_id(str(p)) for p in sets]
+    assert identity[0] == [source_id(str(p)) for p in sets]
 
 
 def test_helpful_samples_can_be_greedy(tiny_model, prompts_file, tmp_path):

@@ -13,8 +13,8 @@ from test_constitution import BROKEN, GOOD
 
 from cai import constitution as C
 from cai import schemas
-from cai.config import opt
-from cai.errors import CaiError
+from cai.foundation.config import opt
+from cai.foundation.errors import CaiError
 
 CONSTITUTIONS = sorted((ROOT / "constitutions").glob("*.yaml"))
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 
 # --------------------------------------------------------------------------------------------
 # Inputs

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from cai import records
 from cai.eval import ability as abilities
 from cai.eval.summary import answer_id
+from cai.foundation import records
 from cai.generation import Generator, SamplingParams, engine_kwargs, item_seeds, make_generator
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def _answer(gen: Generator, model: dict, todo: list[tuple[str, dict]], cfg: Eval
 def _measure(model: dict, gen: Generator | None, mc: list[dict], paragraphs: list[int],
              texts: list[str], cfg: EvalConfig, writer, scores: dict) -> int:
     """MC log-probs and paragraph NLLs of one model; returns how many items were scored."""
-    from cai.models import load_causal_lm, load_tokenizer
+    from cai.foundation.model_store import load_causal_lm, load_tokenizer
 
     if gen is not None:
         lm, tokenizer = gen.model, gen.tokenizer

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from cai.feedback.judge import Feedback, ScoringOptions, same_text, score
 from cai.feedback.labels import choice_probabilities, ensemble
+from cai.foundation.templates import Templates
 from cai.generation import Generator
-from cai.prompts import Templates
 
 CLASSES = ("harmful", "refusal", "helpful")
 READINGS = ("complies", "refuses")

@@ -37,10 +37,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cai import ROOT, lock, records
+from cai import ROOT
 from cai import constitution as constitutions
-from cai.config import as_dict, opt
-from cai.errors import CaiError
 from cai.eval import ability as abilities
 from cai.eval.answers import ABILITY, ANSWERS, models_pass
 from cai.eval.judge import CLASSES, classify, compare
@@ -57,6 +55,19 @@ from cai.eval.summary import (
     summarize,
 )
 from cai.feedback.judge import Feedback, ScoringOptions
+from cai.foundation import lock, records
+from cai.foundation.config import as_dict, opt
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import (
+    jsonl_objects,
+    load_prompts,
+    objects_with_ids,
+    require_text,
+    unique_ids,
+)
+from cai.foundation.manifest import MANIFEST, Manifest, file_sha256, text_sha256
+from cai.foundation.model_store import DEFAULT_MODEL, fingerprint
+from cai.foundation.templates import Templates
 from cai.generation import (
     EngineConfig,
     engine_identity,
@@ -65,8 +76,6 @@ from cai.generation import (
     record_options,
     role_engine,
 )
-from cai.models import DEFAULT_MODEL, fingerprint
-from cai.prompts import Templates
 
 JUDGMENTS, METRICS = "judgments.jsonl", "metrics.json"
 MC_FILE, TEXT_FILE, CHECK_FILE = "neutral_mc.jsonl", "neutral_text.txt", "judge_check.jsonl"
@@ -211,7 +220,7 @@ def _inputs(cfg: EvalConfig) -> dict:
         raise CaiError(f"{data}: --data-dir is not a folder")
     sets = {}
     for name in cfg.sets:
-        items = records.load_prompts(str(data / f"{name}.jsonl"))
+        items = load_prompts(str(data / f"{name}.jsonl"))
         sets[name] = items[:cfg.limit] if cfg.limit else items
     mc, paragraphs = [], []
     if cfg.ability:
@@ -244,7 +253,7 @@ def _inputs(cfg: EvalConfig) -> dict:
     for name in TEMPLATES:  # render once with dummy values: a missing variable fails here
         templates.render(name, prompt="?", response="?", question="?", response_a="?",
                          response_b="?", options=["complies", "refuses"])
-    hashes = {f.name: records.file_sha256(f) for f in sorted(data.iterdir())
+    hashes = {f.name: file_sha256(f) for f in sorted(data.iterdir())
               if f.name in {f"{s}.jsonl" for s in SETS} | {MC_FILE, TEXT_FILE, CHECK_FILE,
                                                            EXAMPLES_FILE}}
     return {"sets": sets, "mc": mc, "paragraphs": paragraphs, "check": check,
@@ -256,7 +265,7 @@ def _inputs(cfg: EvalConfig) -> dict:
 
 def _answer_with_class(obj: dict, path: Path, n: int, problems: list) -> bool:
     """A row's prompt and response are texts and its class is known; problems added."""
-    ok = all([records.require_text(obj, k, path, n, problems) for k in ("prompt", "response")])
+    ok = all([require_text(obj, k, path, n, problems) for k in ("prompt", "response")])
     if obj.get("class") not in CLASSES:
         problems.append((n, f"{path}:{n}: 'class' must be one of {', '.join(CLASSES)}"))
         return False
@@ -267,7 +276,7 @@ def load_judge_check(path: Path) -> list[dict]:
     """Judge-check rows `{"id", "prompt", "response", "class", "request", "kind"?}`, every
     problem with its line. `request` is the request's nature, harmful or benign: a harmful
     answer answers a harmful request, a helpful one a benign request."""
-    rows, problems = records.objects_with_ids(path, "judge check")
+    rows, problems = objects_with_ids(path, "judge check")
     items = []
     for n, obj in rows:
         if not _answer_with_class(obj, path, n, problems):
@@ -280,13 +289,13 @@ def load_judge_check(path: Path) -> list[dict]:
                                 f"{obj['request']} request"))
         else:
             items.append((n, obj))
-    return records.unique_ids(path, items, problems, "judge-check items")
+    return unique_ids(path, items, problems, "judge-check items")
 
 
 def load_judge_examples(path: Path) -> list[dict]:
     """The judge's demonstrations `{"prompt", "response", "class"}`, every problem with its
     line; an example of class refusal is shown as refusing, any other as complying."""
-    found, problems = records.jsonl_objects(path, "judge example")
+    found, problems = jsonl_objects(path, "judge example")
     items = [obj for n, obj in found if _answer_with_class(obj, path, n, problems)]
     if problems:
         raise CaiError("\n".join(text for _, text in sorted(problems)[:20]))
@@ -428,7 +437,7 @@ def run(cfg: EvalConfig) -> dict:
     identity = {
         "data": inputs["hashes"], "constitution": inputs["constitution"].sha256,
         "pools": {k: [p.id for p in v] for k, v in inputs["pools"].items()},
-        "templates": records.text_sha256(inputs["templates"].fingerprint(TEMPLATES)),
+        "templates": text_sha256(inputs["templates"].fingerprint(TEMPLATES)),
         "judge": judge_name, **engine_identity("judge", judge_engine, judge_model, judge_kwargs),
         **settings,  # the evaluated models' engine options (server, dtype, ...)
         **{k: getattr(cfg, k) for k in ("engine", "max_new_tokens", "temperature", "top_p",
@@ -438,9 +447,9 @@ def run(cfg: EvalConfig) -> dict:
     }
     with lock.hold(out):  # no second job appends to this folder meanwhile
         known = {}
-        if (out / records.MANIFEST).is_file():
-            known = json.loads((out / records.MANIFEST).read_text()).get("models", {})
-        manifest = records.Manifest(out, "eval", identity, as_dict(cfg))
+        if (out / MANIFEST).is_file():
+            known = json.loads((out / MANIFEST).read_text()).get("models", {})
+        manifest = Manifest(out, "eval", identity, as_dict(cfg))
         for m in models:
             old = known.get(m["label"])
             if old and old["fingerprint"] != m["fingerprint"]:  # same files, other path: fine

@@ -7,7 +7,6 @@ docs/evaluation.md.
 
 from __future__ import annotations
 
-from cai.errors import CaiError
 from cai.eval import ability as abilities
 from cai.eval.judge import CLASSES
 from cai.eval.metrics import (
@@ -18,6 +17,7 @@ from cai.eval.metrics import (
     length_stats,
     win_rate,
 )
+from cai.foundation.errors import CaiError
 
 #: What each prompt set measures: harmlessness on red-team prompts, helpfulness (and
 #: over-refusal) on ordinary and borderline-but-benign ones.

@@ -10,9 +10,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cai import records
-from cai.config import as_dict
-from cai.errors import CaiError
 from cai.feedback.judge import Feedback, load_inputs, score
 from cai.feedback.label import LabelConfig, make_engines
 from cai.feedback.labels import (
@@ -22,18 +19,21 @@ from cai.feedback.labels import (
     expected_calibration_error,
     position_bias_rate,
 )
+from cai.foundation.config import as_dict
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import objects_with_ids, require_text, unique_ids
+from cai.foundation.model_store import DEFAULT_MODEL
 from cai.generation import Generator
-from cai.models import DEFAULT_MODEL
 
 
 def load_check(spec: str) -> list[dict]:
     """Rows `{"id", "prompt", "better", "worse", "kind"?}` of a labeler quality-check file."""
     path = Path(spec)
-    rows, problems = records.objects_with_ids(path, "check")
+    rows, problems = objects_with_ids(path, "check")
     items = [(n, obj) for n, obj in rows
-             if all([records.require_text(obj, k, path, n, problems)
+             if all([require_text(obj, k, path, n, problems)
                      for k in ("prompt", "better", "worse")])]
-    return records.unique_ids(path, items, problems)
+    return unique_ids(path, items, problems)
 
 
 

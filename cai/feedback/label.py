@@ -19,11 +19,23 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cai import lock, records
-from cai.config import as_dict, opt
-from cai.errors import CaiError
 from cai.feedback.judge import TEMPLATES, Feedback, ScoringOptions, load_inputs, same_text, score
 from cai.feedback.labels import ensemble, label_histogram, position_bias_rate, principle_agreement
+from cai.foundation import lock, records
+from cai.foundation.config import as_dict, opt
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import (
+    helpful_sample,
+    load_prompts,
+    objects_with_ids,
+    require_text,
+    source_id,
+    sources_id,
+    unique_ids,
+)
+from cai.foundation.manifest import Manifest, file_sha256, text_sha256
+from cai.foundation.model_store import DEFAULT_MODEL
+from cai.foundation.shards import select_shard
 from cai.generation import (
     EngineConfig,
     Generator,
@@ -34,7 +46,6 @@ from cai.generation import (
     make_generator,
     role_engine,
 )
-from cai.models import DEFAULT_MODEL
 
 # --------------------------------------------------------------------------------------------
 # Config
@@ -154,10 +165,10 @@ def load_responses(spec: str) -> list[dict]:
     `cai revise` record, `initial_response` and `response` (labelled as response 0 vs 1).
     """
     path = Path(spec)
-    rows, problems = records.objects_with_ids(path, "responses")
+    rows, problems = objects_with_ids(path, "responses")
     items = []
     for n, obj in rows:
-        ok = records.require_text(obj, "prompt", path, n, problems)
+        ok = require_text(obj, "prompt", path, n, problems)
         if "responses" in obj:
             answers = obj["responses"]
             if not (isinstance(answers, list) and len(answers) >= 2
@@ -166,7 +177,7 @@ def load_responses(spec: str) -> list[dict]:
                                     "texts"))
                 continue
         elif "initial_response" in obj or "response" in obj:
-            if not all(records.require_text(obj, k, path, n, problems, allow_empty=True)
+            if not all(require_text(obj, k, path, n, problems, allow_empty=True)
                        for k in ("initial_response", "response")):
                 continue
             answers = [obj["initial_response"], obj["response"]]
@@ -178,7 +189,7 @@ def load_responses(spec: str) -> list[dict]:
             extra = {k: v for k, v in obj.items() if k not in _NOT_CARRIED}
             items.append((n, {**extra, "id": str(obj["id"]), "prompt": obj["prompt"],
                               "responses": list(answers)}))
-    return records.unique_ids(path, items, problems)
+    return unique_ids(path, items, problems)
 
 
 # Fields of input rows that are not copied into label records (revise records carry these).
@@ -327,14 +338,14 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
     constitution, pool, templates = load_inputs(cfg.constitution, cfg.principle_ids,
                                                 cfg.prompts_dir)
     if cfg.responses:
-        items = records.select_shard(load_responses(cfg.responses), cfg.shard)
+        items = select_shard(load_responses(cfg.responses), cfg.shard)
     else:
-        items = records.select_shard(records.load_prompts(cfg.prompts, cfg.prompt_column),
+        items = select_shard(load_prompts(cfg.prompts, cfg.prompt_column),
                                      cfg.shard)
     if cfg.limit is not None:
         items = items[:cfg.limit]
     pools = {"harmless": pool}
-    helpful = [] if cfg.responses else records.helpful_sample(
+    helpful = [] if cfg.responses else helpful_sample(
         cfg.helpful_prompts, cfg.helpful_ratio, len(items), column=cfg.prompt_column,
         shard=cfg.shard, seed=cfg.seed)
     items = items + helpful
@@ -349,11 +360,11 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
     names = {"labeler": str(cfg.labeler or DEFAULT_MODEL), "constitution": constitution.name,
              "policy": None if cfg.responses else str(cfg.policy or DEFAULT_MODEL)}
     identity = {
-        "input": records.file_sha256(cfg.responses) if cfg.responses else
-        records.source_id(cfg.prompts, cfg.prompt_column),
+        "input": file_sha256(cfg.responses) if cfg.responses else
+        source_id(cfg.prompts, cfg.prompt_column),
         "prompt_column": None if cfg.responses else cfg.prompt_column,
         "constitution": constitution.sha256, "principle_pool": [p.id for p in pool],
-        "templates": records.text_sha256(templates.fingerprint(TEMPLATES)),
+        "templates": text_sha256(templates.fingerprint(TEMPLATES)),
         **names, **policy_settings,
         **engine_identity("labeler", labeler_engine, labeler_model, labeler_kwargs),
         **{k: getattr(cfg, k) for k in ("samples", "pairs", "principles", "debias", "cot",
@@ -362,13 +373,13 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
             "top_p": cfg.top_p} if not cfg.responses else {}),
         **({"cot_clamp": cfg.cot_clamp, "cot_max_new_tokens": cfg.cot_max_new_tokens,
             "cot_temperature": cfg.cot_temperature} if cfg.cot else {}),
-        **({"helpful": [records.sources_id(cfg.helpful_prompts, cfg.prompt_column),
+        **({"helpful": [sources_id(cfg.helpful_prompts, cfg.prompt_column),
                         cfg.helpful_ratio, [p.id for p in pools["helpful"]]]}
            if helpful else {"helpful_pool": [p.id for p in pools["helpful"]]}
            if "helpful" in pools else {}),
     }
     with lock.hold(out):  # no second job appends to this folder meanwhile
-        manifest = records.Manifest(out, "label", identity, as_dict(cfg))
+        manifest = Manifest(out, "label", identity, as_dict(cfg))
         done = records.done_ids(out)
         wanted = {it["id"]: pair_ids(it, len(it["responses"]) if cfg.responses else cfg.samples,
                                      cfg) for it in items}

@@ -11,10 +11,10 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cai.config import opt
-from cai.errors import CaiError
-from cai.models import fingerprint
-from cai.records import redact
+from cai.foundation.config import opt
+from cai.foundation.errors import CaiError
+from cai.foundation.manifest import redact
+from cai.foundation.model_store import fingerprint
 
 Conversation = list[dict]  # [{"role": "user" | "assistant" | "system", "content": str}, ...]
 ENGINES = ("hf", "vllm", "openai")

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 import torch
 from transformers import LogitsProcessorList
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
+from cai.foundation.model_store import DEFAULT_MODEL, load_causal_lm, load_tokenizer, pad_batch
 from cai.generation.base import (
     Conversation,
     GenerationStats,
@@ -23,7 +24,6 @@ from cai.generation.base import (
 )
 from cai.generation.prefix_cache import PrefixCache, cache_kwarg
 from cai.generation.sampling import SampleProcessor
-from cai.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, pad_batch
 
 
 class HFGenerator:

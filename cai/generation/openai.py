@@ -24,7 +24,8 @@ import os
 import time
 from urllib.parse import urlsplit
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
+from cai.foundation.manifest import redact
 from cai.generation.base import (
     Conversation,
     GenerationStats,
@@ -32,7 +33,6 @@ from cai.generation.base import (
     choice_requests,
     encode_chat,
 )
-from cai.records import redact
 
 OFFICIAL_HOST = "api.openai.com"
 
@@ -95,7 +95,7 @@ class OpenAIGenerator:
     def tokenizer(self):
         """The model's tokenizer, for rendering prompts locally (choice_logprobs, token counts)."""
         if self._tokenizer is None:
-            from cai.models import load_tokenizer
+            from cai.foundation.model_store import load_tokenizer
 
             try:
                 self._tokenizer = load_tokenizer(self.tokenizer_name or self.name)

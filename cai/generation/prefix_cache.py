@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from cai.models import pad_batch
+from cai.foundation.model_store import pad_batch
 
 INVALID = -1  # a cached position that holds no token of its row (padding, after end-of-sequence)
 

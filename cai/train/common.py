@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from cai import lock
-from cai.errors import CaiError
-from cai.models import load_tokenizer
+from cai.foundation import lock
+from cai.foundation.errors import CaiError
+from cai.foundation.model_store import load_tokenizer
 from cai.train import resume as resume_rules
 from cai.train.config import RESOLVED, TrainConfig, save_resolved
 from cai.train.model import add_lora, load_for_training

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from cai.config import check_minimum, coerce, key_lines, opt, read_yaml
-from cai.errors import CaiError
+from cai.foundation.config import check_minimum, coerce, key_lines, opt, read_yaml
+from cai.foundation.errors import CaiError
 
 RESOLVED = "cai_config.yaml"
 

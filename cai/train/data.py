@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cai import records
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import read_rows
 from cai.train.losses import IGNORE_INDEX
 
 # --------------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def load_examples(spec: str, column: str = "messages", split: str = "train",
                   anchor_kinds: tuple[str, ...] = ()) -> tuple[list[list[dict]], list[bool]]:
     """(conversations, anchored): `anchored[i]` is true when row i's `kind` (a `cai revise`
     field: revision or helpful) is one of `anchor_kinds` (trained by the KL term only)."""
-    rows = records.read_rows(spec, split, "a .jsonl or a `cai revise` folder")
+    rows = read_rows(spec, split, "a .jsonl or a `cai revise` folder")
     if spec.startswith("dataset:") and rows and column not in rows[0][1]:
         raise CaiError(f"{spec}: no column '{column}' (columns: {', '.join(rows[0][1])})")
     out, anchored, unrevised = [], [], 0

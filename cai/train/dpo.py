@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cai.config import opt
-from cai.errors import CaiError
-from cai.models import fingerprint
+from cai.foundation.config import opt
+from cai.foundation.errors import CaiError
+from cai.foundation.model_store import fingerprint
 from cai.train import common, pairs
 from cai.train import config as train_config
 from cai.train.config import TrainConfig

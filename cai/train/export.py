@@ -8,8 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cai.errors import CaiError
-from cai.models import load_causal_lm, resolve, torch_dtype
+from cai.foundation.errors import CaiError
+from cai.foundation.model_store import load_causal_lm, resolve, torch_dtype
 from cai.train.model import load_for_training
 
 

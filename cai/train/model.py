@@ -9,8 +9,8 @@ import importlib.util
 import os
 import warnings
 
-from cai.errors import CaiError
-from cai.models import resolve, torch_dtype
+from cai.foundation.errors import CaiError
+from cai.foundation.model_store import resolve, torch_dtype
 
 
 def is_bitsandbytes_available() -> bool:

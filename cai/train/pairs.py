@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer
 
-from cai import records
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import read_rows
 from cai.train.data import Collator, tokenize_conversation
 from cai.train.losses import IGNORE_INDEX
 
@@ -75,7 +75,7 @@ def read_pair(row, where: str, label_column: str = "p_chosen") -> dict:
 def load_pairs(spec: str, split: str = "train", limit: int | None = None,
                label_column: str = "p_chosen", need_labels: bool = False) -> list[dict]:
     """Preference pairs from a .jsonl, a `cai label` folder or dataset:NAME_OR_DIR."""
-    rows = records.read_rows(spec, split, "a .jsonl or a `cai label` folder")
+    rows = read_rows(spec, split, "a .jsonl or a `cai label` folder")
     pairs = [read_pair(row, where, label_column)
              for where, row in (rows[:limit] if limit is not None else rows)]
     if not pairs:

@@ -34,8 +34,8 @@ import time
 
 import torch
 
-from cai.errors import CaiError
-from cai.records import helpful_sample, load_prompts
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import helpful_sample, load_prompts
 from cai.train import common, critic, ppo_checkpoint, reward_sources, reward_stats
 from cai.train import config as train_config
 from cai.train.config import TrainConfig

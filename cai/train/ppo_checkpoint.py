@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 from cai.train import common
 
 VALUE_HEAD = "value_head.pt"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 
 FINISHED = "train_results.json"
 RESUMABLE = {

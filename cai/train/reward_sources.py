@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 
 
 class RewardModelScore:

@@ -16,7 +16,7 @@ import random
 import torch
 from tqdm.auto import tqdm
 
-from cai import records
+from cai.foundation import records
 
 FILE = "reward_stats.json"
 
@@ -27,7 +27,7 @@ def estimate(trainer) -> dict:
     seeded cycle (Ziegler et al. 2019: normalized over the initial policy's samples, then
     fixed). Saved in output_dir/reward_stats.json under a key of what they depend on, and
     read back from there by a rerun."""
-    from cai.models import fingerprint
+    from cai.foundation.model_store import fingerprint
 
     opts, n = trainer.opts, trainer.opts.reward_stats_samples
     source = fingerprint(opts.reward_model) if opts.reward_model else \

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from cai import records
-from cai.config import opt
-from cai.errors import CaiError
 from cai.feedback import labels as label_metrics
-from cai.models import pad_batch
+from cai.foundation.config import opt
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import read_rows
+from cai.foundation.model_store import pad_batch
 from cai.train import common, pairs
 from cai.train import config as train_config
 from cai.train.config import TrainConfig
@@ -218,7 +218,7 @@ def load_reward_model(folder, dtype: str = "float32", device: str | None = None)
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from cai.models import load_tokenizer, resolve, torch_dtype
+    from cai.foundation.model_store import load_tokenizer, resolve, torch_dtype
 
     folder = Path(folder)
     adapter_file = folder / "adapter_config.json"
@@ -272,7 +272,7 @@ def score_file(model_dir, data, batch_size: int = 8) -> list[dict]:
     `kind` if it has one, with `score` for prompt + response (or `messages`), or `score_chosen`
     and `score_rejected` for a preference record (chosen/rejected, or better/worse as in
     `data/label_check.jsonl`)."""
-    rows = records.read_rows(str(data), "train", "a .jsonl or a `cai label` folder")
+    rows = read_rows(str(data), "train", "a .jsonl or a `cai label` folder")
     convs, slots = [], []  # slots: (row index, output key)
     for n, (where, row) in enumerate(rows):
         if not isinstance(row, dict):

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from cai.config import opt
-from cai.errors import CaiError
+from cai.foundation.config import opt
+from cai.foundation.errors import CaiError
 from cai.train import common, data
 from cai.train import config as train_config
 from cai.train.config import TrainConfig

@@ -6,15 +6,15 @@ import math
 import pytest
 from conftest import ROOT
 
-from cai.errors import CaiError
 from cai.eval import ability as A
+from cai.foundation.errors import CaiError
 
 DATA = ROOT / "data" / "eval"
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_model):
-    from cai.models import load_causal_lm, load_tokenizer
+    from cai.foundation.model_store import load_causal_lm, load_tokenizer
 
     return load_causal_lm(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
 

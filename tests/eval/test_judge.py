@@ -6,8 +6,8 @@ import pytest
 
 from cai.eval import judge as J
 from cai.feedback.judge import ScoringOptions
+from cai.foundation.templates import Templates
 from cai.generation.base import GenerationStats
-from cai.prompts import Templates
 
 
 class SlotJudge:

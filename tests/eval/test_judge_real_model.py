@@ -6,7 +6,7 @@ from conftest import ROOT, feedback_model_installed
 
 from cai.eval import run as E
 from cai.eval.judge import classify
-from cai.prompts import Templates
+from cai.foundation.templates import Templates
 
 pytestmark = pytest.mark.slow
 NAME = "qwen2.5-coder-1.5b-instruct"

@@ -7,10 +7,10 @@ import json
 import pytest
 from conftest import ROOT, make_tiny_model, read_records, run_cai
 
-from cai.errors import CaiError
 from cai.eval import metrics as M
 from cai.eval import run as E
 from cai.eval import summary as S
+from cai.foundation.errors import CaiError
 
 # --------------------------------------------------------------------------------------------
 # Options

@@ -2,7 +2,7 @@
 
 from cai import constitution as C
 from cai.feedback import judge as FJ
-from cai.prompts import Templates
+from cai.foundation.templates import Templates
 
 
 def test_demonstrations_swap_answer_and_reasoning_together():

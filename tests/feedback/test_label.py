@@ -10,9 +10,9 @@ import pytest
 from conftest import ROOT, KnownLabeler, read_records, run_cai, write_jsonl
 
 from cai import constitution as C
-from cai.errors import CaiError
 from cai.feedback import label as F
 from cai.feedback import labels as L
+from cai.foundation.errors import CaiError
 from cai.generation import make_generator
 
 # --------------------------------------------------------------------------------------------

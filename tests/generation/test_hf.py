@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 from cai.generation import SamplingParams, make_generator
 
 CONVS = [[{"role": "user", "content": "Hello there, how are you today?"}],

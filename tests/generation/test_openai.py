@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, read_records, run_cai, wait_for_lines
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 from cai.generation import SamplingParams, make_generator
 
 pytestmark = pytest.mark.serve

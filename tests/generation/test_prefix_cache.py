@@ -96,8 +96,8 @@ def test_growing_cache_layers_match_transformers_own_cache(tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from cai.foundation.model_store import pad_batch
     from cai.generation.prefix_cache import GrowingLayer, cache_kwarg, new_cache
-    from cai.models import pad_batch
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     ids, mask = pad_batch([[5, 6, 7, 8, 9] * 4, [11, 12, 13]], pad_id=0)

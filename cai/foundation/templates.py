@@ -14,7 +14,7 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from cai import ROOT
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 
 DEFAULT_DIR = ROOT / "prompts"
 

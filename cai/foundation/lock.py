@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 
 LOCK_FILE = ".cai.lock"
 

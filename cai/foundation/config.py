@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from cai.errors import CaiError
+from cai.foundation.errors import CaiError
 
 
 def read_yaml(path: str | Path) -> dict:
