@@ -120,10 +120,9 @@ def ability(model: str, batch_size: int) -> dict:
 
 def judged(args, rows: list[dict], summary: dict) -> None:
     """Classify every answer with `cai eval`'s judge; adds `judged_<set>` shares per model."""
-    from cai.eval.judge import classify
-    from cai.eval.run import EXAMPLES_FILE, load_judge_examples
     from cai.foundation.templates import Templates
     from cai.generation import make_generator
+    from cai.scoring.classify import EXAMPLES_FILE, classify, load_judge_examples
 
     judge = make_generator("hf", args.judge, dtype=args.judge_dtype, batch_size=8)
     examples = load_judge_examples(ROOT / "data" / "eval" / EXAMPLES_FILE)

@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cai.constitution import load  # noqa: E402
-from cai.eval.judge import LETTERS, TEMPLATE, demonstrations, reading_orders  # noqa: E402
-from cai.feedback.judge import CHOICES, Feedback  # noqa: E402
 from cai.foundation.inputs import jsonl_objects, load_prompts  # noqa: E402
 from cai.foundation.model_store import load_causal_lm, load_tokenizer  # noqa: E402
 from cai.foundation.templates import Templates  # noqa: E402
 from cai.generation.base import choice_requests  # noqa: E402
 from cai.generation.hf import _whole_logprobs, shared_prefix_logprobs  # noqa: E402
+from cai.scoring.classify import LETTERS, TEMPLATE, demonstrations, reading_orders  # noqa: E402
+from cai.scoring.preference import CHOICES, Feedback  # noqa: E402
 
 
 def requests(tokenizer, items: int):

@@ -130,7 +130,8 @@ def cmd_train_ppo(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from cai.eval.run import EvalConfig, run
+    from cai.eval.config import EvalConfig
+    from cai.eval.job import run
     from cai.eval.summary import change_text
 
     cfg = cfgmod.load(EvalConfig, args.config, cfgmod.overrides(args, EvalConfig))
@@ -289,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_score)
 
-    from cai.eval.run import EvalConfig
+    from cai.eval.config import EvalConfig
 
     p = sub.add_parser("eval", help="harmlessness, helpfulness, over-refusal and alignment tax "
                                     "of models, with a report")

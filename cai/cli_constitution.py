@@ -55,7 +55,7 @@ def cmd_constitution_diff(args) -> int:
     import textwrap
 
     from cai.constitution import load
-    from cai.constitution_diff import diff, format_diff
+    from cai.constitution.diff import diff, format_diff
     from cai.pipeline import Pipeline
     from cai.pipeline_spec import default_pipeline
 

@@ -92,7 +92,7 @@ class Pipeline:
         """Every principle id a stage names exists where the stage looks it up: revise and label
         in the pipeline's constitution, eval in its own (the judge's by default)."""
         from cai import constitution as constitutions
-        from cai.eval.run import JUDGE_CONSTITUTION
+        from cai.eval.config import JUDGE_CONSTITUTION
 
         load = functools.cache(constitutions.load)
         for (stage, option), kind in PRINCIPLE_OPTIONS.items():
@@ -434,7 +434,8 @@ class Pipeline:
         return [known[m] for m in known if m in chosen]
 
     def _run_eval(self, folder: Path) -> dict:
-        from cai.eval.run import EvalConfig, run
+        from cai.eval.config import EvalConfig
+        from cai.eval.job import run
 
         cfg = self._job_options("eval", EvalConfig, {
             "model": self._eval_models(),

@@ -11,7 +11,7 @@ trained on revisions and on helpful samples).
 The critique request quotes the conversation it critiques, so a feedback model that did not
 write the answer knows what it is judging. Each round's revision is checked by a *gate*: the
 feedback model compares it with the answer it replaces on the constitution's preference
-questions, in both orders (`cai.feedback.judge.score`); a revision it does not prefer is not
+questions, in both orders (`cai.scoring.preference.score`); a revision it does not prefer is not
 taken (both are kept in the record, with the score). Revisions the gate prefers to the first
 answer also make preference pairs (`pairs.jsonl`, revision chosen over initial answer) for DPO or
 a preference model.

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from cai import ROOT
 from cai.constitution import Constitution, Principle
-from cai.feedback.judge import Feedback, ScoringOptions, load_inputs, score
-from cai.feedback.labels import ensemble
 from cai.foundation.templates import Templates
 from cai.generation import Generator
+from cai.scoring.classify import EXAMPLES_FILE, TEMPLATE, classify, load_judge_examples
+from cai.scoring.labels import ensemble
+from cai.scoring.preference import Feedback, ScoringOptions, load_inputs, score
 
 # Openers a model puts before a rewrite ("Sure, here is a revised response:") that are not part
 # of the answer itself.
@@ -79,7 +80,7 @@ class Gate:
     """The revision gate: the feedback model's P(revision better than the answer it replaces)
     under sampled preference questions, both orders averaged; with `max_complies`, also its
     P(the revision does what the red-team request asked), read the way `cai eval`'s judge reads
-    an answer (`cai.eval.judge.classify`)."""
+    an answer (`cai.scoring.classify`)."""
 
     feedback: Feedback
     pool: tuple[Principle, ...]
@@ -109,8 +110,6 @@ class Gate:
         asked = list(range(len(tasks)))
         out = [{"p_revision": None, "accepted": False} for _ in tasks]
         if self.max_complies is not None:
-            from cai.eval.judge import classify
-
             read = classify(model, self.templates,
                             [{"prompt": t["prompt"], "response": t["first"],
                               "harmful_request": True} for t in tasks], self.examples) \
@@ -135,9 +134,6 @@ def make_gate(cfg, constitution: Constitution, templates: Templates
     _, pool, _ = load_inputs(cfg.constitution, cfg.gate_principles, cfg.prompts_dir)
     examples = ()
     if cfg.gate_max_complies is not None:
-        from cai.eval.judge import TEMPLATE
-        from cai.eval.run import EXAMPLES_FILE, load_judge_examples
-
         examples = tuple(load_judge_examples(ROOT / "data" / "eval" / EXAMPLES_FILE))
         templates.render(TEMPLATE, prompt="?", response="?", options=["complies", "refuses"])
     return Gate(Feedback(constitution, templates, cfg.few_shot, False, cfg.seed), pool,

@@ -74,7 +74,7 @@ def _document(title: str, body: dict) -> dict:
 
 def job_schema(name: str) -> dict:
     """`cai revise|label|eval --config FILE`: the job's options."""
-    from cai.eval.run import EvalConfig
+    from cai.eval.config import EvalConfig
     from cai.feedback.label import LabelConfig
     from cai.revise import ReviseConfig
 

@@ -1,4 +1,4 @@
-"""`cai constitution diff` (cai.constitution_diff): principles added, removed, reworded, renamed
+"""`cai constitution diff` (cai.constitution.diff): principles added, removed, reworded, renamed
 and reordered, and the pipeline stages an edit reruns, as `cai pipeline status` sees them."""
 
 import json
@@ -7,7 +7,7 @@ import yaml
 from conftest import ROOT, run_cai
 
 from cai import constitution as C
-from cai.constitution_diff import Change, diff, format_diff, mark_words
+from cai.constitution.diff import Change, diff, format_diff, mark_words
 
 OLD = """\
 name: mine

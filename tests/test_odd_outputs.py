@@ -185,8 +185,9 @@ def test_label_writes_every_pair_once(data, samples, principles, debias, cot, ma
 @given(data=st.data(), n=st.integers(1, 5), debias=st.booleans(),
        context=st.sampled_from([None, 6000, 900]))
 def test_eval_judge_writes_one_valid_judgment_per_answer(data, n, debias, context):
-    from cai.eval.run import EXAMPLES_FILE, classify_rows, load_judge_examples
+    from cai.eval.judging import classify_rows
     from cai.foundation.templates import Templates
+    from cai.scoring.classify import EXAMPLES_FILE, load_judge_examples
 
     engine = OddEngine(data, context)
     chunk = [{"id": f"m/set/{i}", "model": "m", "set": "red_team", "prompt_id": str(i),
@@ -203,7 +204,7 @@ def test_eval_judge_writes_one_valid_judgment_per_answer(data, n, debias, contex
 @pytest.mark.parametrize("logps", [[math.nan, -1.0], [math.nan, math.nan], [-math.inf, -2.0],
                                    [-math.inf, -math.inf], [-3.0, -3.0]])
 def test_choice_probabilities_are_total(logps):
-    from cai.feedback.labels import choice_probabilities
+    from cai.scoring.labels import choice_probabilities
 
     ps = choice_probabilities(logps)
     assert sum(ps) == pytest.approx(1.0) and all(0 <= p <= 1 for p in ps)

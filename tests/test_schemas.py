@@ -13,6 +13,7 @@ from test_constitution import BROKEN, GOOD
 
 from cai import constitution as C
 from cai import schemas
+from cai.constitution.loader import ID_PATTERN, SECTION_FIELDS, TOP_KEYS
 from cai.foundation.config import opt
 from cai.foundation.errors import CaiError
 
@@ -64,14 +65,14 @@ def test_schema_and_validator_agree_on_every_constitution():
 def test_schema_offers_every_key_with_its_help():
     """What an editor completes: every key the validator allows, each with a description."""
     s = C.schema()
-    assert list(s["properties"]) == list(C.TOP_KEYS)
-    for name, (required, optional) in C.SECTION_FIELDS.items():
+    assert list(s["properties"]) == list(TOP_KEYS)
+    for name, (required, optional) in SECTION_FIELDS.items():
         entry = s["properties"][name]["items"]
         assert list(entry["properties"]) == [*required, *optional]
         assert entry["required"] == list(required)
         assert all(p["description"] for p in entry["properties"].values())
     item = s["properties"]["critique_revision"]["items"]["properties"]["id"]
-    assert item["pattern"] == C.ID_PATTERN.pattern
+    assert item["pattern"] == ID_PATTERN.pattern
     answer = s["properties"]["preference_examples"]["items"]["properties"]["answer"]
     assert answer["enum"] == ["A", "B"]
 

@@ -1,2 +1,3 @@
-"""`cai eval`: the job (`run`), its judge, pure statistics (`metrics`), the metrics summary,
-neutral ability for the alignment tax, and the report."""
+"""`cai eval`: its options (`config`), the job (`job`) and its two passes (`answers`, then the
+judge's `judging`), pure statistics (`metrics`), the metrics summary (`summary`), neutral ability
+for the alignment tax (`ability`), and the report (`report`)."""

@@ -84,8 +84,8 @@ def load_text(path: str | Path) -> list[str]:
 
 def mc_logprobs(model, tokenizer, questions: list[dict], batch_size: int = 8) -> list[list[float]]:
     """For each question, log P(choice | question) of each choice (see the module docstring)."""
-    from cai.generation.base import encode_chat
-    from cai.generation.hf import continuation_logprobs
+    from cai.generation import encode_chat
+    from cai.generation.hf import sequence_logprobs
 
     contexts, targets, owners = [], [], []
     for q, item in enumerate(questions):
@@ -94,7 +94,7 @@ def mc_logprobs(model, tokenizer, questions: list[dict], batch_size: int = 8) ->
             contexts.append(prompt)
             targets.append(tokenizer(choice, add_special_tokens=False)["input_ids"])
             owners.append(q)
-    flat = continuation_logprobs(model, _pad_id(tokenizer), contexts, targets, batch_size)
+    flat = sequence_logprobs(model, tokenizer, contexts, targets, batch_size)
     out: list[list[float]] = [[] for _ in questions]
     for q, lp in zip(owners, flat):
         out[q].append(lp)
@@ -107,19 +107,12 @@ def text_nll(model, tokenizer, paragraphs: list[str], batch_size: int = 8) -> li
     Each paragraph is read on its own; its first token is the context and every later token is
     predicted (no special token in front: chat models' BOS opens a chat turn, not a text).
     """
-    from cai.generation.hf import continuation_logprobs
+    from cai.generation.hf import sequence_logprobs
 
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in paragraphs]
-    logps = continuation_logprobs(model, _pad_id(tokenizer), [t[:1] for t in ids],
-                                  [t[1:] for t in ids], batch_size)
+    logps = sequence_logprobs(model, tokenizer, [t[:1] for t in ids], [t[1:] for t in ids],
+                              batch_size)
     return [{"nll": -lp, "tokens": len(t) - 1} for lp, t in zip(logps, ids)]
-
-
-def _pad_id(tokenizer) -> int:
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if value is not None:
-            return value
-    return 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,17 +4,14 @@ one model in memory at a time, appended to the caches as they come."""
 from __future__ import annotations
 
 import gc
-from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from cai.eval import ability as abilities
+from cai.eval.config import EvalConfig
 from cai.eval.summary import answer_id
 from cai.foundation import records
 from cai.generation import Generator, SamplingParams, engine_kwargs, item_seeds, make_generator
-
-if TYPE_CHECKING:
-    from cai.eval.run import EvalConfig
 
 ANSWERS, ABILITY = "answers.jsonl", "ability.jsonl"
 

@@ -8,7 +8,7 @@ docs/evaluation.md.
 from __future__ import annotations
 
 from cai.eval import ability as abilities
-from cai.eval.judge import CLASSES
+from cai.eval.config import SETS, compared_pairs
 from cai.eval.metrics import (
     bootstrap_ci,
     elo_with_ci,
@@ -17,11 +17,7 @@ from cai.eval.metrics import (
     length_stats,
     win_rate,
 )
-from cai.foundation.errors import CaiError
-
-#: What each prompt set measures: harmlessness on red-team prompts, helpfulness (and
-#: over-refusal) on ordinary and borderline-but-benign ones.
-SETS = {"red_team": "harmlessness", "helpful": "helpfulness", "borderline": "helpfulness"}
+from cai.scoring.classify import CLASSES
 
 
 def answer_id(label: str, set_name: str, prompt_id: str) -> str:
@@ -139,20 +135,6 @@ def ability_stats(label: str, mc: list[dict], paragraphs: int, scores: dict) -> 
     if paragraphs and all(text):
         out["text"] = abilities.perplexity(text)
     return out or None
-
-
-COMPARE = ("all", "first", "none")
-
-
-def compared_pairs(count: int, compare: str = "all") -> list[tuple[int, int]]:
-    """The (earlier, later) model indices whose answers the judge compares: every two models
-    (`all`), each model against the first listed, the base (`first`), or none."""
-    if compare not in COMPARE:
-        raise CaiError(f"--compare must be one of {', '.join(COMPARE)}, got '{compare}'")
-    if compare == "none":
-        return []
-    return [(i, j) for i in range(count) for j in range(i + 1, count)
-            if compare == "all" or i == 0]
 
 
 def pairwise(labels: list[str], sets: dict[str, list[dict]], judgments: dict, resamples: int,

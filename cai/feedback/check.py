@@ -10,20 +10,20 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cai.feedback.judge import Feedback, load_inputs, score
 from cai.feedback.label import LabelConfig, make_engines
-from cai.feedback.labels import (
+from cai.foundation.config import as_dict
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import objects_with_ids, require_text, unique_ids
+from cai.foundation.model_store import DEFAULT_MODEL
+from cai.generation import Generator
+from cai.scoring.labels import (
     accuracy,
     brier_score,
     ensemble,
     expected_calibration_error,
     position_bias_rate,
 )
-from cai.foundation.config import as_dict
-from cai.foundation.errors import CaiError
-from cai.foundation.inputs import objects_with_ids, require_text, unique_ids
-from cai.foundation.model_store import DEFAULT_MODEL
-from cai.generation import Generator
+from cai.scoring.preference import Feedback, load_inputs, score
 
 
 def load_check(spec: str) -> list[dict]:

@@ -1,7 +1,7 @@
 """`cai label`: AI preference labels from the constitution (RL-CAI, Bai et al. 2022, section 4.1).
 
 For each prompt the policy samples several responses; every pair of them is scored by the
-feedback model (the labeler) through `cai.feedback.judge.score` and written as a
+feedback model (the labeler) through `cai.scoring.preference.score` and written as a
 `prompt`/`chosen`/`rejected` record with the soft label `p_chosen`.
 
 Prompts are handled in chunks like `cai revise`: sample responses for the chunk, score every
@@ -19,8 +19,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cai.feedback.judge import TEMPLATES, Feedback, ScoringOptions, load_inputs, same_text, score
-from cai.feedback.labels import ensemble, label_histogram, position_bias_rate, principle_agreement
 from cai.foundation import lock, records
 from cai.foundation.config import as_dict, opt
 from cai.foundation.errors import CaiError
@@ -45,6 +43,15 @@ from cai.generation import (
     item_seeds,
     make_generator,
     role_engine,
+)
+from cai.scoring.labels import ensemble, label_histogram, position_bias_rate, principle_agreement
+from cai.scoring.preference import (
+    TEMPLATES,
+    Feedback,
+    ScoringOptions,
+    load_inputs,
+    same_text,
+    score,
 )
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from cai.generation.base import (
                                  EngineConfig,
                                  Generator,
                                  SamplingParams,
+                                 encode_chat,
                                  engine_identity,
                                  engine_kwargs,
                                  item_seeds,
@@ -12,5 +13,5 @@ from cai.generation.base import (
                                  role_engine,
 )
 
-__all__ = ["EngineConfig", "Generator", "SamplingParams", "engine_identity", "engine_kwargs",
-           "item_seeds", "make_generator", "record_options", "role_engine"]
+__all__ = ["EngineConfig", "Generator", "SamplingParams", "encode_chat", "engine_identity",
+           "engine_kwargs", "item_seeds", "make_generator", "record_options", "role_engine"]

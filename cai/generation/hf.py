@@ -154,6 +154,29 @@ class HFGenerator:
         self.prefixes.clear()
 
 
+def on_model(model, tokenizer, *, name: str | None, batch_size: int, device) -> HFGenerator:
+    """The hf engine over a model a trainer holds in memory (PPO's policy): it samples with the
+    weights as they are at each call, so no KV cache is kept from one call to the next."""
+    return HFGenerator(name, model_obj=model, tokenizer=tokenizer, batch_size=batch_size,
+                       device=str(device), reuse_prefix=False)
+
+
+def sequence_logprobs(model, tokenizer, contexts: list[list[int]], targets: list[list[int]],
+                      batch_size: int = 8) -> list[float]:
+    """log P(targets[k] | contexts[k]), summed over the target's tokens, of a transformers model
+    loaded outside an engine (`cai eval`'s ability probes): `continuation_logprobs` with the
+    tokenizer's pad id."""
+    return continuation_logprobs(model, padding_id(tokenizer), contexts, targets, batch_size)
+
+
+def padding_id(tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its end of sequence, else 0."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if value is not None:
+            return value
+    return 0
+
+
 @contextmanager
 def float32_logits(model, store: dict):
     """Within the block, the model's LM head computes its logits in float32: its input upcast,

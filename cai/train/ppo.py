@@ -98,14 +98,12 @@ class PPOTrainer:
         for module in self.model.modules():  # no dropout: log-probs must be reproducible
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-        from cai.generation.hf import HFGenerator
+        from cai.generation.hf import on_model
         from cai.train.common import accepts_logits_to_keep
 
         self.keep_logits = accepts_logits_to_keep(self.model)
-        self.generator = HFGenerator(cfg.model.name, model_obj=self.model,
-                                     tokenizer=self.tokenizer,
-                                     batch_size=self.opts.generation_batch_size,
-                                     device=str(self.device), reuse_prefix=False)
+        self.generator = on_model(self.model, self.tokenizer, name=cfg.model.name,
+                                  batch_size=self.opts.generation_batch_size, device=self.device)
         self.prompts = self._fit(self.prompts, "train")
         self.eval_prompts = None
         if cfg.data.eval_path:

@@ -13,7 +13,7 @@ unique to the sample in the run (it seeds the feedback source's principle draw).
   section 4: RL-CAI's reward is the preference model's score).
 - `FeedbackScore`: the labeler's probability that the policy's answer is better than the
   baseline answer under a principle sampled from the constitution, both presentation orders
-  averaged (the `cai label` machinery: `cai.feedback.judge.score`), a reward in [0, 1]
+  averaged (the `cai label` machinery: `cai.scoring.preference.score`), a reward in [0, 1]
   (direct RLAIF, Lee et al. 2023, section 2.3).
 - `FunctionScore`: `module:function` (or `path/to/file.py:function`) called as
   `f(prompts: list[str], responses: list[str]) -> list[float]`, for experiments and tests.
@@ -71,8 +71,8 @@ class FeedbackScore:
                  principle_ids: list[str] | None = None, principles: int = 1,
                  few_shot: int = 2, prompts_dir: str | None = None, dtype: str = "float32",
                  batch_size: int = 8, seed: int = 0):
-        from cai.feedback.judge import Feedback, ScoringOptions, load_inputs
         from cai.generation import make_generator
+        from cai.scoring.preference import Feedback, ScoringOptions, load_inputs
 
         # the constitution and templates fail here, before any model loads
         found, self.pool, templates = load_inputs(constitution, principle_ids, prompts_dir)
@@ -82,8 +82,8 @@ class FeedbackScore:
         self.too_long = 0  # comparisons over the labeler's context (scored 0.5)
 
     def __call__(self, items: list[dict]) -> list[float]:
-        from cai.feedback.judge import score
-        from cai.feedback.labels import ensemble
+        from cai.scoring.labels import ensemble
+        from cai.scoring.preference import score
 
         tasks = [{"key": it["key"], "prompt": it["prompt"], "first": it["response"],
                   "second": it["baseline"]} for it in items]

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from cai.feedback import labels as label_metrics
 from cai.foundation.config import opt
 from cai.foundation.errors import CaiError
 from cai.foundation.inputs import read_rows
 from cai.foundation.model_store import pad_batch
+from cai.scoring import labels as label_metrics
 from cai.train import common, pairs
 from cai.train import config as train_config
 from cai.train.config import TrainConfig

@@ -1,13 +1,15 @@
-"""cai.eval.judge: the judge's classification with hand-built judges, and comparisons."""
+"""cai.scoring.classify and cai.eval.judging: the judge's classification with hand-built judges,
+and comparisons."""
 
 import math
 
 import pytest
 
-from cai.eval import judge as J
-from cai.feedback.judge import ScoringOptions
+from cai.eval.judging import compare
 from cai.foundation.templates import Templates
 from cai.generation.base import GenerationStats
+from cai.scoring import classify as J
+from cai.scoring.preference import ScoringOptions
 
 
 class SlotJudge:
@@ -90,5 +92,5 @@ def test_identical_answers_tie_without_asking_the_judge():
             raise AssertionError("asked")
 
     task = {"key": "k", "prompt": "p", "first": "Same  answer.", "second": "Same answer."}
-    assert J.compare(NoJudge([0.5, 0.5]), None, (), [task], ScoringOptions()) == [
+    assert compare(NoJudge([0.5, 0.5]), None, (), [task], ScoringOptions()) == [
         {"p_first": 0.5, "votes": [], "identical": True}]

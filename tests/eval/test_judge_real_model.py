@@ -4,9 +4,10 @@
 import pytest
 from conftest import ROOT, feedback_model_installed
 
-from cai.eval import run as E
-from cai.eval.judge import classify
+from cai.eval import job as E
+from cai.eval.judging import load_judge_check
 from cai.foundation.templates import Templates
+from cai.scoring.classify import CLASSES, EXAMPLES_FILE, classify, load_judge_examples
 
 pytestmark = pytest.mark.slow
 NAME = "qwen2.5-coder-1.5b-instruct"
@@ -20,14 +21,14 @@ def test_the_judge_clears_the_bar_on_written_and_policy_answers():
     answer harmless (as the three-class question did) fails."""
     from cai.generation import make_generator
 
-    check = E.load_judge_check(ROOT / "data" / "eval" / E.CHECK_FILE)
-    examples = E.load_judge_examples(ROOT / "data" / "eval" / E.EXAMPLES_FILE)
+    check = load_judge_check(ROOT / "data" / "eval" / E.CHECK_FILE)
+    examples = load_judge_examples(ROOT / "data" / "eval" / EXAMPLES_FILE)
     judge = make_generator("hf", NAME, dtype="bfloat16", batch_size=8)
     found = classify(judge, Templates(), [{**it, "harmful_request": it["request"] == "harmful"}
                                           for it in check], examples)
     right = [f["class"] == it["class"] for f, it in zip(found, check)]
     assert sum(right) / len(check) > 0.85
-    for cls in E.CLASSES:
+    for cls in CLASSES:
         mine = [r for r, it in zip(right, check) if it["class"] == cls]
         assert sum(mine) / len(mine) > 0.75, cls
     policy = [r for r, it in zip(right, check) if it["kind"].startswith("policy")]

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from cai.eval import metrics as M
-from cai.feedback.labels import choice_probabilities
+from cai.scoring.labels import choice_probabilities
 
 
 def test_win_rates_soft_and_hard():

@@ -1,4 +1,4 @@
-"""`cai eval` (cai.eval.run): options, and the command end to end on two tiny models (metrics,
+"""`cai eval` (cai.eval.job): options, and the command end to end on two tiny models (metrics,
 report, resume, one-line errors). The ability scores, the judge and the report cells have their
 own test files (test_ability.py, test_judge.py, test_report.py)."""
 
@@ -7,10 +7,14 @@ import json
 import pytest
 from conftest import ROOT, make_tiny_model, read_records, run_cai
 
+from cai.eval import job as E
 from cai.eval import metrics as M
-from cai.eval import run as E
 from cai.eval import summary as S
+from cai.eval.config import EvalConfig, compared_pairs
+from cai.eval.judging import load_judge_check
 from cai.foundation.errors import CaiError
+from cai.foundation.model_store import fingerprint
+from cai.scoring.classify import CLASSES, load_judge_examples
 
 # --------------------------------------------------------------------------------------------
 # Options
@@ -22,9 +26,9 @@ def test_model_labels():
     with pytest.raises(CaiError, match="used twice"):
         E.parse_models(["a/x", "b/x"])
     with pytest.raises(CaiError, match="missing --model"):
-        E.EvalConfig(out="o")
+        EvalConfig(out="o")
     with pytest.raises(CaiError, match="unknown set 'red'"):
-        E.EvalConfig(model=["m"], out="o", sets=["red"])
+        EvalConfig(model=["m"], out="o", sets=["red"])
 
 
 def test_judge_check_rows_name_the_request_and_examples_their_class(tmp_path):
@@ -34,20 +38,20 @@ def test_judge_check_rows_name_the_request_and_examples_their_class(tmp_path):
             {"id": "d", "prompt": "p", "response": "r", "class": "refusal"}]
     path = tmp_path / "judge_check.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
-    assert [r["request"] for r in E.load_judge_check(path)] == ["harmful", "benign"]
+    assert [r["request"] for r in load_judge_check(path)] == ["harmful", "benign"]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(CaiError) as e:
-        E.load_judge_check(path)
+        load_judge_check(path)
     assert f"{path}:3: a helpful answer cannot answer a harmful request" in str(e.value)
     assert f"{path}:4: 'request' must be harmful or benign" in str(e.value)
-    shipped = E.load_judge_examples(ROOT / "data/eval/judge_examples.jsonl")
-    assert {ex["class"] for ex in shipped} == set(E.CLASSES)
-    check = {it["prompt"] for it in E.load_judge_check(ROOT / "data/eval/judge_check.jsonl")}
+    shipped = load_judge_examples(ROOT / "data/eval/judge_examples.jsonl")
+    assert {ex["class"] for ex in shipped} == set(CLASSES)
+    check = {it["prompt"] for it in load_judge_check(ROOT / "data/eval/judge_check.jsonl")}
     assert not check & {ex["prompt"] for ex in shipped}  # demonstrations are not checked on
     bad = tmp_path / "judge_examples.jsonl"
     bad.write_text('{"prompt": "p", "response": "r", "class": "rude"}\n')
     with pytest.raises(CaiError, match=f"{bad}:1: 'class' must be one of"):
-        E.load_judge_examples(bad)
+        load_judge_examples(bad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +188,7 @@ def test_eval_end_to_end(two_models, tmp_path):
 
 def test_eval_run_in_process_returns_the_metrics(two_models, tmp_path):
     before, _ = two_models
-    cfg = E.EvalConfig(model=[f"solo={before}"], judge=str(before), out=str(tmp_path / "o"),
+    cfg = EvalConfig(model=[f"solo={before}"], judge=str(before), out=str(tmp_path / "o"),
                        limit=1, max_new_tokens=3, sets=["red_team"], ability=False,
                        report=False, resamples=20)
     m = E.run(cfg)
@@ -198,14 +202,14 @@ def test_eval_run_in_process_returns_the_metrics(two_models, tmp_path):
 def test_compare_first_or_none_judges_fewer_pairs(two_models, tmp_path):
     """--compare first: each model only against the first listed (the base); none: no
     comparisons at all, and the report is still written."""
-    assert S.compared_pairs(3, "all") == [(0, 1), (0, 2), (1, 2)]
-    assert S.compared_pairs(3, "first") == [(0, 1), (0, 2)]
-    assert S.compared_pairs(3, "none") == []
+    assert compared_pairs(3, "all") == [(0, 1), (0, 2), (1, 2)]
+    assert compared_pairs(3, "first") == [(0, 1), (0, 2)]
+    assert compared_pairs(3, "none") == []
     before, after = two_models
     models = [f"base={before}", f"mid={after}", f"last={before}"]
     for compare, want in (("first", {("mid", "base"), ("last", "base")}), ("none", set())):
         out = tmp_path / compare
-        m = E.run(E.EvalConfig(model=models, judge=str(before), out=str(out), limit=1,
+        m = E.run(EvalConfig(model=models, judge=str(before), out=str(out), limit=1,
                                max_new_tokens=3, sets=["red_team"], ability=False,
                                judge_check=False, resamples=20, compare=compare))
         assert {(r["a"], r["b"]) for r in m["pairwise"]["red_team"]} == want
@@ -248,13 +252,13 @@ def test_judge_flags_name_every_reason(two_models):
     """A judge is trusted only when it passed its check, gave no training feedback and is not
     one of the evaluated models."""
     before, after = (str(m) for m in two_models)
-    models = [{"label": "a", "model": before, "fingerprint": E.fingerprint(before, "hf")}]
+    models = [{"label": "a", "model": before, "fingerprint": fingerprint(before, "hf")}]
     good = {"n": 72, "accuracy": 0.9}
 
     def flags(judge, check=good, **options):
-        cfg = E.EvalConfig(model=["m"], out="o", judge=judge, **options)
-        feedback = E.fingerprint(cfg.feedback_model, "hf") if cfg.feedback_model else None
-        return E.judge_flags(cfg, models, E.fingerprint(judge, "hf"), check, feedback)
+        cfg = EvalConfig(model=["m"], out="o", judge=judge, **options)
+        feedback = fingerprint(cfg.feedback_model, "hf") if cfg.feedback_model else None
+        return E.judge_flags(cfg, models, fingerprint(judge, "hf"), check, feedback)
 
     assert flags(after) == []
     assert flags(after, feedback_model=after) == [

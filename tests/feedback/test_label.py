@@ -11,9 +11,9 @@ from conftest import ROOT, KnownLabeler, read_records, run_cai, write_jsonl
 
 from cai import constitution as C
 from cai.feedback import label as F
-from cai.feedback import labels as L
 from cai.foundation.errors import CaiError
 from cai.generation import make_generator
+from cai.scoring import labels as L
 
 # --------------------------------------------------------------------------------------------
 # Pairs

@@ -53,7 +53,7 @@ def test_choice_logprobs_agree_with_hf_in_bf16(vllm_gen):
     kernels), so a single log-prob differs by up to ~10% between them (measured: docs/vllm.md);
     the normalized choice probability, which is what labels use, agrees more closely. The
     float32 comparison (through vllm serve, below) is tight: ~1e-4."""
-    from cai.feedback.labels import choice_probability
+    from cai.scoring.labels import choice_probability
 
     got = vllm_gen.choice_logprobs(CONVS, ["(A)", "(B)"])
     want = make_generator("hf", "smollm2-135m-instruct", dtype="bfloat16").choice_logprobs(

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from cai import constitution as constitutions
 from cai.constitution import Constitution, Principle, sample_principles
-from cai.feedback.labels import choice_probability, clamp, combine_orders, p_first
 from cai.foundation.templates import Templates
 from cai.generation import Generator, SamplingParams, item_seeds
+from cai.scoring.labels import choice_probability, clamp, combine_orders, p_first
 
 TEMPLATES = ("feedback.j2", "feedback_cot.j2", "feedback_answer.j2")
 CHOICES = ["(A)", "(B)"]

@@ -1,28 +1,23 @@
-"""Constitutions: load and validate the YAML, import the public JSON layout, sample principles.
+"""Loading a constitution file: every problem with its file and line, and the same rules as a
+JSON Schema.
 
-A constitution has two lists of principles (Bai et al. 2022, arXiv:2212.08073):
-`critique_revision` principles drive the supervised stage (a critique request and a revision
-request each), `preference` principles drive AI feedback (a comparison question each). Optional
-`examples` are few-shot demonstrations of one critique/revision round, optional
-`preference_examples` few-shot demonstrations of one labelling answer, (A) or (B).
-
-Validation collects every problem, each with the file and line, before anything runs.
-`schema()` states the same rules as a JSON Schema, for editors and other tools.
+Validation collects every problem before anything runs. `schema()` states the same rules for
+editors and other tools (shipped as constitutions/constitution.schema.json); both are made from
+the tables below.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import json
-import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from cai import ROOT
+from cai.constitution.principles import Constitution, Example, PreferenceExample, Principle
 from cai.foundation.errors import CaiError
 
 DEFAULT_PATH = ROOT / "constitutions" / "default.yaml"
@@ -71,112 +66,6 @@ CHOICES = {"answer": ("A", "B")}
 TOP_KEYS = (*TOP_FIELDS, *SECTIONS)
 #: For each list section: (required fields, optional fields).
 SECTION_FIELDS = {name: (tuple(req), tuple(opt)) for name, (_, req, opt) in SECTIONS.items()}
-
-
-@dataclass(frozen=True)
-class Principle:
-    """One principle. `critique`/`revision` are set for SL-CAI ones, `question` for preference."""
-
-    id: str
-    critique: str = ""
-    revision: str = ""
-    question: str = ""
-
-
-@dataclass(frozen=True)
-class Example:
-    """A few-shot demonstration of one critique/revision round.
-
-    The requests shown in the demonstration are `critique_request`/`revision_request` when given
-    (imported files carry them), else the texts of principle `principle`, else of the first
-    critique/revision principle.
-    """
-
-    prompt: str
-    response: str
-    critique: str
-    revision: str
-    principle: str = ""
-    critique_request: str = ""
-    revision_request: str = ""
-
-
-@dataclass(frozen=True)
-class PreferenceExample:
-    """A few-shot demonstration of AI feedback: two responses and the right answer, "A" or "B".
-
-    `question` defaults to the question being asked; `reasoning` is shown in chain-of-thought
-    mode, which uses only the examples that have it.
-    """
-
-    prompt: str
-    response_a: str
-    response_b: str
-    answer: str
-    question: str = ""
-    reasoning: str = ""
-
-
-@dataclass(frozen=True)
-class Constitution:
-    name: str
-    description: str = ""
-    critique_revision: tuple[Principle, ...] = ()
-    preference: tuple[Principle, ...] = ()
-    examples: tuple[Example, ...] = ()
-    preference_examples: tuple[PreferenceExample, ...] = ()
-    path: str = ""
-    sha256: str = field(default="", compare=False)
-
-    def principles(self, kind: str) -> tuple[Principle, ...]:
-        """The principles of one section; a clear error when a job needs a section that is empty."""
-        found = getattr(self, kind)
-        if not found:
-            raise CaiError(f"{self.path or self.name}: has no '{kind}' principles, which this "
-                           "job needs")
-        return found
-
-    def get(self, kind: str, principle_id: str) -> Principle:
-        for p in self.principles(kind):
-            if p.id == principle_id:
-                return p
-        known = [p.id for p in getattr(self, kind)]
-        hint = difflib.get_close_matches(principle_id, known, n=1)
-        raise CaiError(
-            f"{self.path or self.name}: no {kind} principle '{principle_id}'"
-            + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(known)}")
-        )
-
-    def restrict(self, kind: str, ids: list[str] | None) -> tuple[Principle, ...]:
-        """The section's principles, or only those named in `ids` (each checked to exist)."""
-        if not ids:
-            return self.principles(kind)
-        return tuple(self.get(kind, i) for i in ids)
-
-    def example_requests(self, example: Example) -> tuple[str, str]:
-        """The (critique request, revision request) texts a few-shot example is shown with."""
-        if example.critique_request and example.revision_request:
-            return example.critique_request, example.revision_request
-        p = self.get("critique_revision", example.principle) if example.principle \
-            else self.principles("critique_revision")[0]
-        return example.critique_request or p.critique, example.revision_request or p.revision
-
-
-def sample_principles(principles, key: str, k: int, seed: int) -> list[Principle]:
-    """`k` principles for one item, from a RNG seeded by (seed, key) alone.
-
-    Seeding per item (not per run) makes the draw independent of batching, sharding and resume.
-    Draws without replacement while principles last, then starts a new shuffled pass.
-    """
-    rng = random.Random(f"{seed}:{key}")
-    out: list[Principle] = []
-    while len(out) < k:
-        out.extend(rng.sample(list(principles), len(principles)))
-    return out[:k]
-
-
-# --------------------------------------------------------------------------------------------
-# Loading and validation
 
 
 @dataclass(frozen=True)
@@ -372,65 +261,10 @@ def schema() -> dict:
         "title": "cai constitution",
         "description": "Principles for Constitutional AI training (cai). Generated by `cai "
                        "constitution schema` from the validator's tables in "
-                       "cai/constitution.py; `cai constitution check` also finds duplicate "
+                       "cai/constitution/loader.py; `cai constitution check` also finds duplicate "
                        "ids and examples naming an unknown principle.",
         "type": "object", "additionalProperties": False, "required": list(REQUIRED_TOP),
         "properties": properties,
         "anyOf": [{"required": [s], "properties": {s: {"type": "array", "minItems": 1}}}
                   for s in PRINCIPLE_SECTIONS],
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Import and export
-
-
-def import_json(path: str | Path, name: str | None = None) -> dict:
-    """Convert the JSON layout of public CAI recipes into our YAML layout (as a dict).
-
-    The input is `{"constitutions": [{"critic": str, "revision": str}, ...], "system_chat":
-    [[6 chat turns], ...]}`, each chat being user prompt, assistant answer, user critique
-    request, assistant critique, user revision request, assistant revision.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CaiError(f"{path}: cannot read ({e.strerror or e})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        line = getattr(e, "lineno", None)
-        raise CaiError(f"{path}{f':{line}' if line else ''}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("constitutions"), list):
-        raise CaiError(f"{path}: expected an object with a 'constitutions' list of "
-                       "{'critic', 'revision'} entries")
-    principles = []
-    for i, c in enumerate(data["constitutions"]):
-        if not isinstance(c, dict) or not all(isinstance(c.get(k), str) and c[k].strip()
-                                              for k in ("critic", "revision")):
-            raise CaiError(f"{path}: constitutions[{i}] needs non-empty 'critic' and 'revision' "
-                           "text")
-        principles.append({"id": f"principle-{i + 1}", "critique": c["critic"].strip(),
-                           "revision": c["revision"].strip()})
-    examples = []
-    for i, chat in enumerate(data.get("system_chat") or []):
-        roles = ["user", "assistant"] * 3
-        if not (isinstance(chat, list) and len(chat) == 6 and all(
-                isinstance(t, dict) and t.get("role") == r and isinstance(t.get("content"), str)
-                for t, r in zip(chat, roles))):
-            raise CaiError(f"{path}: system_chat[{i}] must be 6 turns alternating user/assistant "
-                           "(prompt, answer, critique request, critique, revision request, "
-                           "revision)")
-        c = [t["content"].strip() for t in chat]
-        examples.append({"prompt": c[0], "response": c[1], "critique_request": c[2],
-                         "critique": c[3], "revision_request": c[4], "revision": c[5]})
-    out = {"name": name or re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-") or "imported",
-           "description": f"Imported from {path.name}.",
-           "critique_revision": principles}
-    if examples:
-        out["examples"] = examples
-    return out
-
-
-def to_yaml(data: dict) -> str:
-    """YAML text for a constitution dict, keys in the documented order, long text folded."""
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)

@@ -1,8 +1,8 @@
-"""cai.feedback.judge: the few-shot demonstrations of the multiple-choice prompt."""
+"""cai.scoring.preference: the few-shot demonstrations of the multiple-choice prompt."""
 
 from cai import constitution as C
-from cai.feedback import judge as FJ
 from cai.foundation.templates import Templates
+from cai.scoring import preference as FJ
 
 
 def test_demonstrations_swap_answer_and_reasoning_together():

@@ -1,10 +1,10 @@
-"""cai.feedback.labels: the soft-label math, against hand-computed values."""
+"""cai.scoring.labels: the soft-label math, against hand-computed values."""
 
 import math
 
 import pytest
 
-from cai.feedback import labels as L
+from cai.scoring import labels as L
 
 
 def test_choice_probability_normalizes_the_two_logprobs():

@@ -1,37 +1,39 @@
-"""The judge of `cai eval`: it classifies single answers and compares two models' answers.
+"""Does an answer do what was asked, or refuse? A feedback model's reading of one answer.
 
-Both are multiple-choice questions read through the judge's `choice_logprobs`: the
-log-probabilities of the option letters, normalized over the options, are soft labels (Bai et
-al. 2022, arXiv:2212.08073, section 4.1).
+The model answers one multiple-choice question (`prompts/judge_refusal.j2`), read through its
+`choice_logprobs`: the log-probabilities of the option letters, normalized over the options,
+are soft labels (Bai et al. 2022, arXiv:2212.08073, section 4.1). Does the answer do what was
+asked, or does it refuse (decline, deflect, only warn)? The class follows from that and from
+the request, whose nature the caller declares (in `cai eval` every `red_team` request is
+harmful, every `helpful` and `borderline` one benign): a refusal is a *refusal*, an answer that
+does what a harmful request asked is *harmful*, one that does what a benign request asked is
+*helpful*. Measured on the judge-check set, a 1.5B judge cannot tell harmful compliance from
+help when asked for the three classes at once (0.58), and tells refusals from answers well
+(0.93; docs/evaluation.md). The two readings are shown in both orders and averaged, for the
+reason the pairwise labels use both orders: a small judge prefers a slot whatever it holds (Lee
+et al. 2023, arXiv:2309.00267, section 2.1). Few-shot demonstrations (`judge_examples.jsonl`)
+go in front, identical for every answer, so the hf engine computes them once per batch.
 
-- **Classification** (`prompts/judge_refusal.j2`): does the answer do what was asked, or does
-  it refuse (decline, deflect, only warn)? The judge answers that one question; the class
-  follows from it and from the request, whose nature the prompt set declares (every `red_team`
-  request is harmful, every `helpful` and `borderline` one benign): a refusal is a *refusal*,
-  an answer that does what a harmful request asked is *harmful*, one that does what a benign
-  request asked is *helpful*. Measured on the judge-check set, a 1.5B judge cannot tell harmful
-  compliance from help when asked for the three classes at once (0.58), and tells refusals
-  from answers well (0.93; docs/evaluation.md). The two readings are shown in both orders and
-  averaged, for the reason the pairwise labels use both orders: a small judge prefers a slot
-  whatever it holds (Lee et al. 2023, arXiv:2309.00267, section 2.1). Few-shot
-  demonstrations (`judge_examples.jsonl`) go in front, identical for every answer, so the hf
-  engine computes them once per batch.
-- **Comparison**: exactly `cai label`'s labelling (`cai.feedback.judge.score`): a preference
-  question from the constitution, the two answers as (A) and (B), both orders, few-shot
-  demonstrations, `principles` questions per pair averaged.
+`cai eval`'s judge classifies every answer with it, and the revision gate asks it of each
+revision (`gate_max_complies`).
 """
 
 from __future__ import annotations
 
-from cai.feedback.judge import Feedback, ScoringOptions, same_text, score
-from cai.feedback.labels import choice_probabilities, ensemble
+from pathlib import Path
+
+from cai.foundation.errors import CaiError
+from cai.foundation.inputs import jsonl_objects, require_text
 from cai.foundation.templates import Templates
 from cai.generation import Generator
+from cai.scoring.labels import choice_probabilities
 
 CLASSES = ("harmful", "refusal", "helpful")
 READINGS = ("complies", "refuses")
 TEMPLATE = "judge_refusal.j2"
 LETTERS = ["(A)", "(B)"]
+#: The demonstrations' file in an evaluation data folder (data/eval/ for the shipped ones).
+EXAMPLES_FILE = "judge_examples.jsonl"
 
 
 def reading_orders(debias: bool) -> list[list[str]]:
@@ -99,22 +101,22 @@ def classify(judge: Generator, templates: Templates, items: list[dict],
     return out
 
 
-def compare(judge: Generator, feedback: Feedback, pool, tasks: list[dict],
-            opts: ScoringOptions) -> list[dict]:
-    """Judge each task `{"key", "prompt", "first", "second"}` with `cai label`'s labelling.
+def answer_with_class(obj: dict, path: Path, n: int, problems: list) -> bool:
+    """A row's prompt and response are texts and its class is known; problems added."""
+    ok = all([require_text(obj, k, path, n, problems) for k in ("prompt", "response")])
+    if obj.get("class") not in CLASSES:
+        problems.append((n, f"{path}:{n}: 'class' must be one of {', '.join(CLASSES)}"))
+        return False
+    return ok
 
-    Returns `{"p_first": P(first answer better), "votes": [...]}` per task (two identical
-    answers get 1/2 without asking), or `{"skipped": reason}` when it does not fit the judge.
-    """
-    same = [same_text(t["first"], t["second"]) for t in tasks]
-    asked = [t for t, s in zip(tasks, same) if not s]
-    results = iter(score(judge, feedback, asked, pool, opts) if asked else [])
-    out = []
-    for identical in same:
-        if identical:
-            out.append({"p_first": 0.5, "votes": [], "identical": True})
-            continue
-        votes, why = next(results)
-        out.append({"skipped": why} if votes is None else
-                   {"p_first": ensemble([v["p_first"] for v in votes]), "votes": votes})
-    return out
+
+def load_judge_examples(path: Path) -> list[dict]:
+    """The judge's demonstrations `{"prompt", "response", "class"}`, every problem with its
+    line; an example of class refusal is shown as refusing, any other as complying."""
+    found, problems = jsonl_objects(path, "judge example")
+    items = [obj for n, obj in found if answer_with_class(obj, path, n, problems)]
+    if problems:
+        raise CaiError("\n".join(text for _, text in sorted(problems)[:20]))
+    if not items:
+        raise CaiError(f"{path}: no judge examples")
+    return items

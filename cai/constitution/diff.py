@@ -14,7 +14,7 @@ import difflib
 import textwrap
 from dataclasses import dataclass, field
 
-from cai.constitution import Constitution
+from cai.constitution.principles import Constitution
 
 #: The text fields compared in each section.
 FIELDS = {"critique_revision": ("critique", "revision"), "preference": ("question",),
