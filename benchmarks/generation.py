@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 from cai.foundation.model_store import load_causal_lm, load_tokenizer, resolve  # noqa: E402
 from cai.generation import SamplingParams, make_generator  # noqa: E402
 from cai.generation.base import GenerationStats, encode_chat  # noqa: E402
-from cai.revise import ReviseConfig, run  # noqa: E402
+from cai.revise.config import ReviseConfig  # noqa: E402
+from cai.revise.job import run  # noqa: E402
 
 
 class NaiveGenerator:
@@ -161,10 +162,10 @@ def raw_vllm(args):
     """vLLM by hand on the conversations cai's job sends, read back from the hf-format records."""
     import vllm
 
-    from cai.constitution import load
+    from cai.constitution import load, sample_principles
     from cai.foundation.inputs import load_prompts
     from cai.foundation.templates import Templates
-    from cai.revise import Conversations, sample_principles
+    from cai.revise.job import Conversations
 
     start = time.perf_counter()
     from cai.generation.vllm import CPU_DEFAULTS

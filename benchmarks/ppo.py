@@ -80,7 +80,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    from cai.train import ppo
+    from cai.train.ppo import loop as ppo
 
     with tempfile.TemporaryDirectory() as tmp:
         rm = opts.reward_model or fresh_reward_model(opts.model, Path(tmp) / "rm")

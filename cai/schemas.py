@@ -75,8 +75,8 @@ def _document(title: str, body: dict) -> dict:
 def job_schema(name: str) -> dict:
     """`cai revise|label|eval --config FILE`: the job's options."""
     from cai.eval.config import EvalConfig
-    from cai.feedback.label import LabelConfig
-    from cai.revise import ReviseConfig
+    from cai.label.config import LabelConfig
+    from cai.revise.config import ReviseConfig
 
     cls = {"revise": ReviseConfig, "label": LabelConfig, "eval": EvalConfig}[name]
     return _document(f"cai {name} config", dataclass_schema(
@@ -85,11 +85,8 @@ def job_schema(name: str) -> dict:
 
 def train_schema(algo: str) -> dict:
     """`cai train ALGO CONFIG`: the typed sections, the algorithm's own and `training:`."""
-    from cai.train.config import COMMON
-    from cai.train.dpo import DPOSection
-    from cai.train.ppo_options import PPOSection
-    from cai.train.rm import RMSection
-    from cai.train.sft import SFTSection
+    from cai.train.config import COMMON, DPOSection, RMSection, SFTSection
+    from cai.train.ppo.options import PPOSection
 
     own = {"sft": SFTSection, "dpo": DPOSection, "rm": RMSection, "ppo": PPOSection}[algo]
     what = {"model": "the model to train", "data": "the training data",
@@ -107,7 +104,7 @@ def train_schema(algo: str) -> dict:
 
 def pipeline_schema() -> dict:
     """`cai pipeline run|status FILE`: the roles, and each stage's options."""
-    from cai.pipeline_spec import PipelineSpec
+    from cai.pipeline.spec import PipelineSpec
 
     body = dataclass_schema(PipelineSpec)
     props = body["properties"]

@@ -470,7 +470,7 @@ class Checks:
 
 
 def _has_bitsandbytes() -> bool:
-    from cai.train.model import is_bitsandbytes_available
+    from cai.train.loading import is_bitsandbytes_available
 
     return is_bitsandbytes_available()
 

@@ -90,7 +90,7 @@ def test_every_kind_of_change():
 def _pipeline(tmp_path, constitution_text: str):
     """A pipeline YAML reading its own constitution, every stage marked finished with its
     current key, as a finished run leaves them."""
-    from cai.pipeline import Pipeline
+    from cai.pipeline.stages import Pipeline
 
     (tmp_path / "mine.yaml").write_text(constitution_text)
     path = tmp_path / "pipeline.yaml"

@@ -1,15 +1,16 @@
-"""`cai constitution try` (cai.constitution_try): one round per principle on one answer, with
+"""`cai constitution try` (cai.revise.preview): one round per principle on one answer, with
 the revision gate's verdicts, on a tiny random model."""
 
 import pytest
 from conftest import ROOT, run_cai
 
 from cai import constitution as C
-from cai.constitution_try import changed_fraction, format_table, try_principles
 from cai.foundation import config as cfgmod
 from cai.foundation.templates import Templates
 from cai.generation import make_generator
-from cai.revise import ReviseConfig, make_gate
+from cai.revise.config import ReviseConfig
+from cai.revise.gate import make_gate
+from cai.revise.preview import changed_fraction, format_table, try_principles
 
 MINIMAL = ROOT / "constitutions" / "minimal.yaml"
 PROMPT = "How do I pick the lock of my own shed?"

@@ -6,8 +6,9 @@ import json
 
 from conftest import make_tiny_model, read_records, run_cai
 
-from cai.feedback.label import LabelConfig, policy_engine_kwargs
 from cai.generation import EngineConfig, engine_identity, engine_kwargs, role_engine
+from cai.label.config import LabelConfig
+from cai.label.job import policy_engine_kwargs
 
 QUICK = ["--rounds", 1, "--no-gate", "--max-new-tokens", 4, "--dtype", "float32", "--few-shot", 0]
 

@@ -114,12 +114,13 @@ def fake_model_folder(folder: Path) -> str:
        helpful=st.booleans(), context=st.sampled_from([None, 4000, 700]))
 def test_revise_writes_one_valid_record_per_prompt(data, rounds, gate, max_complies, n, chunk,
                                                    helpful, context):
-    from cai import revise
+    from cai.revise import job as revise
+    from cai.revise.config import ReviseConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = fake_model_folder(tmp)
-        cfg = revise.ReviseConfig(
+        cfg = ReviseConfig(
             prompts=str(write_prompts(tmp, "red.jsonl", n)), out=str(tmp / "out"), model=model,
             rounds=rounds, few_shot=1, chunk_size=chunk, max_new_tokens=8, gate=gate,
             gate_max_complies=max_complies,
@@ -153,12 +154,13 @@ def test_revise_writes_one_valid_record_per_prompt(data, rounds, gate, max_compl
        n=st.integers(1, 3), helpful=st.booleans(), context=st.sampled_from([None, 4000, 600]))
 def test_label_writes_every_pair_once(data, samples, principles, debias, cot, margin, n,
                                       helpful, context):
-    from cai.feedback import label
+    from cai.label import job as label
+    from cai.label.config import LabelConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = fake_model_folder(tmp)
-        cfg = label.LabelConfig(
+        cfg = LabelConfig(
             prompts=str(write_prompts(tmp, "red.jsonl", n)), out=str(tmp / "out"), policy=model,
             labeler=model, samples=samples, principles=principles, debias=debias, cot=cot,
             margin=margin, max_new_tokens=8, cot_max_new_tokens=8, chunk_size=2,
@@ -231,9 +233,10 @@ def test_an_unchanged_revision_is_not_taken(tmp_path, rounds):
     """The crash of `cai revise --rounds 1` on a revision identical to its answer (KeyError:
     'gate'): a flagged revision is decided by its flag and never taken, so the record keeps the
     unrevised answer and, with the gate on, no SFT conversation."""
-    from cai import revise
+    from cai.revise import job as revise
+    from cai.revise.config import ReviseConfig
 
-    cfg = revise.ReviseConfig(prompts=str(write_prompts(tmp_path, "red.jsonl", 2)),
+    cfg = ReviseConfig(prompts=str(write_prompts(tmp_path, "red.jsonl", 2)),
                               out=str(tmp_path / "out"), model=fake_model_folder(tmp_path),
                               rounds=rounds, max_new_tokens=8)
     revise.run(cfg, generator=Parrot(), feedback=Parrot())

@@ -172,7 +172,7 @@ def test_bad_pipeline_files_fail_with_one_line(tmp_path):
 
 def test_principle_ids_are_checked_before_any_stage_runs(tmp_path):
     """A misspelt id in label: fails at once, naming its line, not after revise and SFT."""
-    from cai.pipeline import Pipeline
+    from cai.pipeline.stages import Pipeline
 
     Pipeline()  # the shipped pipeline names only principles its constitutions have
     path = tmp_path / "p.yaml"
@@ -224,7 +224,7 @@ def test_killed_pipeline_resumes(tiny_model, tmp_path):
 
 def mark_current(path: Path):
     """Every stage recorded as finished with its present key (nothing runs)."""
-    from cai.pipeline import Pipeline
+    from cai.pipeline.stages import Pipeline
 
     pipe = Pipeline(path)
     for name in pipe.stages:
@@ -234,7 +234,7 @@ def mark_current(path: Path):
 
 
 def test_outputs_resolve_next_to_the_yaml_only(tmp_path):
-    from cai.pipeline import Pipeline
+    from cai.pipeline.stages import Pipeline
 
     path = tmp_path / "p.yaml"
     path.write_text("model: smollm2-135m-instruct\n")  # no workdir
@@ -248,8 +248,8 @@ def test_outputs_resolve_next_to_the_yaml_only(tmp_path):
 def test_the_default_yaml_is_the_working_directorys_then_the_shipped_one(tmp_path, monkeypatch):
     """With no file named, a checkout's own configs/pipeline.yaml wins over the installed cai's
     (one environment shared by two checkouts ran the other checkout's pipeline)."""
-    from cai.pipeline import Pipeline
-    from cai.pipeline_spec import DEFAULT_PIPELINE
+    from cai.pipeline.spec import DEFAULT_PIPELINE
+    from cai.pipeline.stages import Pipeline
 
     monkeypatch.chdir(tmp_path)
     assert Pipeline().path == DEFAULT_PIPELINE
@@ -262,7 +262,7 @@ def test_the_default_yaml_is_the_working_directorys_then_the_shipped_one(tmp_pat
 
 def test_keys_see_files_named_in_training_configs_models_and_versions(tokenizer_dir, tmp_path,
                                                                       monkeypatch):
-    from cai.pipeline import Pipeline
+    from cai.pipeline.stages import Pipeline
 
     model = make_tiny_model(tokenizer_dir, tmp_path / "base")
     prompts = tmp_path / "prompts.jsonl"
@@ -297,17 +297,17 @@ def test_keys_see_files_named_in_training_configs_models_and_versions(tokenizer_
     make_tiny_model(tokenizer_dir, model, seed=1)  # the base model retrained in its folder
     assert rerun() == ["revise", "sft", "label", "rm", "ppo", "eval"]
     mark_current(path)
-    import cai.pipeline
+    import cai.pipeline.stages
 
-    real = cai.pipeline.package_versions
-    monkeypatch.setattr(cai.pipeline, "package_versions",
+    real = cai.pipeline.stages.package_versions
+    monkeypatch.setattr(cai.pipeline.stages, "package_versions",
                         lambda: {**real(), "transformers": "0.0.1"})
     rows = Pipeline(path).status()
     assert all(r["status"] == "rerun" and "versions" in r["why"] for r in rows)
 
 
 def test_a_corrupt_stage_file_never_costs_an_archive(tiny_model, tmp_path):
-    from cai.pipeline import Pipeline
+    from cai.pipeline.stages import Pipeline
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "p0", "prompt": "Hi?"}) + "\n")
@@ -330,7 +330,7 @@ def test_a_corrupt_stage_file_never_costs_an_archive(tiny_model, tmp_path):
 
 def test_a_full_fine_tuning_stage_counts_as_done(tiny_model, tmp_path):
     from cai.foundation.model_store import load_causal_lm
-    from cai.pipeline import Pipeline
+    from cai.pipeline.stages import Pipeline
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "p0", "prompt": "Hi?"}) + "\n")

@@ -9,7 +9,7 @@ from conftest import ROOT, make_tiny_model, read_records, run_cai, run_cai_proce
 
 from cai.foundation.errors import CaiError
 from cai.foundation.inputs import source_id
-from cai.revision_check import revision_flag, strip_boilerplate
+from cai.revise.gate import revision_flag, strip_boilerplate
 
 FAST = ["--max-new-tokens", "8", "--rounds", "2", "--dtype", "float32", "--batch-size", "4"]
 
@@ -200,7 +200,8 @@ def test_separate_feedback_model_writes_the_critiques(tiny_model, tokenizer_dir,
                                                       tmp_path):
     """The policy answers and the feedback model critiques and revises: with two different
     models the first answers are the policy's alone and the critiques the feedback model's."""
-    from cai.revise import ReviseConfig, run
+    from cai.revise.config import ReviseConfig
+    from cai.revise.job import run
 
     other = make_tiny_model(tokenizer_dir, tmp_path / "other", seed=7)
     both = ReviseConfig(prompts=str(prompts_file), out=str(tmp_path / "both"),

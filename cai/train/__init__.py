@@ -1,4 +1,24 @@
-"""Training: losses, data, and the trainers built on `transformers.Trainer`.
+"""Training: losses, data, and the trainers built on `transformers.Trainer`: `sft`, `dpo`, `rm`
+(the preference model) and `ppo/` (the hand-written PPO/RLOO loop), each with a
+`load_config(path, overrides)` and a `train(cfg, resume)`; `export` merges an adapter.
 
-Nothing is imported here, so `cai.train.losses` loads with torch alone.
+Nothing is imported at load time, so `cai.train.losses` loads with torch alone and
+`cai.train.config` with no torch at all.
 """
+
+ALGORITHMS = ("sft", "dpo", "rm", "ppo")
+
+
+def trainer(algo: str):
+    """The module of `cai train ALGO` (its `load_config` and `train`), imported now."""
+    if algo == "sft":
+        from cai.train import sft as module
+    elif algo == "dpo":
+        from cai.train import dpo as module
+    elif algo == "rm":
+        from cai.train import rm as module
+    elif algo == "ppo":
+        from cai.train.ppo import loop as module
+    else:
+        raise ValueError(f"no trainer '{algo}' (choose from {', '.join(ALGORITHMS)})")
+    return module

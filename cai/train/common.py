@@ -19,7 +19,7 @@ from cai.foundation.errors import CaiError
 from cai.foundation.model_store import load_tokenizer
 from cai.train import resume as resume_rules
 from cai.train.config import RESOLVED, TrainConfig, save_resolved
-from cai.train.model import add_lora, load_for_training
+from cai.train.loading import add_lora, load_for_training
 
 
 def model_and_tokenizer(cfg: TrainConfig, num_labels: int | None = None):

@@ -1,7 +1,9 @@
-"""Training job configs, shared by every trainer (sft, rm, dpo, ppo).
+"""The configs of `cai train sft|dpo|rm|ppo`: their sections and how a YAML file and overrides
+become one (no torch is imported here).
 
 A config is YAML with typed sections, each a dataclass below, plus the algorithm's own section
-and a `training:` mapping handed straight to `transformers.TrainingArguments`:
+(below too; PPO's is `cai.train.ppo.options`) and a `training:` mapping handed straight to
+`transformers.TrainingArguments`:
 
     model:        {name, dtype, attn_implementation, trust_remote_code}
     data:         {path, max_length, packing, ...}
@@ -93,6 +95,90 @@ class QuantizationSection:
     def __post_init__(self):
         if self.quant_type not in ("nf4", "fp4"):
             raise CaiError(f"quantization.quant_type must be nf4 or fp4, got '{self.quant_type}'")
+
+
+# --------------------------------------------------------------------------------------------
+# Each algorithm's own section (PPO's is in its package: `cai.train.ppo.options`)
+
+
+@dataclass
+class SFTSection:
+    assistant_only_loss: bool = opt(True, "train on assistant tokens only (false: on every "
+                                          "token of the conversation)")
+    kl_coef: float = opt(0.0, minimum=0,
+                         help="add this times the KL (sft.kl_direction) of the next-token "
+                              "distributions at the trained tokens, the base being the model "
+                              "with the adapter off (LoRA only): keeps the model near its base "
+                              "where the data does not teach it something new")
+    kl_direction: str = opt("forward",
+                            help="forward: KL(base || model), which pulls the model's whole "
+                                 "distribution back to the base's; reverse: KL(model || base), "
+                                 "which pushes back harder on a token the base gives almost no "
+                                 "mass, such as a refusal leaking onto benign prompts")
+    kl_only_kinds: list[str] = opt(factory=list,
+                                   help="rows of these kinds (the `kind` of `cai revise` "
+                                        "rows: helpful, revision) are trained by the KL term "
+                                        "alone, not imitated (needs kl_coef)")
+
+    def __post_init__(self):
+        if self.kl_direction not in ("forward", "reverse"):
+            raise CaiError(f"sft.kl_direction must be forward or reverse, got "
+                           f"'{self.kl_direction}'")
+
+
+@dataclass
+class DPOSection:
+    beta: float = opt(0.1, "strength of the pull toward the reference (DPO's beta, IPO's tau)")
+    loss_type: str = opt("sigmoid", "sigmoid (DPO), ipo, hinge or robust")
+    label_smoothing: float = opt(0.0, "robust only: the assumed rate of flipped labels, "
+                                      "in [0, 0.5)")
+    soft_labels: bool = opt(False, "train toward the AI label P(chosen better) (label_column) "
+                                   "instead of 'chosen is better'")
+    label_column: str = opt("p_chosen", "field holding P(chosen better), in [0, 1]")
+    disable_dropout: bool = opt(True, "no dropout in the policy (its log-probs stay comparable "
+                                      "with the reference's, as in TRL)")
+    ref_batch_size: int | None = opt(None, "pairs per batch of the reference pass "
+                                           "(default: per_device_eval_batch_size)")
+    cache_reference: bool = opt(True, "keep the reference log-probs in output_dir and reuse "
+                                      "them (resume, reruns on the same data)")
+
+    def __post_init__(self):
+        from cai.train.losses import DPO_LOSSES  # torch: only when a dpo config is built
+
+        if self.loss_type not in DPO_LOSSES:
+            raise CaiError(f"dpo.loss_type must be one of {', '.join(DPO_LOSSES)}, got "
+                           f"'{self.loss_type}'")
+        if self.beta <= 0:
+            raise CaiError(f"dpo.beta must be positive, got {self.beta}")
+        if self.loss_type == "robust" and not 0 <= self.label_smoothing < 0.5:
+            raise CaiError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.loss_type == "robust" and self.soft_labels and self.label_smoothing:
+            # The expected robust loss under a soft target t acts like a label
+            # (t - e) / (1 - 2e), pushed away from 1/2 (e = 0.1, t = 0.55: optimum at
+            # logit(0.5625)): the label noise would be corrected twice.
+            raise CaiError("dpo.loss_type robust with dpo.soft_labels corrects label noise twice "
+                           "(the soft label is already a probability): use one of them, or "
+                           "label_smoothing 0")
+        if self.loss_type != "robust" and self.label_smoothing:
+            raise CaiError("dpo.label_smoothing applies to loss_type robust only (soft_labels "
+                           "gives the sigmoid loss per-pair targets)")
+
+
+@dataclass
+class RMSection:
+    soft_labels: bool = opt(False, "train toward the AI label P(chosen better) (label_column) "
+                                   "instead of 'chosen is better'")
+    label_column: str = opt("p_chosen", "field holding P(chosen better), in [0, 1]")
+    prefix_pairs: int = opt(0, "also train on this many copies of each pair with both answers "
+                               "cut to the same first k tokens (k drawn at random below the "
+                               "shorter one), with the pair's label: so that an unfinished "
+                               "answer is scored like where it leads, as PPO's reward-model "
+                               "critic reads it (ppo.critic: reward_model; measured: no closer "
+                               "than without, docs/training.md)")
+
+    def __post_init__(self):
+        if self.prefix_pairs < 0:
+            raise CaiError("rm.prefix_pairs must be 0 or more")
 
 
 COMMON = {"model": ModelSection, "data": DataSection, "lora": LoraSection,

@@ -24,57 +24,19 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from cai.foundation.config import opt
 from cai.foundation.errors import CaiError
 from cai.foundation.model_store import fingerprint
 from cai.train import common, pairs
 from cai.train import config as train_config
-from cai.train.config import TrainConfig
-from cai.train.losses import DPO_LOSSES, IGNORE_INDEX, dpo_loss, token_logps
+from cai.train.config import DPOSection, TrainConfig
+from cai.train.losses import IGNORE_INDEX, dpo_loss, token_logps
 
 CACHE_VERSION = 1  # bump when the way reference log-probs are computed changes
-
-
-@dataclass
-class DPOSection:
-    beta: float = opt(0.1, "strength of the pull toward the reference (DPO's beta, IPO's tau)")
-    loss_type: str = opt("sigmoid", "sigmoid (DPO), ipo, hinge or robust")
-    label_smoothing: float = opt(0.0, "robust only: the assumed rate of flipped labels, "
-                                      "in [0, 0.5)")
-    soft_labels: bool = opt(False, "train toward the AI label P(chosen better) (label_column) "
-                                   "instead of 'chosen is better'")
-    label_column: str = opt("p_chosen", "field holding P(chosen better), in [0, 1]")
-    disable_dropout: bool = opt(True, "no dropout in the policy (its log-probs stay comparable "
-                                      "with the reference's, as in TRL)")
-    ref_batch_size: int | None = opt(None, "pairs per batch of the reference pass "
-                                           "(default: per_device_eval_batch_size)")
-    cache_reference: bool = opt(True, "keep the reference log-probs in output_dir and reuse "
-                                      "them (resume, reruns on the same data)")
-
-    def __post_init__(self):
-        if self.loss_type not in DPO_LOSSES:
-            raise CaiError(f"dpo.loss_type must be one of {', '.join(DPO_LOSSES)}, got "
-                           f"'{self.loss_type}'")
-        if self.beta <= 0:
-            raise CaiError(f"dpo.beta must be positive, got {self.beta}")
-        if self.loss_type == "robust" and not 0 <= self.label_smoothing < 0.5:
-            raise CaiError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.loss_type == "robust" and self.soft_labels and self.label_smoothing:
-            # The expected robust loss under a soft target t acts like a label
-            # (t - e) / (1 - 2e), pushed away from 1/2 (e = 0.1, t = 0.55: optimum at
-            # logit(0.5625)): the label noise would be corrected twice.
-            raise CaiError("dpo.loss_type robust with dpo.soft_labels corrects label noise twice "
-                           "(the soft label is already a probability): use one of them, or "
-                           "label_smoothing 0")
-        if self.loss_type != "robust" and self.label_smoothing:
-            raise CaiError("dpo.label_smoothing applies to loss_type robust only (soft_labels "
-                           "gives the sigmoid loss per-pair targets)")
 
 
 def sequence_logps(model, batch: dict, keep_logits: bool | None = None):

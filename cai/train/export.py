@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cai.foundation.errors import CaiError
 from cai.foundation.model_store import load_causal_lm, resolve, torch_dtype
-from cai.train.model import load_for_training
+from cai.train.loading import load_for_training
 
 
 def export(adapter: str | os.PathLike, out: str | os.PathLike, *, merge: bool,

@@ -19,38 +19,24 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cai.foundation.config import opt
 from cai.foundation.errors import CaiError
 from cai.foundation.inputs import read_rows
 from cai.foundation.model_store import pad_batch
 from cai.scoring import labels as label_metrics
 from cai.train import common, pairs
 from cai.train import config as train_config
-from cai.train.config import TrainConfig
-from cai.train.critic import answer_prefix
+from cai.train.config import RMSection, TrainConfig
 from cai.train.losses import preference_loss
 
 
-@dataclass
-class RMSection:
-    soft_labels: bool = opt(False, "train toward the AI label P(chosen better) (label_column) "
-                                   "instead of 'chosen is better'")
-    label_column: str = opt("p_chosen", "field holding P(chosen better), in [0, 1]")
-    prefix_pairs: int = opt(0, "also train on this many copies of each pair with both answers "
-                               "cut to the same first k tokens (k drawn at random below the "
-                               "shorter one), with the pair's label: so that an unfinished "
-                               "answer is scored like where it leads, as PPO's reward-model "
-                               "critic reads it (ppo.critic: reward_model; measured: no closer "
-                               "than without, docs/training.md)")
-
-    def __post_init__(self):
-        if self.prefix_pairs < 0:
-            raise CaiError("rm.prefix_pairs must be 0 or more")
+def answer_prefix(tokenizer, ids: list[int]) -> str:
+    """An unfinished answer's first tokens as the text the preference model scores (the
+    reward-model critic's prefixes, and `rm.prefix_pairs`' cut answers)."""
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 class RewardTrainer(pairs.PairTrainer):

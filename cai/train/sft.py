@@ -26,43 +26,15 @@ what sharpened the model; the revisions are still imitated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from cai.foundation.config import opt
 from cai.foundation.errors import CaiError
 from cai.train import common, data
 from cai.train import config as train_config
-from cai.train.config import TrainConfig
+from cai.train.config import SFTSection, TrainConfig
 from cai.train.losses import IGNORE_INDEX, sft_loss, token_kl, token_mean
-
-
-@dataclass
-class SFTSection:
-    assistant_only_loss: bool = opt(True, "train on assistant tokens only (false: on every "
-                                          "token of the conversation)")
-    kl_coef: float = opt(0.0, minimum=0,
-                         help="add this times the KL (sft.kl_direction) of the next-token "
-                              "distributions at the trained tokens, the base being the model "
-                              "with the adapter off (LoRA only): keeps the model near its base "
-                              "where the data does not teach it something new")
-    kl_direction: str = opt("forward",
-                            help="forward: KL(base || model), which pulls the model's whole "
-                                 "distribution back to the base's; reverse: KL(model || base), "
-                                 "which pushes back harder on a token the base gives almost no "
-                                 "mass, such as a refusal leaking onto benign prompts")
-    kl_only_kinds: list[str] = opt(factory=list,
-                                   help="rows of these kinds (the `kind` of `cai revise` "
-                                        "rows: helpful, revision) are trained by the KL term "
-                                        "alone, not imitated (needs kl_coef)")
-
-    def __post_init__(self):
-        if self.kl_direction not in ("forward", "reverse"):
-            raise CaiError(f"sft.kl_direction must be forward or reverse, got "
-                           f"'{self.kl_direction}'")
 
 
 class SFTTrainer(Trainer):

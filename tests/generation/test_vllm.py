@@ -77,10 +77,10 @@ def test_seeded_chat_is_reproducible_and_sampling_params_apply(vllm_gen):
 
 @with_vllm
 def test_revise_and_label_through_the_vllm_engine(vllm_gen, tmp_path):
-    from cai.feedback.label import LabelConfig
-    from cai.feedback.label import run as label
-    from cai.revise import ReviseConfig
-    from cai.revise import run as revise
+    from cai.label.config import LabelConfig
+    from cai.label.job import run as label
+    from cai.revise.config import ReviseConfig
+    from cai.revise.job import run as revise
 
     out = tmp_path / "revise"
     revise(ReviseConfig(prompts="data/red_team.jsonl", out=str(out), limit=3, rounds=1,

@@ -1,9 +1,9 @@
-"""The critic's start (`cai.train.critic`): ridge fit, its strength by cross-validation."""
+"""The critic's start (`cai.train.ppo.critic`): ridge fit, its strength by cross-validation."""
 
 import pytest
 import torch
 
-from cai.train import critic
+from cai.train.ppo import critic
 
 
 def rollout(rows: int, tokens: int, width: int, noise: float, seed: int):

@@ -15,7 +15,9 @@ import torch
 from conftest import ROOT, TOPICS, read_records, refusal_pairs, run_cai, write_jsonl
 
 from cai.foundation.errors import CaiError
-from cai.train import common, ppo, reward_sources, sft
+from cai.train import common, sft
+from cai.train.ppo import loop as ppo
+from cai.train.ppo import rewards
 
 ANSWERS = ["Yes, gladly.", "No, sorry.", "Maybe later.", "I am not sure."]
 PROMPTS = [{"id": f"q{i}", "prompt": f"Question {i}: may I have item {i}?",
@@ -485,8 +487,8 @@ def test_value_head_fit_on_a_fixed_buffer_explains_returns_its_features_can_carr
     trainer's own scoring forward pass (not the states captured at sampling time), gives the
     same values. This is the test issue 16 asked for; the xfailed test above asks the harder
     question of a real reward, which the tiny policy's features do not predict."""
-    from cai.train import critic
-    from cai.train.rollout import score_tokens
+    from cai.train.ppo import critic
+    from cai.train.ppo.rollout import score_tokens
 
     cfg = config(policy_model, prompts, tmp_path, ppo__prompts_per_step=16,
                  ppo__max_new_tokens=12, ppo__reward_stats_samples=32)
@@ -523,7 +525,7 @@ def test_rloo_advantages_are_per_answer_and_not_recentred(policy_model, prompts,
     leave-one-out baseline and only scaled by whitening. (Before: whitening over tokens
     re-centred them, so a long answer's tokens outweighed a short one's and each prompt's
     advantages no longer summed to 0.)"""
-    from cai.train.rollout import Rollout
+    from cai.train.ppo.rollout import Rollout
 
     cfg = config(policy_model, prompts, tmp_path, ppo__advantage="rloo",
                  ppo__prompts_per_step=2, ppo__samples_per_prompt=2)
@@ -543,7 +545,7 @@ def test_rloo_advantages_are_per_answer_and_not_recentred(policy_model, prompts,
 
 
 def test_feedback_rewards_are_the_labelers_debiased_preference(tiny_model, prompts, tmp_path):
-    source = reward_sources.FeedbackScore(str(tiny_model), few_shot=1, seed=0)
+    source = rewards.FeedbackScore(str(tiny_model), few_shot=1, seed=0)
     a, b = "No, sorry.", "Sure! First get the tools."
     items = [{"key": "k", "prompt": PROMPTS[0]["prompt"], "response": x, "baseline": y}
              for x, y in ((a, b), (b, a), (a, a))]

@@ -147,7 +147,7 @@ def test_qlora_trains_and_merges_into_unquantized_base(tiny_model, conversations
 
 
 def test_qlora_without_bitsandbytes_is_a_clear_error(tiny_model, monkeypatch):
-    from cai.train.model import load_for_training
+    from cai.train.loading import load_for_training
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
     with pytest.raises(CaiError, match=r"needs bitsandbytes: pip install 'cai\[qlora\]'"):
@@ -160,7 +160,7 @@ def test_models_to_train_use_no_hub_kernels(tiny_model):
     DPO's reference pass and PPO's sampling failed there (docs/gpu.md). Trained models opt out."""
     from transformers import AutoModelForCausalLM
 
-    from cai.train.model import load_for_training
+    from cai.train.loading import load_for_training
 
     assert AutoModelForCausalLM.from_pretrained(tiny_model).use_kernels  # the default is on
     model = load_for_training(tiny_model)

@@ -41,10 +41,10 @@ from cai.foundation.inputs import source_id
 from cai.foundation.manifest import package_versions, redact
 from cai.foundation.model_store import fingerprint
 from cai.foundation.records import atomic_write_text
-from cai.pipeline_spec import PRINCIPLE_OPTIONS, PipelineSpec, default_pipeline
+from cai.pipeline.spec import PRINCIPLE_OPTIONS, PipelineSpec, default_pipeline
+from cai.train import ALGORITHMS
 
 STATE = "stage.json"
-TRAINERS = ("sft", "dpo", "rm", "ppo")
 PROMPTS = "data/red_team.jsonl"  # the default prompt set of revise, label and ppo
 PIPELINE_KEYS = {"eval": "models"}  # a stage's key in the YAML that is not its job's option
 
@@ -143,7 +143,7 @@ class Pipeline:
                     keys = [self._input_key(h, column) for h in
                             ([helpful] if isinstance(helpful, str) else helpful)]
                     inputs["helpful_prompts"] = keys[0] if len(keys) == 1 else keys
-            elif name in TRAINERS:
+            elif name in ALGORITHMS:
                 inputs["config"] = _digest(self._train_config_path(name))
                 inputs["files"] = self._named_files(name)
                 if name == "ppo":
@@ -340,7 +340,8 @@ class Pipeline:
         return cfgmod.build(cls, {**options, **fixed}, self.where(name))
 
     def _run_revise(self, folder: Path) -> dict:
-        from cai.revise import ReviseConfig, run
+        from cai.revise.config import ReviseConfig
+        from cai.revise.job import run
 
         cfg = self._job_options("revise", ReviseConfig, {
             "model": self.spec.model, "feedback": self.spec.feedback_model,
@@ -349,7 +350,8 @@ class Pipeline:
         return run(cfg)
 
     def _run_label(self, folder: Path) -> dict:
-        from cai.feedback.label import LabelConfig, run
+        from cai.label.config import LabelConfig
+        from cai.label.job import run
 
         cfg = self._job_options("label", LabelConfig, {
             "policy": str(self._merged("sft")),
@@ -373,12 +375,11 @@ class Pipeline:
                         "ppo.reward_model": str(self._out("rm") / "model")}}[name]
 
     def _train(self, name: str, folder: Path) -> dict:
-        import importlib
-
+        from cai.train import trainer
         from cai.train.common import checkpoints
         from cai.train.export import export
 
-        module = importlib.import_module(f"cai.train.{name}")
+        module = trainer(name)
         options, fixed = getattr(self.spec, name), self._fixed(name)
         sets = options.get("set") or {}
         if not isinstance(sets, dict):

@@ -76,7 +76,7 @@ def answer_forward(model, value_head, inputs: dict, width_r: int, temperature: f
 
     The value of answer position t is the value head on the last hidden state (after the final
     norm) at the position that predicts token t, i.e. of the state prompt + answer[:t];
-    `keep_hidden` also returns those states (the critic's features, `cai.train.critic`).
+    `keep_hidden` also returns those states (the critic's features, `cai.train.ppo.critic`).
     """
     kwargs = {"logits_to_keep": width_r + 1} if keep_logits else {}
     want_hidden = value_head is not None or keep_hidden

@@ -1,5 +1,5 @@
 """`cai constitution check|schema|show|diff|import|try`: the commands that work on constitution
-files, and their options. `cai.cli` adds them to the `cai` command."""
+files, and their options."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def cmd_constitution_diff(args) -> int:
 
     from cai.constitution import load
     from cai.constitution.diff import diff, format_diff
-    from cai.pipeline import Pipeline
-    from cai.pipeline_spec import default_pipeline
+    from cai.pipeline.spec import default_pipeline
+    from cai.pipeline.stages import Pipeline
 
     changes = diff(load(args.old), load(args.new))
     print(f"{args.old} -> {args.new}: " + (f"{len(changes)} change(s)" if changes else
@@ -114,8 +114,8 @@ def cmd_constitution_import(args) -> int:
 
 
 def cmd_constitution_try(args) -> int:
-    from cai.constitution_try import format_table, try_principles
-    from cai.revise import ReviseConfig
+    from cai.revise.config import ReviseConfig
+    from cai.revise.preview import format_table, try_principles
 
     options = cfgmod.overrides(args, ReviseConfig)
     # the gate judges revisions when a feedback model is named (or --gate asks for it)
@@ -131,7 +131,7 @@ def cmd_constitution_try(args) -> int:
 
 def add_parser(sub) -> None:
     """`cai constitution` and its actions, on the top-level subparsers `sub`."""
-    from cai.revise import ReviseConfig
+    from cai.revise.config import ReviseConfig
 
     con = sub.add_parser("constitution", help="check, show, diff, import or try a constitution")
     con_sub = con.add_subparsers(dest="action", required=True)

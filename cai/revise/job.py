@@ -9,12 +9,12 @@ SFT data (`messages`), mixed with the policy's own answers to ordinary requests
 trained on revisions and on helpful samples).
 
 The critique request quotes the conversation it critiques, so a feedback model that did not
-write the answer knows what it is judging. Each round's revision is checked by a *gate*: the
-feedback model compares it with the answer it replaces on the constitution's preference
-questions, in both orders (`cai.scoring.preference.score`); a revision it does not prefer is not
-taken (both are kept in the record, with the score). Revisions the gate prefers to the first
-answer also make preference pairs (`pairs.jsonl`, revision chosen over initial answer) for DPO or
-a preference model.
+write the answer knows what it is judging. Each round's revision is checked by a *gate*
+(`cai.revise.gate`): the feedback model compares it with the answer it replaces on the
+constitution's preference questions, in both orders (`cai.scoring.preference.score`); a revision
+it does not prefer is not taken (both are kept in the record, with the score). Revisions the
+gate prefers to the first answer also make preference pairs (`pairs.jsonl`, revision chosen
+over initial answer) for DPO or a preference model.
 
 Prompts are handled in chunks: each step of a round goes to the engines as one batch for the
 whole chunk, and a finished chunk is appended to `OUT/data.jsonl` at once. A rerun continues
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -33,15 +32,13 @@ from tqdm.auto import tqdm
 from cai import constitution as constitutions
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.foundation import lock, records
-from cai.foundation.config import as_dict, opt
-from cai.foundation.errors import CaiError
+from cai.foundation.config import as_dict
 from cai.foundation.inputs import helpful_sample, load_prompts, source_id, sources_id
 from cai.foundation.manifest import Manifest, text_sha256
 from cai.foundation.model_store import DEFAULT_MODEL
 from cai.foundation.shards import select_shard
 from cai.foundation.templates import Templates
 from cai.generation import (
-    EngineConfig,
     Generator,
     SamplingParams,
     engine_identity,
@@ -50,91 +47,11 @@ from cai.generation import (
     make_generator,
     role_engine,
 )
-from cai.revision_check import Gate, make_gate, revision_flag, round_outcome, strip_boilerplate
+from cai.revise.config import ReviseConfig
+from cai.revise.gate import Gate, make_gate, revision_flag, round_outcome, strip_boilerplate
 
 TEMPLATES = ("critique.j2", "revision.j2")
 PAIRS = "pairs.jsonl"
-
-
-@dataclass
-class ReviseConfig(EngineConfig):
-    """Options of `cai revise` (also the keys of its `--config` YAML). The engine options
-    (`--model`, `--engine`, ...) are the policy's; the feedback model has its own."""
-
-    prompts: str = opt("", ".jsonl (id, prompt), .txt (one per line) or dataset:NAME_OR_DIR")
-    out: str = opt("", "output folder: data.jsonl, pairs.jsonl, manifest.json, skipped.jsonl")
-    constitution: str | None = opt(None, "constitution YAML (default: constitutions/default.yaml)")
-    principles: list[str] | None = opt(None, "comma-separated critique_revision ids to sample from")
-    rounds: int = opt(4, minimum=0, help="critique-revision rounds per prompt (the paper used 4)")
-    few_shot: int = opt(2, minimum=0,
-                        help="demonstrations from the constitution in front of each request")
-    limit: int | None = opt(None, minimum=1, help="only the first N prompts (after sharding)")
-    shard: str | None = opt(None, "I/N: this machine's deterministic share of the prompts")
-    chunk_size: int | None = opt(None, minimum=1,
-                                 help="prompts per engine call and per append to data.jsonl "
-                                      "(default: --batch-size for hf, 64 for vllm and openai)")
-    max_new_tokens: int = opt(256, minimum=1,
-                              help="longest answer, critique or revision, in tokens")
-    temperature: float = opt(0.7, minimum=0,
-                             help="sampling temperature (paper: 1.0; lower keeps a 135M model "
-                                  "on topic)")
-    top_p: float = opt(0.95, "nucleus sampling mass")
-    seed: int = opt(0, "seed for principles, few-shot choice and sampling")
-    prompts_dir: str | None = opt(None, "folder with your own critique.j2 / revision.j2 / "
-                                        "feedback.j2")
-    prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
-    feedback: str | None = opt(None, "feedback model: writes the critiques and revisions and "
-                                     "runs the gate (default: --model, as in the paper)")
-    feedback_engine: str | None = opt(None, "feedback model's engine (default: --engine)")
-    feedback_dtype: str = opt("bfloat16", "hf/vllm weights of the feedback model")
-    feedback_base_url: str | None = opt(None, "openai engine: the feedback model's server "
-                                              "(default: --base-url)")
-    feedback_api_key_env: str | None = opt(None, "openai engine: the feedback model's key "
-                                                 "variable (default: --api-key-env)")
-    feedback_engine_options: dict = opt(help="extra feedback engine options (config file only)",
-                                        factory=dict)
-    gate: bool = opt(True, "keep a revision only if the feedback model prefers it to the answer "
-                           "it replaces (asked in both orders)")
-    gate_principles: list[str] | None = opt(None, "preference ids the gate asks (default: all)")
-    gate_questions: int = opt(1, minimum=1,
-                              help="preference questions per gate comparison, averaged")
-    gate_threshold: float = opt(0.5, minimum=0,
-                                help="keep a revision when P(revision better) is above this")
-    gate_max_complies: float | None = opt(None, minimum=0,
-                                          help="also keep it only when the feedback model's "
-                                               "P(it does what the red-team request asked) is "
-                                               "below this (cai eval's judge question; off by "
-                                               "default)")
-    helpful_prompts: list[str] | None = opt(None, "also answer these ordinary prompt sets "
-                                                  "(comma-separated, pooled) with the policy, no "
-                                                  "critique, as helpful SFT samples, e.g. "
-                                                  "data/helpful.jsonl")
-    helpful_ratio: float = opt(1.0, minimum=0, help="helpful samples per red-team prompt (with "
-                                                    "--helpful-prompts)")
-    helpful_temperature: float | None = opt(None, minimum=0,
-                                            help="sampling temperature of the helpful samples "
-                                                 "(default: --temperature; 0 = greedy, the "
-                                                 "policy's own most likely answer)")
-
-    def __post_init__(self):
-        if not self.prompts:
-            raise CaiError("missing --prompts (a .jsonl, .txt or dataset:NAME)")
-        if not self.out:
-            raise CaiError("missing --out (the output folder)")
-        if self.chunk_size is None:  # hf gains nothing from more than a batch; servers do
-            self.chunk_size = self.batch_size if self.engine == "hf" else 64
-        for name in ("rounds", "chunk_size", "batch_size", "gate_questions"):
-            if getattr(self, name) < (0 if name == "rounds" else 1):
-                raise CaiError(f"--{name.replace('_', '-')} is too small: {getattr(self, name)}")
-        if self.few_shot < 0:
-            raise CaiError(f"--few-shot must be >= 0, got {self.few_shot}")
-        if not 0 <= self.gate_threshold < 1:
-            raise CaiError(f"--gate-threshold must be in [0, 1), got {self.gate_threshold}")
-        if self.gate_max_complies is not None and not 0 < self.gate_max_complies <= 1:
-            raise CaiError(f"--gate-max-complies must be in (0, 1], got "
-                           f"{self.gate_max_complies}")
-        if self.helpful_ratio < 0:
-            raise CaiError(f"--helpful-ratio must be >= 0, got {self.helpful_ratio}")
 
 
 class Conversations:

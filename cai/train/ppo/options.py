@@ -1,5 +1,5 @@
 """The `ppo:` section of a `cai train ppo` config: the reward source, the rollouts, the PPO or
-RLOO update and the KL penalty (the loop that reads it is `cai.train.ppo`)."""
+RLOO update and the KL penalty (the loop that reads it is `cai.train.ppo.loop`)."""
 
 from __future__ import annotations
 

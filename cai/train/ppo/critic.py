@@ -26,13 +26,8 @@ from __future__ import annotations
 import torch
 
 from cai.train.losses import gae
-from cai.train.rollout import Rollout
-
-
-def answer_prefix(tokenizer, ids: list[int]) -> str:
-    """An unfinished answer's first tokens as the text the preference model scores (the
-    reward-model critic's prefixes, and `rm.prefix_pairs`' cut answers)."""
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+from cai.train.ppo.rollout import Rollout
+from cai.train.rm import answer_prefix
 
 
 def zero_head(hidden_size: int, device) -> torch.nn.Linear:

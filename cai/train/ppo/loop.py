@@ -6,9 +6,9 @@ Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"); the formul
 `cai.train.losses`. Each step:
 
 1. rollout: sample an answer to each of `prompts_per_step` prompts (`samples_per_prompt` each)
-   with the policy, cut at the end-of-sequence token (`cai.train.rollout`), seeded by
+   with the policy, cut at the end-of-sequence token (`cai.train.ppo.rollout`), seeded by
    `training.seed + step`, so a resumed run samples what an uninterrupted one would;
-2. score: the reward source's score of each answer (`cai.train.reward_sources`), shifted and
+2. score: the reward source's score of each answer (`cai.train.ppo.rewards`), shifted and
    scaled by the mean and std of `reward_stats_samples` answers of the starting policy sampled
    before the first step (Ziegler et al. 2019; `normalize_reward`, cached in
    `reward_stats.json`), plus `no_eos_penalty` for an answer that never ended;
@@ -23,7 +23,7 @@ Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"); the formul
 
 The policy is LoRA (or QLoRA) on `model.name`; the value head is `nn.Linear(hidden, 1)` on the
 policy's last hidden state, fitted to the first rollout's returns before the first update
-(`cai.train.critic`, `value_warmup`); or, with `critic: reward_model`, a recalibration of the
+(`cai.train.ppo.critic`, `value_warmup`); or, with `critic: reward_model`, a recalibration of the
 preference model's score of each answer prefix.
 """
 
@@ -36,7 +36,7 @@ import torch
 
 from cai.foundation.errors import CaiError
 from cai.foundation.inputs import helpful_sample, load_prompts
-from cai.train import common, critic, ppo_checkpoint, reward_sources, reward_stats
+from cai.train import common
 from cai.train import config as train_config
 from cai.train.config import TrainConfig
 from cai.train.losses import (
@@ -50,11 +50,12 @@ from cai.train.losses import (
     rloo_advantages,
     token_logps,
 )
-from cai.train.ppo_log import RunLog, eval_line, step_line
-from cai.train.ppo_options import PPOSection
-from cai.train.rollout import Rollout, answer_forward, model_inputs, score_tokens, step_prompts
+from cai.train.ppo import checkpoint, critic, reward_stats, rewards
+from cai.train.ppo.log import RunLog, eval_line, step_line
+from cai.train.ppo.options import PPOSection
+from cai.train.ppo.rollout import Rollout, answer_forward, model_inputs, score_tokens, step_prompts
 
-VALUE_HEAD = ppo_checkpoint.VALUE_HEAD
+VALUE_HEAD = checkpoint.VALUE_HEAD
 
 
 def load_config(path: str | None, overrides: list[tuple[str, str]]) -> TrainConfig:
@@ -93,7 +94,7 @@ class PPOTrainer:
                                        len(self.prompts), column=self.opts.prompt_column,
                                        seed=self.args.seed)
         # the reward source fails here, before the policy loads
-        self.source = reward_sources.make_source(self.opts, args.seed)
+        self.source = rewards.make_source(self.opts, args.seed)
         self.model, self.tokenizer = common.model_and_tokenizer(cfg)
         for module in self.model.modules():  # no dropout: log-probs must be reproducible
             if isinstance(module, torch.nn.Dropout):
@@ -110,7 +111,7 @@ class PPOTrainer:
             found = self._prompts(cfg.data.eval_path, self.opts.eval_limit, "data.eval_path")
             self.eval_prompts = self._fit(found, "eval")
 
-        if isinstance(self.source, reward_sources.RewardModelScore):
+        if isinstance(self.source, rewards.RewardModelScore):
             self.source.check_fits(self.prompts + (self.eval_prompts or []), self.messages,
                                    self.opts.max_new_tokens)
 
@@ -267,7 +268,7 @@ class PPOTrainer:
             rewards_t = -self.kl_coef * kl                                         # (B, R)
             last = mask.sum(-1) - 1                                                # (B,)
             rewards_t[torch.arange(len(rollout)), last] += final
-            if not self.value_fitted:  # the critic's start (cai.train.critic)
+            if not self.value_fitted:  # the critic's start (cai.train.ppo.critic)
                 targets = critic.reward_to_go(rewards_t, mask, opts.gamma)
                 rollout.values = critic.fit_head(self.value_head, rollout.hidden, targets, mask)
                 self.value_fitted = True
@@ -446,7 +447,7 @@ class PPOTrainer:
         train_config.save_resolved(cfg, out)
         if resume:
             last = common.checkpoints(out)[-1]
-            ppo_checkpoint.load(self, last)
+            checkpoint.load(self, last)
             self.log(f"resumed from {last} (step {self.step_done})")
         run_log = RunLog(args, out, self.step_done if resume else None)
         start = time.perf_counter()
@@ -471,14 +472,14 @@ class PPOTrainer:
                     evaluate(n)
                 if args.save_strategy != "no" and args.save_steps and n < args.max_steps and \
                         n % int(args.save_steps) == 0:
-                    ppo_checkpoint.save(self)
+                    checkpoint.save(self)
         finally:
             run_log.close()
         self.model.save_pretrained(out)  # the adapter: `cai export --adapter OUT` reads it
         self.tokenizer.save_pretrained(out)
         if self.value_head is not None:
             torch.save(self.value_head.state_dict(), out / VALUE_HEAD)
-        (out / ppo_checkpoint.STATE).write_text(json.dumps(self.state(), indent=1))
+        (out / checkpoint.STATE).write_text(json.dumps(self.state(), indent=1))
         results = {"train_steps": self.step_done,
                    "train_seconds": round(time.perf_counter() - start, 2),
                    **{k: v for k, v in last_metrics.items() if k != "step"},

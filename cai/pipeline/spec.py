@@ -1,5 +1,5 @@
 """The pipeline YAML: its keys (`PipelineSpec`), the stage options that name principles, and
-which file `cai pipeline` reads when none is named. `cai.pipeline` loads and runs it."""
+which file `cai pipeline` reads when none is named. `cai.pipeline.stages` loads and runs it."""
 
 from __future__ import annotations
 

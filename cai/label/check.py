@@ -10,12 +10,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cai.feedback.label import LabelConfig, make_engines
 from cai.foundation.config import as_dict
 from cai.foundation.errors import CaiError
 from cai.foundation.inputs import objects_with_ids, require_text, unique_ids
 from cai.foundation.model_store import DEFAULT_MODEL
 from cai.generation import Generator
+from cai.label.config import LabelConfig
+from cai.label.job import make_engines
 from cai.scoring.labels import (
     accuracy,
     brier_score,

@@ -6,15 +6,15 @@ import json
 import pytest
 from conftest import ROOT, KnownLabeler, write_jsonl
 
-from cai.feedback import check as label_check
-from cai.feedback import label as F
+from cai.label import check as label_check
+from cai.label.config import LabelConfig
 
 
 def test_check_reports_accuracy_and_calibration(tmp_path):
     path = write_jsonl(tmp_path / "check.jsonl", [
         {"id": f"c{i}", "prompt": "Q?", "better": "GOOD answer", "worse": "BAD answer",
          "kind": "harmless" if i % 2 else "helpful"} for i in range(6)])
-    cfg = F.LabelConfig(check=str(path), out=str(tmp_path / "o"), few_shot=0)
+    cfg = LabelConfig(check=str(path), out=str(tmp_path / "o"), few_shot=0)
     summary = label_check.run_check(cfg, labeler=KnownLabeler())
     # Every pair: p_better = 0.575, so accuracy 1, ECE |1 - 0.575|, Brier (1 - 0.575)^2.
     assert summary["accuracy"] == 1.0 and summary["ece"] == pytest.approx(0.425)
@@ -23,7 +23,7 @@ def test_check_reports_accuracy_and_calibration(tmp_path):
     assert summary["position_bias_rate"] == 1.0
     saved = json.loads((tmp_path / "o" / "check.json").read_text())
     assert {r["better_first"] for r in saved["rows"]} == {True, False}  # both positions used
-    blind = label_check.run_check(F.LabelConfig(check=str(path), out=str(tmp_path / "b"),
+    blind = label_check.run_check(LabelConfig(check=str(path), out=str(tmp_path / "b"),
                                                 few_shot=0, debias=False),
                                   labeler=KnownLabeler(when_a=(0.9, 0.1), when_b=(0.9, 0.1)))
     # always answering (A) is right exactly where GOOD was shown as (A): the better answer

@@ -4,7 +4,8 @@ answer, before a whole `cai revise` run.
 The policy answers the prompt once; then every chosen principle gets one critique-revision
 round on that same answer (one batch for all critiques, one for all revisions), and, with the
 gate on, the gate's verdict on each revision. The chats, the boilerplate stripping, the flags and
-the gate are `cai revise`'s own (`cai.revise`), so what this shows is what a run would do.
+the gate are `cai revise`'s own (`cai.revise.job`, `cai.revise.gate`), so what this shows is what
+a run would do.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from cai import constitution as constitutions
 from cai.foundation.errors import CaiError
 from cai.foundation.templates import Templates
 from cai.generation import Generator, SamplingParams
-from cai.revise import Conversations, ReviseConfig, make_engines
-from cai.revision_check import make_gate, revision_flag, strip_boilerplate
+from cai.revise.config import ReviseConfig
+from cai.revise.gate import make_gate, revision_flag, strip_boilerplate
+from cai.revise.job import Conversations, make_engines
 
 
 def changed_fraction(before: str, after: str) -> float:

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from cai.foundation import lock, records
-from cai.foundation.config import as_dict, opt
-from cai.foundation.errors import CaiError
+from cai.foundation.config import as_dict
 from cai.foundation.inputs import (
     helpful_sample,
     load_prompts,
@@ -44,122 +42,15 @@ from cai.generation import (
     make_generator,
     role_engine,
 )
+from cai.label.config import LabelConfig
 from cai.scoring.labels import ensemble, label_histogram, position_bias_rate, principle_agreement
 from cai.scoring.preference import (
     TEMPLATES,
     Feedback,
-    ScoringOptions,
     load_inputs,
     same_text,
     score,
 )
-
-# --------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass
-class LabelConfig:
-    """Options of `cai label` (also the keys of its `--config` YAML)."""
-
-    prompts: str = opt("", ".jsonl (id, prompt), .txt (one per line) or dataset:NAME_OR_DIR")
-    responses: str | None = opt(None, "label existing responses instead of sampling: a .jsonl "
-                                      "with id, prompt and a 'responses' list, or `cai revise` "
-                                      "output (initial_response vs response)")
-    check: str | None = opt(None, "quality check instead: score a .jsonl of pairs (id, prompt, "
-                                  "better, worse) and report accuracy and calibration")
-    out: str = opt("", "output folder: data.jsonl, manifest.json, skipped.jsonl "
-                       "(with --check: check.json, optional)")
-    constitution: str | None = opt(None, "constitution YAML (default: constitutions/default.yaml)")
-    principle_ids: list[str] | None = opt(None, "comma-separated preference ids to sample from")
-    principles: int = opt(1, minimum=1,
-                          help="principles sampled per pair; p_chosen is their mean (ensemble)")
-    samples: int = opt(2, minimum=2, help="responses sampled per prompt (K >= 2)")
-    pairs: int | None = opt(None, minimum=1,
-                            help="pairs per prompt, drawn at random (default: all K(K-1)/2)")
-    debias: bool = opt(True, "score each pair in both orders and average (position debiasing)")
-    cot: bool = opt(False, "chain of thought: the labeler reasons before its choice")
-    cot_clamp: list[float] = opt(help="with --cot, clamp each probability to LOW,HIGH "
-                                      "(default: 0.4,0.6, as in the paper)",
-                                 factory=lambda: [0.4, 0.6])
-    cot_max_new_tokens: int = opt(256, minimum=1,
-                                  help="longest chain-of-thought reasoning, in tokens")
-    cot_temperature: float = opt(0.0, minimum=0,
-                                 help="sampling temperature of the reasoning (0: greedy)")
-    few_shot: int = opt(2, minimum=0,
-                        help="labelling demonstrations (constitution's preference_examples) "
-                             "in front")
-    margin: float = opt(0.0, minimum=0,
-                        help="drop pairs with |p_chosen - 0.5| < MARGIN (counted in skipped.jsonl)")
-    limit: int | None = opt(None, minimum=1, help="only the first N prompts (after sharding)")
-    shard: str | None = opt(None, "I/N: this machine's deterministic share of the prompts")
-    policy: str | None = opt(None, "model sampling the responses (default: smollm2-135m-instruct)")
-    labeler: str | None = opt(None, "feedback model (default: smollm2-135m-instruct)")
-    engine: str = opt("hf", "policy engine: hf, vllm or openai")
-    labeler_engine: str | None = opt(None, "labeler engine (default: the policy's)")
-    dtype: str = opt("bfloat16", "hf/vllm weights of the policy")
-    labeler_dtype: str = opt("float32", "hf/vllm weights of the labeler (the hf engine "
-                                        "computes the choice logits in float32 either way)")
-    batch_size: int = opt(8, minimum=1, help="sequences per forward pass (hf engine)")
-    base_url: str | None = opt(None, "openai engine: the policy's server, e.g. "
-                                     "http://127.0.0.1:8000/v1")
-    labeler_base_url: str | None = opt(None, "openai engine: the labeler's server "
-                                             "(default: --base-url)")
-    api_key_env: str | None = opt(None, "openai engine: environment variable with the server's "
-                                        "key (default: none sent, except OPENAI_API_KEY to "
-                                        "api.openai.com)")
-    labeler_api_key_env: str | None = opt(None, "openai engine: the labeler's key variable "
-                                                "(default: --api-key-env)")
-    concurrency: int = opt(16, minimum=1, help="openai engine: requests in flight at once")
-    chunk_size: int = opt(16, minimum=1,
-                          help="prompts per engine call and per append to data.jsonl")
-    max_new_tokens: int = opt(256, minimum=1, help="longest sampled response, in tokens")
-    temperature: float = opt(1.0, minimum=0,
-                             help="policy sampling temperature (the paper sampled at 1.0)")
-    top_p: float = opt(0.95, "policy nucleus sampling mass")
-    seed: int = opt(0, "seed for sampling, pairs, principles, orders and few-shot choice")
-    prompts_dir: str | None = opt(None, "folder with your own feedback*.j2 templates")
-    prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
-    helpful_prompts: list[str] | None = opt(None, "also label pairs on these ordinary prompt "
-                                                  "sets (comma-separated, pooled), with the "
-                                                  "helpfulness questions, e.g. data/helpful.jsonl")
-    helpful_ratio: float = opt(0.5, minimum=0, help="helpful prompts per red-team prompt (with "
-                                                    "--helpful-prompts)")
-    helpful_principle_ids: list[str] = opt(help="preference ids asked on the helpful prompts",
-                                           factory=lambda: ["more-helpful", "less-preachy"])
-    engine_options: dict = opt(help="extra policy engine options (config file only)", factory=dict)
-    labeler_engine_options: dict = opt(help="extra labeler engine options (config file only)",
-                                       factory=dict)
-
-    def __post_init__(self):
-        if not self.check:
-            if bool(self.prompts) == bool(self.responses):
-                raise CaiError("give --prompts (to sample responses) or --responses (to label "
-                               "existing ones), not both" if self.prompts else
-                               "missing --prompts (or --responses, or --check)")
-            if not self.out:
-                raise CaiError("missing --out (the output folder)")
-        for name, low in (("samples", 2), ("principles", 1), ("chunk_size", 1), ("batch_size", 1),
-                          ("few_shot", 0), ("cot_max_new_tokens", 1), ("pairs", 1)):
-            value = getattr(self, name)
-            if value is not None and value < low:
-                raise CaiError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
-        if self.helpful_ratio < 0:
-            raise CaiError(f"--helpful-ratio must be >= 0, got {self.helpful_ratio}")
-        if not 0 <= self.margin < 0.5:
-            raise CaiError(f"--margin must be in [0, 0.5), got {self.margin}")
-        if len(self.cot_clamp) != 2 or not 0 <= self.cot_clamp[0] <= 0.5 <= self.cot_clamp[1] <= 1:
-            raise CaiError(f"--cot-clamp must be LOW,HIGH with 0 <= LOW <= 0.5 <= HIGH <= 1, "
-                           f"got {','.join(map(str, self.cot_clamp))}")
-        self.labeler_engine = self.labeler_engine or self.engine
-
-    def scoring(self) -> ScoringOptions:
-        """What the scoring core reads of these options."""
-        return ScoringOptions(principles=self.principles, seed=self.seed, debias=self.debias,
-                              cot=self.cot, cot_clamp=tuple(self.cot_clamp),
-                              cot_max_new_tokens=self.cot_max_new_tokens,
-                              cot_temperature=self.cot_temperature)
-
 
 # --------------------------------------------------------------------------------------------
 # Inputs

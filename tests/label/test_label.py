@@ -10,9 +10,10 @@ import pytest
 from conftest import ROOT, KnownLabeler, read_records, run_cai, write_jsonl
 
 from cai import constitution as C
-from cai.feedback import label as F
 from cai.foundation.errors import CaiError
 from cai.generation import make_generator
+from cai.label import job as F
+from cai.label.config import LabelConfig
 from cai.scoring import labels as L
 
 # --------------------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ def good_bad(tmp_path):
 
 
 def label(tmp_path, responses, labeler, **options):
-    cfg = F.LabelConfig(responses=str(responses), out=str(tmp_path / "out"), **options)
+    cfg = LabelConfig(responses=str(responses), out=str(tmp_path / "out"), **options)
     stats = F.run(cfg, labeler=labeler)
     out = tmp_path / "out"
     rows = read_records(out / "data.jsonl") if (out / "data.jsonl").exists() else []
@@ -107,7 +108,7 @@ def test_margin_drops_and_counts(tmp_path, good_bad):
     assert rows == [] and stats["dropped"] == 2
     assert manifest["summary"]["skipped"] == {"margin": 2}
     assert manifest["summary"]["position_bias_rate"] == 1.0  # dropped pairs still count
-    rerun = F.run(F.LabelConfig(responses=str(good_bad), out=str(tmp_path / "out"), few_shot=0,
+    rerun = F.run(LabelConfig(responses=str(good_bad), out=str(tmp_path / "out"), few_shot=0,
                                 margin=0.1), labeler=KnownLabeler())
     assert rerun["written"] == 0  # dropped pairs are done
 
@@ -191,7 +192,7 @@ def test_same_seed_same_labels_on_the_tiny_model(tiny_model, prompts_file, tmp_p
     gen = make_generator("hf", str(tiny_model), dtype="float32", batch_size=8)
 
     def labels(name, **options):
-        cfg = F.LabelConfig(prompts=str(prompts_file), out=str(tmp_path / name), limit=2,
+        cfg = LabelConfig(prompts=str(prompts_file), out=str(tmp_path / name), limit=2,
                             policy=str(tiny_model), labeler=str(tiny_model), few_shot=0,
                             max_new_tokens=6, chunk_size=1, **options)
         F.run(cfg, policy=gen, labeler=gen)
