@@ -20,6 +20,7 @@ import typing
 from pathlib import Path
 
 from cai import ROOT
+from cai.foundation.config import options
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 #: The comment that points editors at a file's schema (a path relative to the YAML file).
@@ -48,22 +49,20 @@ def type_schema(hint) -> dict:
 
 
 def dataclass_schema(cls, description: str = "") -> dict:
-    """An object schema from a dataclass of options: one property per field, with its type,
-    default, help and floor (`cai.foundation.config.opt`); unknown keys are errors, as in
-    the loaders."""
-    hints = typing.get_type_hints(cls)
+    """An object schema from a dataclass of options: one property per option (a role's too, by
+    its flat key), with its type, default, help and floor (`cai.foundation.config.opt`);
+    unknown keys are errors, as in the loaders."""
     properties = {}
-    for f in dataclasses.fields(cls):
-        prop = type_schema(hints[f.name])
-        if f.metadata.get("help"):
-            prop["description"] = f.metadata["help"]
-        if f.metadata.get("minimum") is not None:  # the loader's floor (`opt(minimum=...)`)
-            prop["minimum"] = f.metadata["minimum"]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
-            else f.default
+    for o in options(cls):
+        prop = type_schema(o.hint)
+        if o.help:
+            prop["description"] = o.help
+        if o.minimum is not None:  # the loader's floor (`opt(minimum=...)`)
+            prop["minimum"] = o.minimum
+        default = o.factory() if o.factory is not None else o.default
         if default is not dataclasses.MISSING and default not in (None, "", {}):
             prop["default"] = default
-        properties[f.name] = prop
+        properties[o.key] = prop
     out = {"type": "object", "additionalProperties": False, "properties": properties}
     return {"description": description, **out} if description else out
 

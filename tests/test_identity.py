@@ -6,9 +6,9 @@ import json
 
 from conftest import make_tiny_model, read_records, run_cai
 
-from cai.generation import EngineConfig, engine_identity, engine_kwargs, role_engine
+from cai.generation import Role, engine_identity, engine_kwargs
 from cai.label.config import LabelConfig
-from cai.label.job import policy_engine_kwargs
+from cai.label.job import labeler_engine
 
 QUICK = ["--rounds", 1, "--no-gate", "--max-new-tokens", 4, "--dtype", "float32", "--few-shot", 0]
 
@@ -63,18 +63,18 @@ def test_the_server_and_engine_options_are_part_of_the_identity(tiny_model):
                       engine="openai", base_url="http://alice:s3cret@gpu-1:8000/v1",
                       labeler_base_url="http://gpu-2:8000/v1",
                       engine_options={"served_model": "org/model", "tokenizer": "tok-dir"})
-    policy = engine_identity("policy", cfg.engine, cfg.policy, policy_engine_kwargs(cfg))
+    policy = engine_identity("policy", cfg.policy, engine_kwargs(cfg.policy))
     assert policy == {"policy.engine": "openai", "policy.fingerprint": "served-name",
                       "policy.base_url": "http://gpu-1:8000/v1",
                       "policy.served_model": "org/model", "policy.tokenizer": "tok-dir"}
-    engine, model, kwargs = role_engine(cfg, "labeler")
-    labeler = engine_identity("labeler", engine, model, kwargs)
+    labeler = engine_identity("labeler", *labeler_engine(cfg))
     assert labeler["labeler.base_url"] == "http://gpu-2:8000/v1"
-    cfg.labeler_base_url = "http://gpu-3:8000/v1"  # another server: another identity
-    assert engine_identity("labeler", *role_engine(cfg, "labeler")) != labeler
+    cfg.labeler.base_url = "http://gpu-3:8000/v1"  # another server: another identity
+    assert engine_identity("labeler", *labeler_engine(cfg)) != labeler
     # how fast records come is not part of what they are
-    fast = engine_kwargs(EngineConfig(model="m", dtype="float32", batch_size=64))
-    slow = engine_kwargs(EngineConfig(model="m", dtype="float32", batch_size=1))
-    assert engine_identity("p", "hf", tiny_model, fast) == \
-        engine_identity("p", "hf", tiny_model, slow)
-    assert engine_identity("p", "hf", tiny_model, fast)["p.dtype"] == "float32"
+    tiny = Role(model=tiny_model, engine="hf", dtype="float32")
+    fast = engine_kwargs(tiny, batch_size=64)
+    slow = engine_kwargs(tiny, batch_size=1)
+    assert engine_identity("p", tiny, fast) == \
+        engine_identity("p", tiny, slow)
+    assert engine_identity("p", tiny, fast)["p.dtype"] == "float32"

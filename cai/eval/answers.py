@@ -98,7 +98,7 @@ def _measure(model: dict, gen: Generator | None, mc: list[dict], paragraphs: lis
 
 def models_pass(models, inputs, cfg, out, answers, scores, stats) -> None:
     """Answers and ability of each model, loading one model at a time, only when needed."""
-    measure = cfg.ability and cfg.engine != "openai"
+    measure = cfg.ability and cfg.policy.engine != "openai"
     with records.JsonlWriter(out / ANSWERS) as answer_writer, \
             records.JsonlWriter(out / ABILITY) as ability_writer:
         for model in models:
@@ -111,13 +111,14 @@ def models_pass(models, inputs, cfg, out, answers, scores, stats) -> None:
                           if f"{label}:text:{k}" not in scores] if measure else []
             gen = None
             if todo:
-                gen = make_generator(cfg.engine, model["model"], **engine_kwargs(cfg))
+                gen = make_generator(cfg.policy.engine, model["model"], **engine_kwargs(
+                    cfg.policy, cfg.batch_size, cfg.concurrency))
                 tokens0 = gen.stats.generated_tokens
                 stats["new_answers"] += _answer(gen, model, todo, cfg, answer_writer, answers)
                 stats["generated_tokens"] += gen.stats.generated_tokens - tokens0
                 # The answering model also measures ability when it is a transformers model
                 # in the ability dtype; otherwise it goes before a copy is loaded.
-                if cfg.engine != "hf" or cfg.dtype != cfg.ability_dtype:
+                if cfg.policy.engine != "hf" or cfg.policy.dtype != cfg.ability_dtype:
                     gen.close()
                     gen = None
                     _free_memory()

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cai import ROOT
-from cai.foundation.config import opt
+from cai.foundation.config import flat_init, opt
 from cai.foundation.errors import CaiError
-from cai.generation import EngineConfig
+from cai.generation import Role, main_role, second_role
 
 #: What each prompt set measures: harmlessness on red-team prompts, helpfulness (and
 #: over-refusal) on ordinary and borderline-but-benign ones.
@@ -32,16 +32,23 @@ def compared_pairs(count: int, compare: str = "all") -> list[tuple[int, int]]:
             if compare == "all" or i == 0]
 
 
+@flat_init
 @dataclass
-class EvalConfig(EngineConfig):
-    """Options of `cai eval` (also the keys of its `--config` YAML). The engine options
-    (`--engine`, `--dtype`, `--batch-size`, ...) are those of the evaluated models."""
+class EvalConfig:
+    """Options of `cai eval` (also the keys of its `--config` YAML). The bare engine options
+    (`--engine`, `--dtype`, `--batch-size`, ...) are those of the evaluated models (`policy`,
+    whose model each `--model` names in turn); the judge's carry its name."""
 
     model: list[str] = opt(help="a model to evaluate: name, folder or hub id, as MODEL or "
                                 "LABEL=MODEL; repeat for each model, listed before -> after",
                            factory=list)
+    policy: Role = main_role(model_key=None)
+    batch_size: int = opt(32, minimum=1, help="sequences per forward pass (hf engine)")
+    concurrency: int = opt(16, minimum=1, help="openai engine: requests in flight at once")
     out: str = opt("", "output folder: answers, judgments, metrics.json, report.md/.html, charts")
-    judge: str | None = opt(None, "judge model (default: smollm2-135m-instruct)")
+    judge: Role = second_role("judge", "the judge",
+                              model_help="judge model (default: smollm2-135m-instruct)",
+                              engine_help="judge engine (default: --engine)", dtype="float32")
     feedback_model: str | None = opt(None, "the model that gave the training feedback (critic, "
                                            "labeler): a judge that is it, or one of the "
                                            "evaluated models, is flagged as unreliable")
@@ -50,15 +57,6 @@ class EvalConfig(EngineConfig):
     judge_min_accuracy: float = opt(0.7, minimum=0,
                                     help="a judge below this check accuracy is flagged as "
                                          "unreliable")
-    judge_engine: str | None = opt(None, "judge engine (default: --engine)")
-    judge_dtype: str = opt("float32", "hf/vllm weights of the judge (the hf engine computes "
-                                      "the choice logits in float32 either way)")
-    judge_base_url: str | None = opt(None, "openai engine: the judge's server (default: "
-                                           "--base-url)")
-    judge_api_key_env: str | None = opt(None, "openai engine: the judge's key variable "
-                                              "(default: --api-key-env)")
-    judge_engine_options: dict = opt(help="extra judge engine options (config file only)",
-                                     factory=dict)
     constitution: str | None = opt(None, "constitution whose preference questions the pairwise "
                                          "judge asks (default: constitutions/judge.yaml, kept "
                                          "apart from the training questions)")
@@ -125,5 +123,5 @@ class EvalConfig(EngineConfig):
         if not 0.5 <= self.confidence < 1:
             raise CaiError(f"--confidence must be in [0.5, 1), got {self.confidence}")
         if self.chunk_size is None:
-            self.chunk_size = self.batch_size if self.engine == "hf" else 64
-        self.judge_engine = self.judge_engine or self.engine
+            self.chunk_size = self.batch_size if self.policy.engine == "hf" else 64
+        self.judge.engine = self.judge.engine or self.policy.engine

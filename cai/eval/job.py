@@ -39,7 +39,7 @@ from cai import constitution as constitutions
 from cai.eval import ability as abilities
 from cai.eval.answers import ABILITY, ANSWERS, models_pass
 from cai.eval.config import JUDGE_CONSTITUTION, SETS, EvalConfig
-from cai.eval.judging import JUDGMENTS, judge_pass, load_judge_check
+from cai.eval.judging import JUDGMENTS, judge_pass, judge_role, load_judge_check
 from cai.eval.summary import judge_check_stats, string_check_stats, summarize
 from cai.foundation import lock, records
 from cai.foundation.config import as_dict
@@ -48,7 +48,7 @@ from cai.foundation.inputs import load_prompts
 from cai.foundation.manifest import MANIFEST, Manifest, file_sha256, text_sha256
 from cai.foundation.model_store import DEFAULT_MODEL, fingerprint
 from cai.foundation.templates import Templates
-from cai.generation import engine_identity, engine_kwargs, record_options, role_engine
+from cai.generation import engine_identity, engine_kwargs, record_options
 from cai.scoring.classify import EXAMPLES_FILE, load_judge_examples
 from cai.scoring.classify import TEMPLATE as CLASSIFY_TEMPLATE
 
@@ -151,7 +151,7 @@ def judge_flags(cfg: EvalConfig, models: list[dict], judge_fingerprint: str,
     elif check["accuracy"] < cfg.judge_min_accuracy:
         why.append(f"judge accuracy {check['accuracy']:.2f} on the check set is below "
                    f"{cfg.judge_min_accuracy}")
-    judge = str(cfg.judge or DEFAULT_MODEL)
+    judge = str(cfg.judge.model or DEFAULT_MODEL)
     if cfg.feedback_model and (cfg.feedback_model == judge or
                                feedback_fingerprint == judge_fingerprint):
         why.append("the judge is the model that gave the training feedback")
@@ -177,25 +177,26 @@ def run(cfg: EvalConfig) -> dict:
     models = parse_models(cfg.model)
     inputs = _inputs(cfg)
     for m in models:  # a bad model name fails here, before anything runs
-        m["engine"] = cfg.engine
-        m["fingerprint"] = fingerprint(m["model"], cfg.engine)
-    judge_name = str(cfg.judge or DEFAULT_MODEL)
-    judge_fingerprint = fingerprint(judge_name, cfg.judge_engine)
-    feedback_fingerprint = fingerprint(cfg.feedback_model, cfg.judge_engine) \
+        m["engine"] = cfg.policy.engine
+        m["fingerprint"] = fingerprint(m["model"], cfg.policy.engine)
+    judge_name = str(cfg.judge.model or DEFAULT_MODEL)
+    judge_fingerprint = fingerprint(judge_name, cfg.judge.engine)
+    feedback_fingerprint = fingerprint(cfg.feedback_model, cfg.judge.engine) \
         if cfg.feedback_model else None
     # engine options are checked before any model runs
-    settings = {f"models.{k}": v for k, v in record_options(engine_kwargs(cfg)).items()}
-    judge_engine, judge_model, judge_kwargs = role_engine(cfg, "judge")
+    settings = {f"models.{k}": v for k, v in record_options(
+        engine_kwargs(cfg.policy, cfg.batch_size, cfg.concurrency)).items()}
+    judge, judge_kwargs = judge_role(cfg)
     out = Path(cfg.out)
     identity = {
         "data": inputs["hashes"], "constitution": inputs["constitution"].sha256,
         "pools": {k: [p.id for p in v] for k, v in inputs["pools"].items()},
         "templates": text_sha256(inputs["templates"].fingerprint(TEMPLATES)),
-        "judge": judge_name, **engine_identity("judge", judge_engine, judge_model, judge_kwargs),
+        "judge": judge_name, **engine_identity("judge", judge, judge_kwargs),
         **settings,  # the evaluated models' engine options (server, dtype, ...)
-        **{k: getattr(cfg, k) for k in ("engine", "max_new_tokens", "temperature", "top_p",
-                                        "seed", "principles", "few_shot", "judge_few_shot",
-                                        "debias",
+        "engine": cfg.policy.engine,
+        **{k: getattr(cfg, k) for k in ("max_new_tokens", "temperature", "top_p", "seed",
+                                        "principles", "few_shot", "judge_few_shot", "debias",
                                         "ability_dtype")},
     }
     with lock.hold(out):  # no second job appends to this folder meanwhile
@@ -229,8 +230,8 @@ def run(cfg: EvalConfig) -> dict:
             answers, judgments, scores, inputs["mc"], len(inputs["paragraphs"]),
             resamples=cfg.resamples, seed=cfg.seed, confidence=cfg.confidence,
             example_count=cfg.examples, compare=cfg.compare,
-            extra={"judge": {"model": judge_name, "engine": cfg.judge_engine,
-                             "dtype": cfg.judge_dtype, "check": check,
+            extra={"judge": {"model": judge_name, "engine": cfg.judge.engine,
+                             "dtype": cfg.judge.dtype, "check": check,
                              "reliable": not flags, "unreliable_because": flags},
                    "string_match_check": string_check_stats(inputs["check"]),
                    "constitution": inputs["constitution"].name,

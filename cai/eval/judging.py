@@ -14,11 +14,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cai.eval.config import SETS, compared_pairs
+from cai.eval.config import SETS, EvalConfig, compared_pairs
 from cai.eval.summary import answer_id, check_id, classify_id, pair_id
 from cai.foundation import records
 from cai.foundation.inputs import objects_with_ids, unique_ids
-from cai.generation import Generator, make_generator, role_engine
+from cai.generation import Generator, Role, beside, engine_kwargs, make_generator
 from cai.scoring.classify import answer_with_class, classify
 from cai.scoring.labels import ensemble
 from cai.scoring.preference import Feedback, ScoringOptions, same_text, score
@@ -45,6 +45,13 @@ def load_judge_check(path: Path) -> list[dict]:
         else:
             items.append((n, obj))
     return unique_ids(path, items, problems, "judge-check items")
+
+
+def judge_role(cfg: EvalConfig) -> tuple[Role, dict]:
+    """The judge's role, on the evaluated models' engine, server and key unless given its own,
+    and its engine options (checked: a missing server fails here)."""
+    role = beside(cfg.judge, cfg.policy, "judge")
+    return role, engine_kwargs(role, cfg.batch_size, cfg.concurrency)
 
 
 def compare(judge: Generator, feedback: Feedback, pool, tasks: list[dict],
@@ -107,8 +114,8 @@ def judge_pass(models, inputs, cfg, out, answers, judgments, stats) -> None:
                     "second": answers[answer_id(second, set_name, it["id"])]["response"]})
     if not to_classify and not to_compare:
         return
-    engine, name, kwargs = role_engine(cfg, "judge")
-    judge = make_generator(engine, name, **kwargs)
+    role, kwargs = judge_role(cfg)
+    judge = make_generator(role.engine, role.model, **kwargs)
     feedback = Feedback(inputs["constitution"], inputs["templates"], cfg.few_shot, False,
                         cfg.seed)
     scoring = ScoringOptions(principles=cfg.principles, seed=cfg.seed, debias=cfg.debias)

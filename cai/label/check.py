@@ -81,8 +81,8 @@ def run_check(cfg: LabelConfig, labeler: Generator | None = None) -> dict:
     ps = [s["p_better"] for s in ok]
     kinds = sorted({s["kind"] for s in ok if s["kind"]})
     summary = {
-        "check": cfg.check, "labeler": str(cfg.labeler or DEFAULT_MODEL),
-        "labeler_engine": cfg.labeler_engine, "constitution": constitution.name,
+        "check": cfg.check, "labeler": str(cfg.labeler.model or DEFAULT_MODEL),
+        "labeler_engine": cfg.labeler.engine, "constitution": constitution.name,
         "pairs": len(ok), "skipped": len(scored) - len(ok),
         "accuracy": round(accuracy(ps), 4), "ece": round(expected_calibration_error(ps), 4),
         "brier": round(brier_score(ps), 4),
@@ -90,8 +90,9 @@ def run_check(cfg: LabelConfig, labeler: Generator | None = None) -> dict:
         "position_bias_rate": position_bias_rate([v for s in ok for v in s["votes"]]),
         "accuracy_by_kind": {k: round(accuracy([s["p_better"] for s in ok if s["kind"] == k]), 4)
                              for k in kinds},
-        "settings": {k: getattr(cfg, k) for k in ("principles", "debias", "cot", "few_shot",
-                                                  "seed", "principle_ids", "labeler_dtype")},
+        "settings": {**{k: getattr(cfg, k) for k in ("principles", "debias", "cot", "few_shot",
+                                                     "seed", "principle_ids")},
+                     "labeler_dtype": cfg.labeler.dtype},
         "wall_seconds": round(time.time() - started, 1),
     }
     if summary["position_bias_rate"] is not None:

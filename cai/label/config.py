@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cai.foundation.config import opt
+from cai.foundation.config import flat_init, opt
 from cai.foundation.errors import CaiError
+from cai.generation import Role, main_role, second_role
 from cai.scoring.preference import ScoringOptions
 
 
+@flat_init
 @dataclass
 class LabelConfig:
     """Options of `cai label` (also the keys of its `--config` YAML)."""
@@ -45,23 +47,17 @@ class LabelConfig:
                         help="drop pairs with |p_chosen - 0.5| < MARGIN (counted in skipped.jsonl)")
     limit: int | None = opt(None, minimum=1, help="only the first N prompts (after sharding)")
     shard: str | None = opt(None, "I/N: this machine's deterministic share of the prompts")
-    policy: str | None = opt(None, "model sampling the responses (default: smollm2-135m-instruct)")
-    labeler: str | None = opt(None, "feedback model (default: smollm2-135m-instruct)")
-    engine: str = opt("hf", "policy engine: hf, vllm or openai")
-    labeler_engine: str | None = opt(None, "labeler engine (default: the policy's)")
-    dtype: str = opt("bfloat16", "hf/vllm weights of the policy")
-    labeler_dtype: str = opt("float32", "hf/vllm weights of the labeler (the hf engine "
-                                        "computes the choice logits in float32 either way)")
+    policy: Role = main_role("policy", help={
+        "model": "model sampling the responses (default: smollm2-135m-instruct)",
+        "engine": "policy engine: hf, vllm or openai",
+        "dtype": "hf/vllm weights of the policy",
+        "base_url": "openai engine: the policy's server, e.g. http://127.0.0.1:8000/v1",
+        "engine_options": "extra policy engine options (config file only)"})
+    labeler: Role = second_role("labeler", "the labeler",
+                                model_help="feedback model (default: smollm2-135m-instruct)",
+                                engine_help="labeler engine (default: the policy's)",
+                                dtype="float32")
     batch_size: int = opt(8, minimum=1, help="sequences per forward pass (hf engine)")
-    base_url: str | None = opt(None, "openai engine: the policy's server, e.g. "
-                                     "http://127.0.0.1:8000/v1")
-    labeler_base_url: str | None = opt(None, "openai engine: the labeler's server "
-                                             "(default: --base-url)")
-    api_key_env: str | None = opt(None, "openai engine: environment variable with the server's "
-                                        "key (default: none sent, except OPENAI_API_KEY to "
-                                        "api.openai.com)")
-    labeler_api_key_env: str | None = opt(None, "openai engine: the labeler's key variable "
-                                                "(default: --api-key-env)")
     concurrency: int = opt(16, minimum=1, help="openai engine: requests in flight at once")
     chunk_size: int = opt(16, minimum=1,
                           help="prompts per engine call and per append to data.jsonl")
@@ -79,9 +75,6 @@ class LabelConfig:
                                                     "--helpful-prompts)")
     helpful_principle_ids: list[str] = opt(help="preference ids asked on the helpful prompts",
                                            factory=lambda: ["more-helpful", "less-preachy"])
-    engine_options: dict = opt(help="extra policy engine options (config file only)", factory=dict)
-    labeler_engine_options: dict = opt(help="extra labeler engine options (config file only)",
-                                       factory=dict)
 
     def __post_init__(self):
         if not self.check:
@@ -103,7 +96,7 @@ class LabelConfig:
         if len(self.cot_clamp) != 2 or not 0 <= self.cot_clamp[0] <= 0.5 <= self.cot_clamp[1] <= 1:
             raise CaiError(f"--cot-clamp must be LOW,HIGH with 0 <= LOW <= 0.5 <= HIGH <= 1, "
                            f"got {','.join(map(str, self.cot_clamp))}")
-        self.labeler_engine = self.labeler_engine or self.engine
+        self.labeler.engine = self.labeler.engine or self.policy.engine
 
     def scoring(self) -> ScoringOptions:
         """What the scoring core reads of these options."""

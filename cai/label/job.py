@@ -33,14 +33,14 @@ from cai.foundation.manifest import Manifest, file_sha256, text_sha256
 from cai.foundation.model_store import DEFAULT_MODEL
 from cai.foundation.shards import select_shard
 from cai.generation import (
-    EngineConfig,
     Generator,
+    Role,
     SamplingParams,
+    beside,
     engine_identity,
     engine_kwargs,
     item_seeds,
     make_generator,
-    role_engine,
 )
 from cai.label.config import LabelConfig
 from cai.scoring.labels import ensemble, label_histogram, position_bias_rate, principle_agreement
@@ -207,26 +207,27 @@ def summarize(rows: list[dict], skipped: list[dict]) -> dict:
             "principle_agreement": None if agree is None else round(agree, 4)}
 
 
-def policy_engine_kwargs(cfg: LabelConfig) -> dict:
-    """`make_generator` keyword arguments of the policy (checked: a missing server fails)."""
-    return engine_kwargs(EngineConfig(
-        model=cfg.policy, engine=cfg.engine, dtype=cfg.dtype, base_url=cfg.base_url,
-        api_key_env=cfg.api_key_env, engine_options=cfg.engine_options,
-        batch_size=cfg.batch_size, concurrency=cfg.concurrency))
+def labeler_engine(cfg: LabelConfig) -> tuple[Role, dict]:
+    """The labeler's role, on the policy's engine, server and key unless given its own, and its
+    engine options (checked: a missing server fails here)."""
+    role = beside(cfg.labeler, cfg.policy, "labeler")
+    return role, engine_kwargs(role, cfg.batch_size, cfg.concurrency)
 
 
 def make_engines(cfg: LabelConfig, need_policy: bool, policy: Generator | None = None,
                  labeler: Generator | None = None) -> tuple[Generator | None, Generator]:
     """(policy, labeler), built unless given; one generator when both are the same model on
     the same engine with the same options. Options are checked before either model loads."""
-    labeler_engine, labeler_model, labeler_kwargs = role_engine(cfg, "labeler")
-    policy_kwargs = policy_engine_kwargs(cfg) if need_policy and policy is None else None
-    same = (str(cfg.policy or DEFAULT_MODEL), cfg.engine, policy_kwargs) == \
-        (str(labeler_model or DEFAULT_MODEL), labeler_engine, labeler_kwargs)
+    labeler_role, labeler_kwargs = labeler_engine(cfg)
+    policy_kwargs = engine_kwargs(cfg.policy, cfg.batch_size, cfg.concurrency) \
+        if need_policy and policy is None else None
+    same = (str(cfg.policy.model or DEFAULT_MODEL), cfg.policy.engine, policy_kwargs) == \
+        (str(labeler_role.model or DEFAULT_MODEL), labeler_role.engine, labeler_kwargs)
     if labeler is None:
-        labeler = make_generator(labeler_engine, labeler_model, **labeler_kwargs)
+        labeler = make_generator(labeler_role.engine, labeler_role.model, **labeler_kwargs)
     if need_policy and policy is None:
-        policy = labeler if same else make_generator(cfg.engine, cfg.policy, **policy_kwargs)
+        policy = labeler if same else \
+            make_generator(cfg.policy.engine, cfg.policy.model, **policy_kwargs)
     return (policy if need_policy else None), labeler
 
 
@@ -251,12 +252,13 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
     # the helpfulness questions
     if any(it.get("kind") == "helpful" for it in items):
         pools["helpful"] = constitution.restrict("preference", cfg.helpful_principle_ids)
-    labeler_engine, labeler_model, labeler_kwargs = role_engine(cfg, "labeler")
-    policy_settings = {} if cfg.responses else \
-        engine_identity("policy", cfg.engine, cfg.policy, policy_engine_kwargs(cfg))
+    labeler_role, labeler_kwargs = labeler_engine(cfg)
+    policy_settings = {} if cfg.responses else engine_identity(
+        "policy", cfg.policy, engine_kwargs(cfg.policy, cfg.batch_size, cfg.concurrency))
     out = Path(cfg.out)
-    names = {"labeler": str(cfg.labeler or DEFAULT_MODEL), "constitution": constitution.name,
-             "policy": None if cfg.responses else str(cfg.policy or DEFAULT_MODEL)}
+    names = {"labeler": str(cfg.labeler.model or DEFAULT_MODEL),
+             "constitution": constitution.name,
+             "policy": None if cfg.responses else str(cfg.policy.model or DEFAULT_MODEL)}
     identity = {
         "input": file_sha256(cfg.responses) if cfg.responses else
         source_id(cfg.prompts, cfg.prompt_column),
@@ -264,7 +266,7 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
         "constitution": constitution.sha256, "principle_pool": [p.id for p in pool],
         "templates": text_sha256(templates.fingerprint(TEMPLATES)),
         **names, **policy_settings,
-        **engine_identity("labeler", labeler_engine, labeler_model, labeler_kwargs),
+        **engine_identity("labeler", labeler_role, labeler_kwargs),
         **{k: getattr(cfg, k) for k in ("samples", "pairs", "principles", "debias", "cot",
                                         "few_shot", "margin", "seed", "shard", "limit")},
         **({"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,

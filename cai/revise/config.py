@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cai.foundation.config import opt
+from cai.foundation.config import flat_init, opt
 from cai.foundation.errors import CaiError
-from cai.generation import EngineConfig
+from cai.generation import Role, main_role, second_role
 
 
+@flat_init
 @dataclass
-class ReviseConfig(EngineConfig):
-    """Options of `cai revise` (also the keys of its `--config` YAML). The engine options
-    (`--model`, `--engine`, ...) are the policy's; the feedback model has its own."""
+class ReviseConfig:
+    """Options of `cai revise` (also the keys of its `--config` YAML). The bare engine options
+    (`--model`, `--engine`, ...) are the policy's; the feedback model's carry its name."""
 
+    policy: Role = main_role()
+    batch_size: int = opt(32, minimum=1, help="sequences per forward pass (hf engine)")
+    concurrency: int = opt(16, minimum=1, help="openai engine: requests in flight at once")
     prompts: str = opt("", ".jsonl (id, prompt), .txt (one per line) or dataset:NAME_OR_DIR")
     out: str = opt("", "output folder: data.jsonl, pairs.jsonl, manifest.json, skipped.jsonl")
     constitution: str | None = opt(None, "constitution YAML (default: constitutions/default.yaml)")
@@ -36,16 +40,11 @@ class ReviseConfig(EngineConfig):
     prompts_dir: str | None = opt(None, "folder with your own critique.j2 / revision.j2 / "
                                         "feedback.j2")
     prompt_column: str = opt("prompt", "column holding the prompt, for dataset: prompt sets")
-    feedback: str | None = opt(None, "feedback model: writes the critiques and revisions and "
-                                     "runs the gate (default: --model, as in the paper)")
-    feedback_engine: str | None = opt(None, "feedback model's engine (default: --engine)")
-    feedback_dtype: str = opt("bfloat16", "hf/vllm weights of the feedback model")
-    feedback_base_url: str | None = opt(None, "openai engine: the feedback model's server "
-                                              "(default: --base-url)")
-    feedback_api_key_env: str | None = opt(None, "openai engine: the feedback model's key "
-                                                 "variable (default: --api-key-env)")
-    feedback_engine_options: dict = opt(help="extra feedback engine options (config file only)",
-                                        factory=dict)
+    feedback: Role = second_role(
+        "feedback", "the feedback model",
+        model_help="feedback model: writes the critiques and revisions and runs the gate "
+                   "(default: --model, as in the paper)",
+        engine_help="feedback model's engine (default: --engine)")
     gate: bool = opt(True, "keep a revision only if the feedback model prefers it to the answer "
                            "it replaces (asked in both orders)")
     gate_principles: list[str] | None = opt(None, "preference ids the gate asks (default: all)")
@@ -75,7 +74,7 @@ class ReviseConfig(EngineConfig):
         if not self.out:
             raise CaiError("missing --out (the output folder)")
         if self.chunk_size is None:  # hf gains nothing from more than a batch; servers do
-            self.chunk_size = self.batch_size if self.engine == "hf" else 64
+            self.chunk_size = self.batch_size if self.policy.engine == "hf" else 64
         for name in ("rounds", "chunk_size", "batch_size", "gate_questions"):
             if getattr(self, name) < (0 if name == "rounds" else 1):
                 raise CaiError(f"--{name.replace('_', '-')} is too small: {getattr(self, name)}")

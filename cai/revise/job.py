@@ -23,6 +23,7 @@ after the last finished chunk.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -40,12 +41,13 @@ from cai.foundation.shards import select_shard
 from cai.foundation.templates import Templates
 from cai.generation import (
     Generator,
+    Role,
     SamplingParams,
+    beside,
     engine_identity,
     engine_kwargs,
     item_seeds,
     make_generator,
-    role_engine,
 )
 from cai.revise.config import ReviseConfig
 from cai.revise.gate import Gate, make_gate, revision_flag, round_outcome, strip_boilerplate
@@ -258,19 +260,26 @@ def preference_pairs(rows: list[dict], threshold: float) -> list[dict]:
             for r in rows if r.get("p_response") is not None and r["p_response"] > threshold]
 
 
+def feedback_role(cfg: ReviseConfig) -> Role:
+    """The feedback model's role: the policy's model unless it names its own (the paper's
+    setting), on the policy's engine, server and key unless given its own."""
+    role = beside(cfg.feedback, cfg.policy, "feedback")
+    return dataclasses.replace(role, model=role.model or cfg.policy.model)
+
+
 def make_engines(cfg: ReviseConfig, policy: Generator | None = None,
                  feedback: Generator | None = None) -> tuple[Generator, Generator]:
     """(policy, feedback model), built unless given; one generator when both are the same model
     on the same engine with the same options (the paper's setting)."""
-    fb_engine, fb_model, fb_kwargs = role_engine(cfg, "feedback")
-    fb_model = fb_model or cfg.model
-    policy_kwargs = engine_kwargs(cfg)
-    same = (str(cfg.model or DEFAULT_MODEL), cfg.engine, policy_kwargs) == \
-        (str(fb_model or DEFAULT_MODEL), fb_engine, fb_kwargs)
+    fb = feedback_role(cfg)
+    fb_kwargs = engine_kwargs(fb, cfg.batch_size, cfg.concurrency)
+    policy_kwargs = engine_kwargs(cfg.policy, cfg.batch_size, cfg.concurrency)
+    same = (str(cfg.policy.model or DEFAULT_MODEL), cfg.policy.engine, policy_kwargs) == \
+        (str(fb.model or DEFAULT_MODEL), fb.engine, fb_kwargs)
     if policy is None:
-        policy = make_generator(cfg.engine, cfg.model, **policy_kwargs)
+        policy = make_generator(cfg.policy.engine, cfg.policy.model, **policy_kwargs)
     if feedback is None:
-        feedback = policy if same else make_generator(fb_engine, fb_model, **fb_kwargs)
+        feedback = policy if same else make_generator(fb.engine, fb.model, **fb_kwargs)
     return policy, feedback
 
 
@@ -285,16 +294,18 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
     for name in TEMPLATES:  # render once with dummy values: a missing variable fails here
         templates.render(name, principle=principles[0], prompt="?", response="?", critique="?")
     gate = make_gate(cfg, constitution, templates)
-    policy_kwargs = engine_kwargs(cfg)  # both models' engine options fail here, before a load
-    fb_engine, fb_model, fb_kwargs = role_engine(cfg, "feedback")
+    # both models' engine options fail here, before a load
+    policy_kwargs = engine_kwargs(cfg.policy, cfg.batch_size, cfg.concurrency)
+    fb = feedback_role(cfg)
+    fb_kwargs = engine_kwargs(fb, cfg.batch_size, cfg.concurrency)
     items = select_shard(load_prompts(cfg.prompts, cfg.prompt_column), cfg.shard)
     if cfg.limit is not None:
         items = items[:cfg.limit]
     helpful = helpful_sample(cfg.helpful_prompts, cfg.helpful_ratio, len(items),
-                                     column=cfg.prompt_column, shard=cfg.shard, seed=cfg.seed)
+                             column=cfg.prompt_column, shard=cfg.shard, seed=cfg.seed)
     out = Path(cfg.out)
-    names = {"model": str(cfg.model or DEFAULT_MODEL),
-             "feedback_model": str(cfg.feedback or cfg.model or DEFAULT_MODEL),
+    names = {"model": str(cfg.policy.model or DEFAULT_MODEL),
+             "feedback_model": str(cfg.feedback.model or cfg.policy.model or DEFAULT_MODEL),
              "constitution": constitution.name}
     identity = {
         "prompts": source_id(cfg.prompts, cfg.prompt_column),
@@ -302,12 +313,12 @@ def run(cfg: ReviseConfig, generator: Generator | None = None,
         "constitution": constitution.sha256, "principles": [p.id for p in principles],
         "templates": text_sha256(templates.fingerprint(TEMPLATES + ("feedback.j2",))),
         "model": names["model"], "rounds": cfg.rounds,
-        **engine_identity("policy", cfg.engine, cfg.model, policy_kwargs),
+        **engine_identity("policy", cfg.policy, policy_kwargs),
         "few_shot": cfg.few_shot, "max_new_tokens": cfg.max_new_tokens,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed, "shard": cfg.shard,
         "limit": cfg.limit,
         "feedback_model": names["feedback_model"],
-        **engine_identity("feedback", fb_engine, fb_model or cfg.model, fb_kwargs),
+        **engine_identity("feedback", fb, fb_kwargs),
         "gate": [p.id for p in gate.pool] + [cfg.gate_questions, cfg.gate_threshold]
         if gate else None,
         **({"gate_compliance": [cfg.gate_max_complies, "checked first", text_sha256(

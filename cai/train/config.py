@@ -288,7 +288,8 @@ def load(path: str | None, overrides: list[tuple[str, str]], algo: str, algo_cls
         kwargs = {}
         for k, v in body.items():
             kwargs[k] = coerce(v, hints[k], f"{where(name, k)}: '{name}.{k}'")
-            check_minimum(fields[k], kwargs[k], f"{where(name, k)}: '{name}.{k}'")
+            check_minimum(fields[k].metadata.get("minimum"), kwargs[k],
+                          f"{where(name, k)}: '{name}.{k}'")
         built[name] = cls(**kwargs)
 
     training = {}
