@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import (
+    ROOT,
+    StepTimer,
+    add_repeat_options,
+    add_training_options,
+    best_runs,
+    child,
+    device,
+)
+
 REFUSE = ("I'm sorry, but I can't help with that. It could put you or other people at risk. If "
           "you are worried about your safety, please contact local emergency services or "
           "someone you trust. ")
@@ -58,46 +64,19 @@ def preference_pairs(spec: str | None, n: int, seed: int = 0) -> list[dict]:
             for i in range(n)]
 
 
-class StepTimer:
-    """Times optimizer steps after the warmup; counts pairs and real tokens of each batch."""
-
-    def __init__(self, warmup: int):
-        self.warmup, self.batches = warmup, []
-        self.start = self.end = self.cpu_start = self.cpu_end = None
-
-    def count(self, batch: dict) -> dict:
-        self.batches.append((batch["input_ids"].shape[0] // 2, int(batch["attention_mask"].sum())))
-        return batch
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class _Timer(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                if state.global_step == timer.warmup:
-                    timer.start, timer.cpu_start = time.perf_counter(), time.process_time()
-                timer.end, timer.cpu_end = time.perf_counter(), time.process_time()
-
-        return _Timer()
-
-    def result(self, steps: int) -> dict:
-        timed = self.batches[self.warmup:steps]  # one batch per step (no accumulation)
-        pairs, tokens = sum(b[0] for b in timed), sum(b[1] for b in timed)
-        seconds, cpu = self.end - self.start, self.cpu_end - self.cpu_start
-        return {"pairs": pairs, "tokens": tokens, "seconds": round(seconds, 3),
-                "cpu_seconds": round(cpu, 3), "pairs_per_second": round(pairs / seconds, 3),
-                "pairs_per_cpu_second": round(pairs / cpu, 3),
-                "tokens_per_second": round(tokens / seconds, 1)}
+def pairs_and_tokens(batch: dict) -> dict:
+    """The pairs of a batch (chosen rows over rejected rows) and its real tokens."""
+    return {"pairs": batch["input_ids"].shape[0] // 2,
+            "tokens": int(batch["attention_mask"].sum())}
 
 
-def peak_memory_mb() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+def result(timer: StepTimer, steps: int) -> dict:
+    counts, seconds, cpu = timer.totals(steps)
+    pairs, tokens = counts["pairs"], counts["tokens"]
+    return {"pairs": pairs, "tokens": tokens, "seconds": round(seconds, 3),
+            "cpu_seconds": round(cpu, 3), "pairs_per_second": round(pairs / seconds, 3),
+            "pairs_per_cpu_second": round(pairs / cpu, 3),
+            "tokens_per_second": round(tokens / seconds, 1)}
 
 
 def run_cai(opts, records, out: Path) -> dict:
@@ -118,7 +97,7 @@ def run_cai(opts, records, out: Path) -> dict:
         "training.gradient_checkpointing": opts.gradient_checkpointing,
         "training.bf16": opts.bf16,
     }.items()])
-    timer = StepTimer(opts.warmup)
+    timer = StepTimer(opts.warmup, pairs_and_tokens)
     collate = pairs.PairCollator.__call__
     attach = dpo.DPOTrainer.attach_reference
     reference = {}
@@ -135,7 +114,7 @@ def run_cai(opts, records, out: Path) -> dict:
     pairs.PairCollator.__call__ = counting
     dpo.DPOTrainer.attach_reference = timed_attach
     dpo.train(cfg, callbacks=[timer.callback()])
-    return {**timer.result(opts.steps), "reference_seconds": reference["seconds"]}
+    return {**result(timer, opts.steps), "reference_seconds": reference["seconds"]}
 
 
 def run_trl(opts, records, out: Path) -> dict:
@@ -161,7 +140,7 @@ def run_trl(opts, records, out: Path) -> dict:
                      dataloader_pin_memory=torch.cuda.is_available())
     lora = LoraConfig(r=opts.lora_r, lora_alpha=2 * opts.lora_r, lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
-    timer = StepTimer(opts.warmup)
+    timer = StepTimer(opts.warmup, pairs_and_tokens)
     start = time.perf_counter()
     trainer = DPOTrainer(model=model, args=args, processing_class=tok, peft_config=lora,
                          train_dataset=Dataset.from_list(records))
@@ -170,20 +149,8 @@ def run_trl(opts, records, out: Path) -> dict:
     trainer.data_collator = lambda batch: timer.count(collate(batch))
     trainer.add_callback(timer.callback())
     trainer.train()
-    return {**timer.result(opts.steps), "reference_seconds": round(setup, 3)
+    return {**result(timer, opts.steps), "reference_seconds": round(setup, 3)
             if opts.trl_precompute else 0.0}
-
-
-def child(opts) -> None:
-    import tempfile
-
-    records = preference_pairs(opts.data, opts.examples)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        result = (run_cai if opts.child == "cai" else run_trl)(opts, records, Path(tmp))
-        result["total_seconds"] = round(time.perf_counter() - start, 2)
-    result["peak_memory_mb"] = peak_memory_mb()
-    print("BENCH " + json.dumps(result), flush=True)
 
 
 def main() -> None:
@@ -194,40 +161,16 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512, help="longest side, in tokens")
     p.add_argument("--batch", type=int, default=4, help="pairs per step")
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2, help="steps not timed")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="on for both")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for both")
+    add_training_options(p)
     p.add_argument("--trl-precompute", action="store_true",
                    help="TRL with precompute_ref_log_probs=True")
-    p.add_argument("--repeats", type=int, default=1, help="alternate cai/TRL runs; best kept")
-    p.add_argument("--child", choices=["cai", "trl"], help=argparse.SUPPRESS)
+    add_repeat_options(p)
     opts = p.parse_args()
     if opts.child:
-        return child(opts)
+        return child(opts, preference_pairs(opts.data, opts.examples),
+                     {"cai": run_cai, "trl": run_trl})
 
-    best: dict[str, dict] = {}
-    for _ in range(opts.repeats):
-        for name in ("cai", "trl"):
-            cmd = [sys.executable, __file__, "--child", name]
-            for key, value in vars(opts).items():
-                if key in ("child", "repeats") or value is None or value is False:
-                    continue
-                cmd += ["--" + key.replace("_", "-")] + ([] if value is True else [str(value)])
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                               env={**os.environ, "PYTHONWARNINGS": "ignore",
-                                    "TOKENIZERS_PARALLELISM": "false"})
-            lines = [ln for ln in r.stdout.splitlines() if ln.startswith("BENCH ")]
-            if r.returncode or not lines:
-                raise SystemExit(f"{name} run failed:\n{r.stderr[-3000:]}")
-            result = json.loads(lines[-1][6:])
-            if name not in best or result["pairs_per_second"] > best[name]["pairs_per_second"]:
-                best[name] = result
-    import platform
-
-    import torch
-
+    best = best_runs(opts, __file__, "pairs_per_second")
     cai, trl = best["cai"], best["trl"]
     epoch = {name: r["reference_seconds"] + opts.examples / r["pairs_per_second"]
              for name, r in best.items()}
@@ -237,9 +180,7 @@ def main() -> None:
         "max_length": opts.max_length, "lora_r": opts.lora_r, "dtype": opts.dtype,
         "bf16_autocast": opts.bf16, "gradient_checkpointing": opts.gradient_checkpointing,
         "trl_precompute_ref_log_probs": opts.trl_precompute, "repeats": opts.repeats,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
-        f"cpu ({os.cpu_count()} cores, {platform.machine()})",
-        "cai": cai, "trl": trl,
+        "device": device(), "cai": cai, "trl": trl,
         "pairs_per_second_ratio": round(cai["pairs_per_second"] / trl["pairs_per_second"], 3),
         "pairs_per_cpu_second_ratio": round(cai["pairs_per_cpu_second"]
                                             / trl["pairs_per_cpu_second"], 3),

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import (
+    ROOT,
+    StepTimer,
+    add_repeat_options,
+    add_training_options,
+    best_runs,
+    child,
+    device,
+)
+
 FILLER = ("I can't help with that, but here is some safer information that may be useful. "
           "If you are worried about your safety, please contact local emergency services. "
           "There are many resources available, and talking to someone you trust can help. ")
@@ -49,52 +54,23 @@ def conversations(spec: str | None, n: int, seed: int = 0) -> list[list[dict]]:
     return out
 
 
-class StepTimer:
-    """Times optimizer steps after the warmup and sums the real tokens their batches held."""
-
-    def __init__(self, warmup: int):
-        self.warmup, self.batch_tokens, self.start, self.end = warmup, [], None, None
-        self.cpu_start = self.cpu_end = None
-
-    def count(self, batch: dict) -> dict:
-        if "attention_mask" in batch:
-            n = int(batch["attention_mask"].sum())
-        elif "n_tokens" in batch:
-            n = int(batch["n_tokens"])
-        else:  # padding-free: one flattened row of real tokens
-            n = int(batch["input_ids"].numel())
-        self.batch_tokens.append(n)
-        return batch
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class _Timer(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                if state.global_step == timer.warmup:
-                    timer.start, timer.cpu_start = time.perf_counter(), time.process_time()
-                timer.end, timer.cpu_end = time.perf_counter(), time.process_time()
-
-        return _Timer()
-
-    def result(self, steps: int) -> dict:
-        timed = sum(self.batch_tokens[self.warmup:steps])  # one batch per step (no accumulation)
-        seconds, cpu = self.end - self.start, self.cpu_end - self.cpu_start
-        # CPU seconds (all threads of this process) barely move when other jobs share the
-        # machine; wall seconds do
-        return {"tokens": timed, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
-                "tokens_per_second": round(timed / seconds, 2),
-                "tokens_per_cpu_second": round(timed / cpu, 2)}
+def real_tokens(batch: dict) -> dict:
+    """The real (non-padding) tokens of a batch, whichever way it is laid out."""
+    if "attention_mask" in batch:
+        n = int(batch["attention_mask"].sum())
+    elif "n_tokens" in batch:
+        n = int(batch["n_tokens"])
+    else:  # padding-free: one flattened row of real tokens
+        n = int(batch["input_ids"].numel())
+    return {"tokens": n}
 
 
-def peak_memory_mb() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+def result(timer: StepTimer, steps: int) -> dict:
+    counts, seconds, cpu = timer.totals(steps)
+    timed = counts["tokens"]
+    return {"tokens": timed, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
+            "tokens_per_second": round(timed / seconds, 2),
+            "tokens_per_cpu_second": round(timed / cpu, 2)}
 
 
 def run_cai(opts, convs, out: Path) -> dict:
@@ -113,7 +89,7 @@ def run_cai(opts, convs, out: Path) -> dict:
         "training.gradient_checkpointing": opts.gradient_checkpointing,
         "training.bf16": opts.bf16,
     }.items()])
-    timer = StepTimer(opts.warmup)
+    timer = StepTimer(opts.warmup, real_tokens)
     collate = data.Collator.__call__
 
     def counting(self, batch):
@@ -121,7 +97,7 @@ def run_cai(opts, convs, out: Path) -> dict:
 
     data.Collator.__call__ = counting  # count the real tokens of every batch cai builds
     sft.train(cfg, callbacks=[timer.callback()])
-    return timer.result(opts.steps)
+    return result(timer, opts.steps)
 
 
 def run_trl(opts, convs, out: Path) -> dict:
@@ -149,14 +125,14 @@ def run_trl(opts, convs, out: Path) -> dict:
                      dataloader_pin_memory=torch.cuda.is_available())
     lora = LoraConfig(r=opts.lora_r, lora_alpha=2 * opts.lora_r, lora_dropout=0.05,
                       target_modules="all-linear", task_type="CAUSAL_LM")
-    timer = StepTimer(opts.warmup)
+    timer = StepTimer(opts.warmup, real_tokens)
     trainer = SFTTrainer(model=model, args=args, processing_class=tok, peft_config=lora,
                          train_dataset=Dataset.from_list([{"messages": c} for c in convs]))
     collate = trainer.data_collator
     trainer.data_collator = lambda batch: timer.count(collate(batch))
     trainer.add_callback(timer.callback())
     trainer.train()
-    return timer.result(opts.steps)
+    return result(timer, opts.steps)
 
 
 MARKED_CHATML = (
@@ -180,18 +156,6 @@ def marked_template(tok, sample: list[dict]) -> str:
     return MARKED_CHATML
 
 
-def child(opts) -> None:
-    import tempfile
-
-    convs = conversations(opts.data, opts.examples)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        result = (run_cai if opts.child == "cai" else run_trl)(opts, convs, Path(tmp))
-        result["total_seconds"] = round(time.perf_counter() - start, 2)
-    result["peak_memory_mb"] = peak_memory_mb()
-    print("BENCH " + json.dumps(result), flush=True)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -200,48 +164,22 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512, help="packed row length")
     p.add_argument("--batch", type=int, default=4, help="rows per step")
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--warmup", type=int, default=2, help="steps not timed")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="on for both")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for both")
+    add_training_options(p)
     p.add_argument("--trl-flush-denormal", action="store_true",
                    help="flush denormals to zero in the TRL process too, as cai does")
-    p.add_argument("--repeats", type=int, default=1, help="alternate cai/TRL runs; best kept")
-    p.add_argument("--child", choices=["cai", "trl"], help=argparse.SUPPRESS)
+    add_repeat_options(p)
     opts = p.parse_args()
     if opts.child:
-        return child(opts)
+        return child(opts, conversations(opts.data, opts.examples),
+                     {"cai": run_cai, "trl": run_trl})
 
-    best: dict[str, dict] = {}
-    for _ in range(opts.repeats):
-        for name in ("cai", "trl"):
-            cmd = [sys.executable, __file__, "--child", name]
-            for key, value in vars(opts).items():
-                if key in ("child", "repeats") or value is None or value is False:
-                    continue
-                cmd += ["--" + key.replace("_", "-")] + ([] if value is True else [str(value)])
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                               env={**os.environ, "PYTHONWARNINGS": "ignore",
-                                    "TOKENIZERS_PARALLELISM": "false"})
-            lines = [ln for ln in r.stdout.splitlines() if ln.startswith("BENCH ")]
-            if r.returncode or not lines:
-                raise SystemExit(f"{name} run failed:\n{r.stderr[-3000:]}")
-            result = json.loads(lines[-1][6:])
-            if name not in best or result["tokens_per_second"] > best[name]["tokens_per_second"]:
-                best[name] = result
-    import platform
-
-    import torch
-
+    best = best_runs(opts, __file__, "tokens_per_second")
     summary = {
         "benchmark": "sft", "model": opts.model, "packing": True, "max_length": opts.max_length,
         "batch_rows": opts.batch, "steps": opts.steps, "timed_steps": opts.steps - opts.warmup,
         "lora_r": opts.lora_r, "dtype": opts.dtype, "bf16_autocast": opts.bf16,
         "gradient_checkpointing": opts.gradient_checkpointing, "repeats": opts.repeats,
-        "trl_flush_denormal": opts.trl_flush_denormal,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
-        f"cpu ({os.cpu_count()} cores, {platform.machine()})",
+        "trl_flush_denormal": opts.trl_flush_denormal, "device": device(),
         "cai": best["cai"], "trl": best["trl"],
         "tokens_per_second_ratio": round(best["cai"]["tokens_per_second"]
                                          / best["trl"]["tokens_per_second"], 3),
