@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 
 from cai import ROOT
-from cai.foundation.config import options
+from cai.foundation.options import flat_options
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 #: The comment that points editors at a file's schema (a path relative to the YAML file).
@@ -40,7 +40,7 @@ def type_schema(hint) -> dict:
         return inner
     if origin in (list, tuple):
         (item, *_) = typing.get_args(hint) or (typing.Any,)
-        # the loaders also take one comma-separated string (`cai.foundation.config.coerce`)
+        # the loaders also take one comma-separated string (`cai.foundation.options.coerce`)
         return {"type": ["array", "string"], "items": type_schema(item)}
     if origin is dict or hint is dict:
         return {"type": "object"}
@@ -50,10 +50,10 @@ def type_schema(hint) -> dict:
 
 def dataclass_schema(cls, description: str = "") -> dict:
     """An object schema from a dataclass of options: one property per option (a role's too, by
-    its flat key), with its type, default, help and floor (`cai.foundation.config.opt`);
+    its flat key), with its type, default, help and floor (`cai.foundation.options.opt`);
     unknown keys are errors, as in the loaders."""
     properties = {}
-    for o in options(cls):
+    for o in flat_options(cls):
         prop = type_schema(o.hint)
         if o.help:
             prop["description"] = o.help
@@ -85,7 +85,7 @@ def job_schema(name: str) -> dict:
 def train_schema(algo: str) -> dict:
     """`cai train ALGO CONFIG`: the typed sections, the algorithm's own and `training:`."""
     from cai.train.config import COMMON, DPOSection, RMSection, SFTSection
-    from cai.train.ppo.options import PPOSection
+    from cai.train.ppo.config import PPOSection
 
     own = {"sft": SFTSection, "dpo": DPOSection, "rm": RMSection, "ppo": PPOSection}[algo]
     what = {"model": "the model to train", "data": "the training data",

@@ -5,7 +5,7 @@ import pytest
 from conftest import ROOT, run_cai
 
 from cai import constitution as C
-from cai.foundation import config as cfgmod
+from cai.foundation import options as cfgmod
 from cai.foundation.templates import Templates
 from cai.generation import make_generator
 from cai.revise.config import ReviseConfig

@@ -29,7 +29,7 @@ ALLOWED = {
 #: pipeline, they import nothing of their job but each other (and the pure losses, torch alone,
 #: whose table a dpo section's loss_type is checked against when one is built).
 CONFIGS = ("cai.revise.config", "cai.label.config", "cai.eval.config", "cai.train.config",
-           "cai.train.ppo.options", "cai.pipeline.spec", "cai.train.losses")
+           "cai.train.ppo.config", "cai.pipeline.spec", "cai.train.losses")
 
 
 def test_every_module_imports():

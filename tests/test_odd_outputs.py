@@ -237,8 +237,8 @@ def test_an_unchanged_revision_is_not_taken(tmp_path, rounds):
     from cai.revise.config import ReviseConfig
 
     cfg = ReviseConfig(prompts=str(write_prompts(tmp_path, "red.jsonl", 2)),
-                              out=str(tmp_path / "out"), model=fake_model_folder(tmp_path),
-                              rounds=rounds, max_new_tokens=8)
+                       out=str(tmp_path / "out"), model=fake_model_folder(tmp_path),
+                       rounds=rounds, max_new_tokens=8)
     revise.run(cfg, generator=Parrot(), feedback=Parrot())
     rows = records.read_jsonl(tmp_path / "out" / records.DATA)
     assert len(rows) == 2

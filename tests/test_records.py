@@ -21,7 +21,7 @@ def test_jsonl_and_txt_prompts(tmp_path):
         {"id": "a", "prompt": "hi", "category": "x"}, {"id": "7", "prompt": "yo"}]
     txt = write(tmp_path / "q.txt", ["first one", "", "  second  "])
     assert load_prompts(str(txt)) == [{"id": "q-1", "prompt": "first one"},
-                                              {"id": "q-3", "prompt": "second"}]
+                                      {"id": "q-3", "prompt": "second"}]
 
 
 def test_every_bad_line_is_named(tmp_path):
@@ -91,7 +91,7 @@ def test_helpful_prompt_sets_are_pooled(tmp_path):
     assert helpful_sample(str(a), 0.5, 4) == helpful_sample([str(a)], 0.5, 4)
     assert sources_id([str(a)]) == sources_id(str(a)) == source_id(str(a))
     assert sources_id([str(a), str(b)]) == [source_id(str(a)),
-                                                    source_id(str(b))]
+                                            source_id(str(b))]
     clash = write(tmp_path / "c.jsonl", [json.dumps({"id": "a1", "prompt": "again"})])
     with pytest.raises(CaiError, match=r"c\.jsonl: id 'a1' is also in .*a\.jsonl"):
         helpful_sample([str(a), str(clash)], 1.0, 2)
@@ -157,7 +157,7 @@ def test_limit_may_grow_and_completeness_is_by_ids(tmp_path):
 def test_url_credentials_never_reach_the_manifest(tmp_path):
     url = "http://alice:s3cret@10.0.0.1:8000/v1"
     Manifest(tmp_path, "label", {"server": url},
-                     {"base_url": url, "more": [{"labeler_base_url": url}]}).save()
+             {"base_url": url, "more": [{"labeler_base_url": url}]}).save()
     text = (tmp_path / "manifest.json").read_text()
     assert "s3cret" not in text and "alice" not in text
     assert text.count("http://10.0.0.1:8000/v1") == 3

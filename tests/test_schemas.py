@@ -14,8 +14,8 @@ from test_constitution import BROKEN, GOOD
 from cai import constitution as C
 from cai import schemas
 from cai.constitution.loader import ID_PATTERN, SECTION_FIELDS, TOP_KEYS
-from cai.foundation.config import opt
 from cai.foundation.errors import CaiError
+from cai.foundation.options import opt
 
 CONSTITUTIONS = sorted((ROOT / "constitutions").glob("*.yaml"))
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cai.foundation import config as cfgmod
+from cai.foundation import options as cfgmod
 
 
 def _annotation(text: str, prop: bool = False) -> str:

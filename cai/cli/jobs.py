@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cai.foundation import config as cfgmod
+from cai.foundation import options as cfgmod
 
 
 def cmd_revise(args) -> int:

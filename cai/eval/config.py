@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cai import ROOT
-from cai.foundation.config import flat_init, opt
 from cai.foundation.errors import CaiError
+from cai.foundation.options import flat_init, opt
 from cai.generation import Role, main_role, second_role
 
 #: What each prompt set measures: harmlessness on red-team prompts, helpfulness (and

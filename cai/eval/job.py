@@ -42,11 +42,11 @@ from cai.eval.config import JUDGE_CONSTITUTION, SETS, EvalConfig
 from cai.eval.judging import JUDGMENTS, judge_pass, judge_role, load_judge_check
 from cai.eval.summary import judge_check_stats, string_check_stats, summarize
 from cai.foundation import lock, records
-from cai.foundation.config import as_dict
 from cai.foundation.errors import CaiError
 from cai.foundation.inputs import load_prompts
 from cai.foundation.manifest import MANIFEST, Manifest, file_sha256, text_sha256
 from cai.foundation.model_store import DEFAULT_MODEL, fingerprint
+from cai.foundation.options import as_dict
 from cai.foundation.templates import Templates
 from cai.generation import engine_identity, engine_kwargs, record_options
 from cai.scoring.classify import EXAMPLES_FILE, load_judge_examples

@@ -17,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from cai.foundation.config import group
 from cai.foundation.errors import CaiError
 from cai.foundation.manifest import redact
 from cai.foundation.model_store import fingerprint
+from cai.foundation.options import group
 from cai.generation.base import Generator
 
 ENGINES = ("hf", "vllm", "openai")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cai.foundation.config import as_dict
 from cai.foundation.errors import CaiError
 from cai.foundation.inputs import objects_with_ids, require_text, unique_ids
 from cai.foundation.model_store import DEFAULT_MODEL
+from cai.foundation.options import as_dict
 from cai.generation import Generator
 from cai.label.config import LabelConfig
 from cai.label.job import make_engines

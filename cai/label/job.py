@@ -19,7 +19,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cai.foundation import lock, records
-from cai.foundation.config import as_dict
 from cai.foundation.inputs import (
     helpful_sample,
     load_prompts,
@@ -31,6 +30,7 @@ from cai.foundation.inputs import (
 )
 from cai.foundation.manifest import Manifest, file_sha256, text_sha256
 from cai.foundation.model_store import DEFAULT_MODEL
+from cai.foundation.options import as_dict
 from cai.foundation.shards import select_shard
 from cai.generation import (
     Generator,
@@ -239,8 +239,7 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
     if cfg.responses:
         items = select_shard(load_responses(cfg.responses), cfg.shard)
     else:
-        items = select_shard(load_prompts(cfg.prompts, cfg.prompt_column),
-                                     cfg.shard)
+        items = select_shard(load_prompts(cfg.prompts, cfg.prompt_column), cfg.shard)
     if cfg.limit is not None:
         items = items[:cfg.limit]
     pools = {"harmless": pool}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cai import ROOT
-from cai.foundation import config as cfgmod
+from cai.foundation import options as cfgmod
 from cai.foundation.errors import CaiError
 
 DEFAULT_PIPELINE = ROOT / "configs" / "pipeline.yaml"  # the one shipped with cai

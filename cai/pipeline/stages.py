@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cai import ROOT
-from cai.foundation import config as cfgmod
 from cai.foundation import lock
+from cai.foundation import options as cfgmod
 from cai.foundation.errors import CaiError
 from cai.foundation.inputs import source_id
 from cai.foundation.manifest import package_versions, redact

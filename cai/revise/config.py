@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cai.foundation.config import flat_init, opt
 from cai.foundation.errors import CaiError
+from cai.foundation.options import flat_init, opt
 from cai.generation import Role, main_role, second_role
 
 

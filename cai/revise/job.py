@@ -33,10 +33,10 @@ from tqdm.auto import tqdm
 from cai import constitution as constitutions
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.foundation import lock, records
-from cai.foundation.config import as_dict
 from cai.foundation.inputs import helpful_sample, load_prompts, source_id, sources_id
 from cai.foundation.manifest import Manifest, text_sha256
 from cai.foundation.model_store import DEFAULT_MODEL
+from cai.foundation.options import as_dict
 from cai.foundation.shards import select_shard
 from cai.foundation.templates import Templates
 from cai.generation import (

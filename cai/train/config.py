@@ -2,7 +2,7 @@
 become one (no torch is imported here).
 
 A config is YAML with typed sections, each a dataclass below, plus the algorithm's own section
-(below too; PPO's is `cai.train.ppo.options`) and a `training:` mapping handed straight to
+(below too; PPO's is `cai.train.ppo.config`) and a `training:` mapping handed straight to
 `transformers.TrainingArguments`:
 
     model:        {name, dtype, attn_implementation, trust_remote_code}
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from cai.foundation.config import check_minimum, coerce, key_lines, opt, read_yaml
 from cai.foundation.errors import CaiError
+from cai.foundation.options import check_minimum, coerce, key_lines, opt, read_yaml
 
 RESOLVED = "cai_config.yaml"
 
@@ -98,7 +98,7 @@ class QuantizationSection:
 
 
 # --------------------------------------------------------------------------------------------
-# Each algorithm's own section (PPO's is in its package: `cai.train.ppo.options`)
+# Each algorithm's own section (PPO's is in its package: `cai.train.ppo.config`)
 
 
 @dataclass

@@ -189,8 +189,8 @@ def test_eval_end_to_end(two_models, tmp_path):
 def test_eval_run_in_process_returns_the_metrics(two_models, tmp_path):
     before, _ = two_models
     cfg = EvalConfig(model=[f"solo={before}"], judge=str(before), out=str(tmp_path / "o"),
-                       limit=1, max_new_tokens=3, sets=["red_team"], ability=False,
-                       report=False, resamples=20)
+                     limit=1, max_new_tokens=3, sets=["red_team"], ability=False,
+                     report=False, resamples=20)
     m = E.run(cfg)
     assert m == json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["pairwise"] == {"red_team": []}
@@ -210,8 +210,8 @@ def test_compare_first_or_none_judges_fewer_pairs(two_models, tmp_path):
     for compare, want in (("first", {("mid", "base"), ("last", "base")}), ("none", set())):
         out = tmp_path / compare
         m = E.run(EvalConfig(model=models, judge=str(before), out=str(out), limit=1,
-                               max_new_tokens=3, sets=["red_team"], ability=False,
-                               judge_check=False, resamples=20, compare=compare))
+                             max_new_tokens=3, sets=["red_team"], ability=False,
+                             judge_check=False, resamples=20, compare=compare))
         assert {(r["a"], r["b"]) for r in m["pairwise"]["red_team"]} == want
         judged = [r for r in read_records(out / "judgments.jsonl") if r["id"].startswith("pair:")]
         assert len(judged) == len(want) == m["elo"]["harmlessness"]["comparisons"]

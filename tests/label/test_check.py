@@ -24,7 +24,7 @@ def test_check_reports_accuracy_and_calibration(tmp_path):
     saved = json.loads((tmp_path / "o" / "check.json").read_text())
     assert {r["better_first"] for r in saved["rows"]} == {True, False}  # both positions used
     blind = label_check.run_check(LabelConfig(check=str(path), out=str(tmp_path / "b"),
-                                                few_shot=0, debias=False),
+                                              few_shot=0, debias=False),
                                   labeler=KnownLabeler(when_a=(0.9, 0.1), when_b=(0.9, 0.1)))
     # always answering (A) is right exactly where GOOD was shown as (A): the better answer
     # came first and was shown in order, or came second and the order was swapped

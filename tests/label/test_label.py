@@ -109,7 +109,7 @@ def test_margin_drops_and_counts(tmp_path, good_bad):
     assert manifest["summary"]["skipped"] == {"margin": 2}
     assert manifest["summary"]["position_bias_rate"] == 1.0  # dropped pairs still count
     rerun = F.run(LabelConfig(responses=str(good_bad), out=str(tmp_path / "out"), few_shot=0,
-                                margin=0.1), labeler=KnownLabeler())
+                              margin=0.1), labeler=KnownLabeler())
     assert rerun["written"] == 0  # dropped pairs are done
 
 
@@ -193,8 +193,8 @@ def test_same_seed_same_labels_on_the_tiny_model(tiny_model, prompts_file, tmp_p
 
     def labels(name, **options):
         cfg = LabelConfig(prompts=str(prompts_file), out=str(tmp_path / name), limit=2,
-                            policy=str(tiny_model), labeler=str(tiny_model), few_shot=0,
-                            max_new_tokens=6, chunk_size=1, **options)
+                          policy=str(tiny_model), labeler=str(tiny_model), few_shot=0,
+                          max_new_tokens=6, chunk_size=1, **options)
         F.run(cfg, policy=gen, labeler=gen)
         return (tmp_path / name / "data.jsonl").read_text()
 
@@ -266,7 +266,7 @@ def test_killed_and_resumed_writes_what_an_uninterrupted_run_writes(tiny_model, 
 
 def test_bad_options_and_files_are_one_line_errors(tmp_path, prompts_file):
     responses = write_jsonl(tmp_path / "r.jsonl",
-                                [{"id": "a", "prompt": "Q", "responses": ["x"]}])
+                            [{"id": "a", "prompt": "Q", "responses": ["x"]}])
     check = tmp_path / "c.jsonl"
     check.write_text('{"id": "a", "prompt": "Q", "better": "x"}\n')
     no_model = ["--labeler", tmp_path / "no-model", "--policy", tmp_path / "no-model"]

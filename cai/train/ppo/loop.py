@@ -51,8 +51,8 @@ from cai.train.losses import (
     token_logps,
 )
 from cai.train.ppo import checkpoint, critic, reward_stats, rewards
+from cai.train.ppo.config import PPOSection
 from cai.train.ppo.log import RunLog, eval_line, step_line
-from cai.train.ppo.options import PPOSection
 from cai.train.ppo.rollout import Rollout, answer_forward, model_inputs, score_tokens, step_prompts
 
 VALUE_HEAD = checkpoint.VALUE_HEAD

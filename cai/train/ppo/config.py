@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cai.foundation.config import opt
 from cai.foundation.errors import CaiError
+from cai.foundation.options import opt
 
 
 @dataclass

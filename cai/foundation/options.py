@@ -1,4 +1,4 @@
-"""Job configs: YAML files and `--key value` overrides into typed dataclasses.
+"""Options: YAML files and `--key value` overrides into the typed dataclasses of job configs.
 
 Unknown keys fail loudly with the file and key named (and a did-you-mean); values are checked
 against the field's type. The resolved config is what jobs write into their manifest.
@@ -6,7 +6,7 @@ against the field's type. The resolved config is what jobs write into their mani
 A config's options are flat keys wherever a user meets them: YAML keys, `--flags`, JSON Schema
 properties and the `as_dict` a manifest holds. A field may hold a small dataclass of its own
 (`group`, e.g. a model role: model, engine, dtype, ...), whose attributes are options under flat
-keys of their own (`labeler`, `labeler_engine`, ...); `options` lists them all, and a
+keys of their own (`labeler`, `labeler_engine`, ...); `flat_options` lists them all, and a
 `flat_init` class takes them as keyword arguments too.
 """
 
@@ -116,7 +116,7 @@ def coerce(value, hint, where: str):
 def build(cls, values: dict, source: str, cli_keys=()):
     """An instance of dataclass `cls` from `values` by flat key; unknown keys and bad types name
     `source` (or the `--option` for `cli_keys`, the values given on the command line)."""
-    known = {o.key: o for o in options(cls)}
+    known = {o.key: o for o in flat_options(cls)}
     kwargs = {}
     for key, value in values.items():
         if key not in known:
@@ -143,7 +143,7 @@ def load(cls, config_file: str | None, overrides: dict):
 
 def as_dict(config) -> dict:
     """The config by its flat keys, values copied: what a manifest holds."""
-    return {o.key: copy.deepcopy(o.value(config)) for o in options(type(config))}
+    return {o.key: copy.deepcopy(o.value(config)) for o in flat_options(type(config))}
 
 
 def opt(default=None, help: str = "", factory=None, minimum=None):
@@ -201,7 +201,7 @@ def group(cls, keys: dict[str, str], *, defaults: dict | None = None,
 
 
 @functools.cache
-def options(cls) -> tuple[Option, ...]:
+def flat_options(cls) -> tuple[Option, ...]:
     """Every option of dataclass `cls` in declaration order, a group's in its own order."""
     hints = typing.get_type_hints(cls)
     out = []
@@ -236,7 +236,7 @@ def flat_init(cls):
 
     @functools.wraps(nested_init)
     def __init__(self, **values):
-        by_key = {o.key: o for o in options(cls)}
+        by_key = {o.key: o for o in flat_options(cls)}
         kwargs, parts = {}, {}
         for key, value in values.items():
             spec = fields[key].metadata.get("group") if key in fields else None
@@ -261,7 +261,7 @@ def add_arguments(parser, cls, skip=()) -> None:
     """One `--key-name` option per option of `cls`; values stay None unless given."""
     import argparse
 
-    for o in options(cls):
+    for o in flat_options(cls):
         if o.key in skip or typing.get_origin(o.hint) is dict or o.hint is dict:
             continue
         flag = "--" + o.key.replace("_", "-")
@@ -279,5 +279,5 @@ def add_arguments(parser, cls, skip=()) -> None:
 
 def overrides(args, cls) -> dict:
     """The options a user gave on the command line, by flat key."""
-    names = {o.key for o in options(cls)}
+    names = {o.key for o in flat_options(cls)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
