@@ -14,7 +14,8 @@ from cai.scoring.preference import ScoringOptions
 @flat_init
 @dataclass
 class LabelConfig:
-    """Options of `cai label` (also the keys of its `--config` YAML)."""
+    """Options of `cai label` (also the keys of its `--config` YAML). The bare engine options
+    (`--policy`, `--engine`, ...) are the policy's; the labeler's carry its name."""
 
     prompts: str = opt("", ".jsonl (id, prompt), .txt (one per line) or dataset:NAME_OR_DIR")
     responses: str | None = opt(None, "label existing responses instead of sampling: a .jsonl "
