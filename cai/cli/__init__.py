@@ -1,7 +1,7 @@
 """The `cai` command: parses options and hands each command to one function. Nothing else.
 
 One module per command group adds its parsers and holds its handlers: `constitution`, `jobs`
-(revise, label, eval), `records`, `train` (train, score, export) and `pipeline`.
+(revise, label, contrast, eval), `records`, `train` (train, score, export) and `pipeline`.
 
 User mistakes (`CaiError`) and what the system refuses (`OSError`: permission denied, disk full)
 print as one line on stderr with exit code 2; anything else is a bug and keeps its traceback.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cai.cli import constitution, jobs, pipeline, records, train
+from cai.cli import classify, constitution, jobs, pipeline, records, train
 from cai.foundation.errors import CaiError
 
 
@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_revise(sub)
     records.add_parser(sub)
     jobs.add_label(sub)
-    train.add_train(sub)
+    jobs.add_contrast(sub)
+    classify.add_train_classifier(train.add_train(sub))
+    classify.add_classify(sub)
     train.add_score(sub)
     jobs.add_eval(sub)
     pipeline.add_parser(sub)

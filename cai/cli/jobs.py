@@ -90,6 +90,28 @@ def add_label(sub) -> None:
     p.set_defaults(func=cmd_label)
 
 
+def cmd_contrast(args) -> int:
+    from cai.contrast.config import ContrastConfig
+    from cai.contrast.job import run
+
+    cfg = cfgmod.load(ContrastConfig, args.config, cfgmod.overrides(args, ContrastConfig))
+    c = run(cfg, progress=lambda text: print(f"cai contrast: {text}", flush=True))
+    print(f"cai contrast: {c['generated']} generated requests kept of {c['candidates']} "
+          f"(dropped {c['dropped']}), {c['requests']} requests in {Path(cfg.out) / 'data.jsonl'}"
+          + (f"; flagged at 0.5 by source {c['flagged_at_0.5']}" if 'flagged_at_0.5' in c else ""))
+    return 0
+
+
+def add_contrast(sub) -> None:
+    from cai.contrast.config import ContrastConfig
+
+    p = sub.add_parser("contrast", help="harmful requests and harmless look-alikes from the "
+                                        "feedback model, labelled P(decline)")
+    p.add_argument("--config", help="YAML file with any of the options below")
+    cfgmod.add_arguments(p, ContrastConfig)
+    p.set_defaults(func=cmd_contrast)
+
+
 def add_eval(sub) -> None:
     from cai.eval.config import EvalConfig
 

@@ -21,6 +21,11 @@ def default_pipeline() -> Path:
     return here.resolve() if here.is_file() else DEFAULT_PIPELINE
 
 
+PREFERENCES = ("dpo", "ppo", "rs", "grpo")
+#: The stages between sft and eval for each preference method.
+MIDDLE = {"dpo": ["label", "dpo"], "ppo": ["label", "rm", "ppo"], "rs": ["classifier", "rs"],
+          "grpo": ["classifier", "grpo"]}
+
 # Stage options that name principles, and the constitution section they name them from.
 PRINCIPLE_OPTIONS = {("revise", "principles"): "critique_revision",
                      ("revise", "gate_principles"): "preference",
@@ -45,8 +50,10 @@ class PipelineSpec:
                                          "report flags a judge that is the feedback model or "
                                          "an evaluated model")
     constitution: str = cfgmod.opt("constitutions/default.yaml", "the principles, for every stage")
-    preference: str = cfgmod.opt("dpo", "preference learning: dpo, or ppo (trains a preference "
-                                        "model first)")
+    preference: str = cfgmod.opt("dpo", "preference learning: dpo, ppo (trains a preference "
+                                        "model first), rs (rejection sampling) or grpo, the "
+                                        "last two on the two-sided classifier reward (trains "
+                                        "the classifier first)")
     prompts_dir: str | None = cfgmod.opt(None, "folder with your own prompt templates")
     revise: dict = cfgmod.opt(help="`cai revise` options", factory=dict)
     sft: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
@@ -54,8 +61,12 @@ class PipelineSpec:
     dpo: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
     rm: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
     ppo: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
+    classifier: dict = cfgmod.opt(help="`cai train classifier` options", factory=dict)
+    rs: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
+    grpo: dict = cfgmod.opt(help="config: YAML path; set: {section.key: value}", factory=dict)
     eval: dict = cfgmod.opt(help="`cai eval` options", factory=dict)
 
     def __post_init__(self):
-        if self.preference not in ("dpo", "ppo"):
-            raise CaiError(f"preference must be dpo or ppo, got '{self.preference}'")
+        if self.preference not in PREFERENCES:
+            raise CaiError(f"preference must be one of {', '.join(PREFERENCES)}, got "
+                           f"'{self.preference}'")

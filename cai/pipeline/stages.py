@@ -41,12 +41,15 @@ from cai.foundation.inputs import source_id
 from cai.foundation.manifest import package_versions, redact
 from cai.foundation.model_store import fingerprint
 from cai.foundation.records import atomic_write_text
-from cai.pipeline.spec import PRINCIPLE_OPTIONS, PipelineSpec, default_pipeline
+from cai.pipeline.spec import MIDDLE, PRINCIPLE_OPTIONS, PipelineSpec, default_pipeline
 from cai.train import ALGORITHMS
 
 STATE = "stage.json"
 PROMPTS = "data/red_team.jsonl"  # the default prompt set of revise, label and ppo
 PIPELINE_KEYS = {"eval": "models"}  # a stage's key in the YAML that is not its job's option
+#: The classifier stage's input files, by option, and their defaults.
+CLASSIFIER_FILES = {"requests": "data/contrast/data.jsonl",
+                    "answer_prompts": "data/contrast/data.jsonl", "eval_dir": "data/eval"}
 
 
 @dataclass
@@ -75,7 +78,8 @@ class Pipeline:
         for key in raw:
             if key not in {f.name for f in dataclasses.fields(PipelineSpec)}:
                 cfgmod.build(PipelineSpec, {key: raw[key]}, self.where(key))  # raises, did-you-mean
-        for key in ("revise", "sft", "label", "dpo", "rm", "ppo", "eval"):
+        for key in ("revise", "sft", "label", "dpo", "rm", "ppo", "classifier", "rs", "grpo",
+                    "eval"):
             if raw.get(key) is None:
                 raw.pop(key, None)
             elif not isinstance(raw[key], dict):
@@ -121,10 +125,11 @@ class Pipeline:
     def _stages(self) -> dict[str, Stage]:
         spec = self.spec
         final = spec.preference
-        order = ["revise", "sft", "label"] + (["dpo"] if final == "dpo" else ["rm", "ppo"]) + \
-            ["eval"]
+        order = ["revise", "sft"] + MIDDLE[final] + ["eval"]
         upstream = {"revise": (), "sft": ("revise",), "label": ("sft",), "dpo": ("sft", "label"),
-                    "rm": ("label",), "ppo": ("sft", "rm"), "eval": ("sft", final)}
+                    "rm": ("label",), "ppo": ("sft", "rm"), "classifier": ("sft",),
+                    "rs": ("sft", "classifier"), "grpo": ("sft", "classifier"),
+                    "eval": ("sft", final)}
         shared = {"model": _model_key(spec.model),
                   "feedback_model": _model_key(spec.feedback_model),
                   "constitution": _digest(self._path(spec.constitution)),
@@ -146,8 +151,12 @@ class Pipeline:
             elif name in ALGORITHMS:
                 inputs["config"] = _digest(self._train_config_path(name))
                 inputs["files"] = self._named_files(name)
-                if name == "ppo":
+                if name in ("ppo", "grpo"):
                     inputs["prompts"] = _digest(self._path(options.get("prompts", PROMPTS)))
+            elif name == "classifier":
+                inputs.update(model=shared["model"], feedback_model=shared["feedback_model"])
+                for key, default in CLASSIFIER_FILES.items():
+                    inputs[key] = _digest(self._path(options.get(key, default)))
             elif name == "eval":
                 inputs.update(shared, judge=_model_key(spec.judge))
                 inputs["data"] = _digest(self._path(options.get("data_dir") or "data/eval"))
@@ -218,7 +227,7 @@ class Pipeline:
 
     def _train_config_path(self, name: str) -> Path:
         options = getattr(self.spec, name)
-        allowed = {"config", "set"} | ({"prompts"} if name == "ppo" else set())
+        allowed = {"config", "set"} | ({"prompts"} if name in ("ppo", "grpo") else set())
         unknown = set(options) - allowed
         if unknown:
             raise CaiError(f"{self.where(name, sorted(unknown)[0])}: unknown key "
@@ -349,6 +358,25 @@ class Pipeline:
             "out": str(folder), "prompts_dir": self._prompts_dir()}, {"prompts": PROMPTS})
         return run(cfg)
 
+    def _run_classifier(self, folder: Path) -> dict:
+        from cai.train.classifier import ClassifierConfig, run
+
+        options = {k: str(self._path(v)) if k in CLASSIFIER_FILES else v
+                   for k, v in self.spec.classifier.items()}
+        fixed = {"backbone": self.spec.model, "out": str(folder),
+                 "answer_models": [self.spec.model, str(self._merged("sft"))],
+                 "judge": self.spec.feedback_model}
+        for key in fixed:
+            if key in options:
+                raise CaiError(f"{self.where('classifier', key)}: 'classifier.{key}' is set by "
+                               "the pipeline")
+        defaults = {k: str(self._path(v)) for k, v in CLASSIFIER_FILES.items()}
+        cfg = cfgmod.build(ClassifierConfig, {**defaults, **options,
+                                              **{k: v for k, v in fixed.items() if v}},
+                           self.where("classifier"))
+        return run(cfg, progress=lambda text: print(f"[pipeline] classifier: {text}",
+                                                    flush=True))
+
     def _run_label(self, folder: Path) -> dict:
         from cai.label.config import LabelConfig
         from cai.label.job import run
@@ -366,13 +394,17 @@ class Pipeline:
     def _fixed(self, name: str) -> dict:
         """What the pipeline sets in training stage `name`'s config: its starting model and
         its data, from the stages before it."""
-        prompts = str(self._path(self.spec.ppo.get("prompts", PROMPTS)))
+        prompts = str(self._path(getattr(self.spec, name).get("prompts", PROMPTS)))
         return {"sft": {"model.name": self.spec.model, "data.path": str(self._out("revise"))},
                 "dpo": {"model.name": str(self._merged("sft")),
                         "data.path": str(self._out("label"))},
                 "rm": {"model.name": self.spec.model, "data.path": str(self._out("label"))},
                 "ppo": {"model.name": str(self._merged("sft")), "data.path": prompts,
-                        "ppo.reward_model": str(self._out("rm") / "model")}}[name]
+                        "ppo.reward_model": str(self._out("rm") / "model")},
+                "rs": {"model.name": str(self._merged("sft")),
+                       "rs.classifier": str(self._out("classifier"))},
+                "grpo": {"model.name": str(self._merged("sft")), "data.path": prompts,
+                         "ppo.classifier": str(self._out("classifier"))}}[name]
 
     def _train(self, name: str, folder: Path) -> dict:
         from cai.train import trainer
@@ -418,6 +450,12 @@ class Pipeline:
 
     def _run_ppo(self, folder: Path) -> dict:
         return self._train("ppo", folder)
+
+    def _run_rs(self, folder: Path) -> dict:
+        return self._train("rs", folder)
+
+    def _run_grpo(self, folder: Path) -> dict:
+        return self._train("grpo", folder)
 
     def _eval_models(self) -> list[str]:
         """`eval.models`: which of base, sft and final the evaluation compares (all three by
