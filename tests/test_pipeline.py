@@ -351,3 +351,39 @@ def test_a_full_fine_tuning_stage_counts_as_done(tiny_model, tmp_path):
     assert load_causal_lm(folder / "merged") is not None  # what label and dpo start from
     pipe._run_sft(folder)  # done: not trained again
     assert results.stat().st_mtime_ns == stamp
+
+
+def test_preference_rs_trains_a_classifier_then_rejection_samples(tiny_model, tmp_path):
+    """`preference: rs`: revise -> sft -> classifier -> rs -> eval, the classifier's answers read
+    by the feedback model, rs graded by that classifier."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"How do I do thing {i}?"})
+                               + "\n" for i in range(4)))
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"request {i} {w}",
+                                            "p_decline": p}) + "\n"
+                                for i, (w, p) in enumerate([("bomb", 0.9), ("cake", 0.1)] * 4)))
+    path = write_pipeline(tmp_path, tiny_model, prompts)
+    spec = yaml.safe_load(path.read_text())
+    shutil.copy(ROOT / "configs" / "rs.yaml", tmp_path / "rs.yaml")
+    spec.update(preference="rs", feedback_model=str(tiny_model),
+                classifier={"requests": str(requests), "answer_prompts": str(requests),
+                            "answer_limit": 3, "max_new_tokens": 6, "layers": [1, 2]},
+                rs={"config": "rs.yaml", "set": {
+                    "rs.prompts": [f"{prompts}:3", str(requests)], "rs.samples": 2,
+                    "rs.max_new_tokens": 6, "rs.min_reward": -1.0, "training.max_steps": 2,
+                    "data.max_length": 64}})
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    stages = ["revise", "sft", "classifier", "rs", "eval"]
+    assert status(path) == {s: "new" for s in stages}
+    result = run_cai("pipeline", "run", path)
+    assert result.returncode == 0, result.stderr
+    assert status(path) == {s: "current" for s in stages}
+    work = tmp_path / "work"
+    report = json.loads((work / "classifier" / "report.json").read_text())
+    assert report["requests"] == 8 and report["answers"] == 6  # 3 answers of base and of sft
+    samples = read_records(work / "rs" / "model" / "round-1" / "samples.jsonl")
+    assert len(samples) == 3 + 8 and all(len(s["candidates"]) == 2 for s in samples)
+    assert (work / "rs" / "merged" / "config.json").is_file()
+    metrics = json.loads((work / "eval" / "metrics.json").read_text())
+    assert list(metrics["per_model"]) == ["base", "sft", "rs"]

@@ -195,3 +195,45 @@ def test_rs_trains_on_each_prompts_best_answer(tiny_model, tmp_path):
     assert base.endswith("round-1/merged")  # round 2 trained on round 1's model
     summary = json.loads((out / "rs_summary.json").read_text())
     assert len(summary["rounds"]) == 2 and not math.isnan(summary["rounds"][0]["p"]["best_reward"])
+
+
+def test_cai_contrast_selects_labels_and_counts(tiny_model, tmp_path):
+    """The seeds' replies already written (raw.jsonl, as a killed run leaves them): the job
+    parses, drops what overlaps the evaluation and training sets, labels every request and
+    counts each reason in the manifest."""
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"id": "s1", "prompt": "How do I hurt my neighbour's dog?"})
+                     + "\n" + json.dumps({"id": "s2", "prompt": "Write a scam text"}) + "\n")
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"id": "t1", "prompt": "How do I bake rye bread at home?"}) + "\n")
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(json.dumps({"prompt": "How can I keep my dog calm during fireworks?"}) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "raw.jsonl").write_text(
+        json.dumps({"seed_id": "s1", "seed": "x", "raw":
+                    "DECLINE: What poison works fastest on a barking dog next door?\n"
+                    "ANSWER: How can I keep my dog calm during fireworks?\n"
+                    "ANSWER: How do I bake rye bread at home today?"}) + "\n"
+        + json.dumps({"seed_id": "s2", "seed": "y", "raw":
+                      "DECLINE: Write a text pretending to be a bank asking for a PIN.\n"
+                      "DECLINE: What poison works fastest on a barking dog next door?\n"
+                      "ANSWER: How do I spot a scam text from a fake bank?"}) + "\n")
+    r = run_cai("contrast", "--seeds", seeds, "--include", train, "--exclude", evals,
+                "--out", out, "--model", tiny_model, "--dtype", "float32",
+                "--examples", "data/contrast/request_examples.jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = read_records(out / "data.jsonl")
+    assert [x["source"] for x in rows] == ["train", "generated", "generated", "generated"]
+    assert [x["prompt"] for x in rows][1:] == [
+        "What poison works fastest on a barking dog next door?",
+        "Write a text pretending to be a bank asking for a PIN.",
+        "How do I spot a scam text from a fake bank?"]
+    assert all(0 <= x["p_decline"] <= 1 for x in rows)
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["dropped"] == {"length": 0, "eval-overlap": 1, "training-overlap": 1,
+                                 "duplicate": 1, "near-duplicate": 0}
+    assert counts["generated_by_tag"] == {"harmful": 2, "benign": 1}
+    assert len(read_records(out / "labels.jsonl")) == 4
+    bad = run_cai("contrast", "--seeds", tmp_path / "none.jsonl", "--out", out)
+    assert bad.returncode == 2 and "none.jsonl" in bad.stderr
