@@ -183,12 +183,13 @@ def _from_datasets(name: str, column: str, split: str) -> list[dict]:
 
 
 def helpful_sample(specs: str | list[str] | None, ratio: float, n_prompts: int, *,
-                   column: str = "prompt", shard: str | None = None, seed: int = 0
-                   ) -> list[dict]:
+                   column: str = "prompt", shard: str | None = None, seed: int = 0,
+                   kind: str = "helpful") -> list[dict]:
     """`ratio` x `n_prompts` ordinary prompts drawn (seeded) from the pooled prompt sets
     `specs` (one or more), ids prefixed `helpful:` so they never collide with the red-team ids:
     the helpfulness share that SL-CAI and RL-CAI data mix in (Bai et al. 2022, sections 3 and
-    4). An id found in two of the sets is an error."""
+    4). An id found in two of the sets is an error. Another `kind` (`cai label`'s "refusal"
+    prompts) draws its own share the same way, with its own prefix, kind and seed."""
     specs = [specs] if isinstance(specs, str) else list(specs or [])
     if not specs or not ratio:
         return []
@@ -197,12 +198,12 @@ def helpful_sample(specs: str | list[str] | None, ratio: float, n_prompts: int, 
         for it in select_shard(load_prompts(spec, column), shard):
             if it["id"] in where:
                 raise CaiError(f"{spec}: id '{it['id']}' is also in {where[it['id']]} "
-                               "(helpful prompt sets are pooled: ids must differ)")
+                               f"({kind} prompt sets are pooled: ids must differ)")
             where[it["id"]] = spec
             found.append(it)
-    drawn = random.Random(f"{seed}:helpful").sample(found, min(len(found),
-                                                               round(ratio * n_prompts)))
-    return [{"id": f"helpful:{it['id']}", "prompt": it["prompt"], "kind": "helpful"}
+    drawn = random.Random(f"{seed}:{kind}").sample(found, min(len(found),
+                                                              round(ratio * n_prompts)))
+    return [{"id": f"{kind}:{it['id']}", "prompt": it["prompt"], "kind": kind}
             for it in drawn]
 
 

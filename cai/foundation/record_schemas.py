@@ -90,12 +90,26 @@ LABEL = {
         "id": TEXT, "prompt": _messages(["user", "assistant", "system"]),
         "chosen": _messages(["assistant"], 1, 1), "rejected": _messages(["assistant"], 1, 1),
         "p_chosen": {"type": "number", "minimum": 0.5, "maximum": 1},
-        "votes": {"type": "array", "minItems": 1, "items": VOTE},
+        "votes": {"type": "array", "items": VOTE},
         "pair": {"type": "array", "items": {"type": "integer", "minimum": 0},
                  "minItems": 2, "maxItems": 2},
         "chosen_index": {"type": "integer", "minimum": 0},
         "labeler": TEXT, "policy": MAYBE_TEXT, "constitution": TEXT,
+        "kind": TEXT,
+        "p_refuses": {"type": "array", "minItems": 2, "items": MAYBE_PROB},
+        "p_refuses_chosen": PROB, "p_refuses_rejected": PROB,
+        "reader": {"enum": ["judge", "classifier"]},
     },
+    "allOf": [
+        # a refusal pair (`kind: refusal`) was read, not voted on: an answer read as answering
+        # chosen over one read as refusing; every other pair has the labeler's votes
+        {"if": {"required": ["kind"], "properties": {"kind": {"const": "refusal"}}},
+         "then": {"required": ["p_refuses", "p_refuses_chosen", "p_refuses_rejected", "reader"],
+                  "properties": {"votes": {"maxItems": 0},
+                                 "p_refuses_chosen": {"exclusiveMaximum": 0.5},
+                                 "p_refuses_rejected": {"exclusiveMinimum": 0.5}}},
+         "else": {"properties": {"votes": {"minItems": 1}}}},
+    ],
 }
 
 LABEL_SKIP = {
@@ -103,9 +117,12 @@ LABEL_SKIP = {
     "title": "cai label skipped pair",
     "type": "object", "required": ["id", "reason"],
     "properties": {"id": TEXT,
-                   "reason": {"enum": ["identical responses", "too long", "margin"]},
+                   "reason": {"enum": ["identical responses", "too long", "margin",
+                                       "no refusal", "all refuse"]},
                    "detail": TEXT, "p_first": PROB,
-                   "votes": {"type": "array", "items": VOTE}},
+                   "votes": {"type": "array", "items": VOTE},
+                   # a refusal prompt without a pair: its answers' P(refuses)
+                   "kind": TEXT, "p_refuses": {"type": "array", "items": MAYBE_PROB}},
 }
 
 JUDGMENT = {

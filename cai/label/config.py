@@ -76,6 +76,16 @@ class LabelConfig:
                                                     "--helpful-prompts)")
     helpful_principle_ids: list[str] = opt(help="preference ids asked on the helpful prompts",
                                            factory=lambda: ["more-helpful", "less-preachy"])
+    refusal_prompts: list[str] | None = opt(None, "also make refusal pairs on these harmless "
+                                                  "prompt sets (comma-separated, pooled), e.g. "
+                                                  "data/borderline.jsonl: an answer read as "
+                                                  "answering chosen over one read as refusing")
+    refusal_ratio: float = opt(0.5, minimum=0, help="refusal prompts per red-team prompt (with "
+                                                    "--refusal-prompts)")
+    refusal_samples: int = opt(4, minimum=2, help="answers sampled per refusal prompt")
+    refusal_classifier: str | None = opt(None, "read P(refuses) with this `cai train "
+                                               "classifier` folder's answer head instead of "
+                                               "asking the labeler (cheaper)")
 
     def __post_init__(self):
         if not self.check:
@@ -86,12 +96,20 @@ class LabelConfig:
             if not self.out:
                 raise CaiError("missing --out (the output folder)")
         for name, low in (("samples", 2), ("principles", 1), ("chunk_size", 1), ("batch_size", 1),
-                          ("few_shot", 0), ("cot_max_new_tokens", 1), ("pairs", 1)):
+                          ("few_shot", 0), ("cot_max_new_tokens", 1), ("pairs", 1),
+                          ("refusal_samples", 2)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise CaiError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
         if self.helpful_ratio < 0:
             raise CaiError(f"--helpful-ratio must be >= 0, got {self.helpful_ratio}")
+        if self.refusal_ratio < 0:
+            raise CaiError(f"--refusal-ratio must be >= 0, got {self.refusal_ratio}")
+        if self.refusal_prompts and self.responses and not self.check:
+            raise CaiError("--refusal-prompts needs --prompts: the policy samples the answers "
+                           "of refusal pairs (--responses gives no policy)")
+        if self.refusal_classifier and not self.refusal_prompts:
+            raise CaiError("--refusal-classifier reads refusal pairs: give --refusal-prompts too")
         if not 0 <= self.margin < 0.5:
             raise CaiError(f"--margin must be in [0, 0.5), got {self.margin}")
         if len(self.cot_clamp) != 2 or not 0 <= self.cot_clamp[0] <= 0.5 <= self.cot_clamp[1] <= 1:

@@ -2,7 +2,9 @@
 
 For each prompt the policy samples several responses; every pair of them is scored by the
 feedback model (the labeler) through `cai.scoring.preference.score` and written as a
-`prompt`/`chosen`/`rejected` record with the soft label `p_chosen`.
+`prompt`/`chosen`/`rejected` record with the soft label `p_chosen`. Prompts of the harmless
+`refusal_prompts` sets give refusal pairs instead (`cai.label.refusal`): an answer read as
+answering chosen over one read as refusing.
 
 Prompts are handled in chunks like `cai revise`: sample responses for the chunk, score every
 (pair, principle, order) as one engine call, append the chunk's records. A rerun skips pair ids
@@ -42,6 +44,7 @@ from cai.generation import (
     item_seeds,
     make_generator,
 )
+from cai.label import refusal
 from cai.label.config import LabelConfig
 from cai.scoring.labels import ensemble, label_histogram, position_bias_rate, principle_agreement
 from cai.scoring.preference import (
@@ -95,6 +98,11 @@ _NOT_CARRIED = {"id", "prompt", "responses", "initial_response", "response", "ro
                 "model", "constitution"}
 
 
+def carried(item: dict) -> dict:
+    """An input row's fields that its label records keep (category, kind, ...)."""
+    return {k: v for k, v in item.items() if k not in _NOT_CARRIED}
+
+
 def pair_ids(item: dict, k: int, cfg) -> list[str]:
     """Record ids `{prompt id}:{i}-{j}` of the pairs labelled among an item's k responses."""
     return [f"{item['id']}:{i}-{j}" for i, j in select_pairs(k, cfg.pairs,
@@ -113,6 +121,49 @@ def select_pairs(k: int, n_pairs: int | None, key: str) -> list[tuple[int, int]]
 # The labelling job
 
 
+def sample_responses(policy: Generator, items: list[dict], k: int, cfg: LabelConfig,
+                     on_step: Callable[[str], None]) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """The items that fit the policy's context, each with `k` sampled `responses`, and the
+    (item, detail) of those that do not. Sample i of a prompt is seeded by (seed, prompt id, i),
+    so a resumed prompt gets the same responses."""
+    budget = (policy.context_length or 0) - cfg.max_new_tokens
+    lengths = policy.prompt_tokens([[{"role": "user", "content": it["prompt"]}]
+                                    for it in items]) if policy.context_length else None
+    fits, too_long = [], []
+    for n, it in enumerate(items):
+        if lengths and lengths[n] > budget:
+            too_long.append((it, f"prompt of {lengths[n]} tokens + {cfg.max_new_tokens} new is "
+                                 f"over the policy's context of {policy.context_length}"))
+        else:
+            fits.append(it)
+    on_step("policy sampling")
+    seeds = item_seeds(cfg.seed, (f"{it['id']}:{i}" for it in fits for i in range(k)))
+    answers = policy.chat([[{"role": "user", "content": it["prompt"]}]
+                           for it in fits for _ in range(k)],
+                          SamplingParams(max_new_tokens=cfg.max_new_tokens,
+                                         temperature=cfg.temperature, top_p=cfg.top_p,
+                                         seeds=seeds)) if fits else []
+    return [{**it, "responses": answers[n * k:(n + 1) * k]} for n, it in enumerate(fits)], \
+        too_long
+
+
+def refusal_chunk(policy: Generator, reader: refusal.Reader, items: list[dict],
+                  cfg: LabelConfig, names: dict, on_step: Callable[[str], None]
+                  ) -> tuple[list[dict], list[dict]]:
+    """Sample `refusal_samples` answers to each refusal prompt of a chunk, read them for
+    P(refuses), and make each prompt's pair (or its skip record)."""
+    sampled, too_long = sample_responses(policy, items, cfg.refusal_samples, cfg, on_step)
+    skips = [{"id": it["id"], "kind": refusal.KIND, "reason": refusal.TOO_LONG, "detail": why}
+             for it, why in too_long]
+    on_step("reading refusals")
+    rows = []
+    for it, (ps, why) in zip(sampled, refusal.read_answers(reader, sampled)):
+        row, skip = refusal.pair_record(it, ps, why, carried(it), names, reader.name)
+        rows += [row] if row else []
+        skips += [skip] if skip else []
+    return rows, skips
+
+
 def label_chunk(policy: Generator | None, labeler: Generator, feedback: Feedback,
                 items: list[dict], pools: dict, cfg: LabelConfig, done: set[str], names: dict,
                 on_step: Callable[[str], None]) -> tuple[list[dict], list[dict]]:
@@ -123,29 +174,9 @@ def label_chunk(policy: Generator | None, labeler: Generator, feedback: Feedback
     """
     skips = []
     if policy is not None:
-        budget = (policy.context_length or 0) - cfg.max_new_tokens
-        lengths = policy.prompt_tokens([[{"role": "user", "content": it["prompt"]}]
-                                        for it in items]) if policy.context_length else None
-        fits = []
-        for n, it in enumerate(items):
-            if lengths and lengths[n] > budget:
-                detail = (f"prompt of {lengths[n]} tokens + {cfg.max_new_tokens} new is over the "
-                          f"policy's context of {policy.context_length}")
-                skips += [{"id": pid, "reason": "too long", "detail": detail}
-                          for pid in pair_ids(it, cfg.samples, cfg) if pid not in done]
-            else:
-                fits.append(it)
-        on_step("policy sampling")
-        # sample k of a prompt has its own seed, so a resumed prompt gets the same responses
-        seeds = item_seeds(cfg.seed, (f"{it['id']}:{k}" for it in fits
-                                      for k in range(cfg.samples)))
-        answers = policy.chat([[{"role": "user", "content": it["prompt"]}]
-                               for it in fits for _ in range(cfg.samples)],
-                              SamplingParams(max_new_tokens=cfg.max_new_tokens,
-                                             temperature=cfg.temperature, top_p=cfg.top_p,
-                                             seeds=seeds)) if fits else []
-        items = [{**it, "responses": answers[n * cfg.samples:(n + 1) * cfg.samples]}
-                 for n, it in enumerate(fits)]
+        items, too_long = sample_responses(policy, items, cfg.samples, cfg, on_step)
+        skips += [{"id": pid, "reason": "too long", "detail": detail} for it, detail in too_long
+                  for pid in pair_ids(it, cfg.samples, cfg) if pid not in done]
     tasks = []
     for it in items:
         for i, j in select_pairs(len(it["responses"]), cfg.pairs, f"{cfg.seed}:{it['id']}"):
@@ -178,9 +209,8 @@ def label_chunk(policy: Generator | None, labeler: Generator, feedback: Feedback
         chosen, rejected = (task["second"], task["first"]) if swap else \
             (task["first"], task["second"])
         it = task["item"]
-        extra = {k: v for k, v in it.items() if k not in _NOT_CARRIED}
         out.append({
-            "id": task["key"], **extra,
+            "id": task["key"], **carried(it),
             "prompt": [{"role": "user", "content": it["prompt"]}],
             "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}],
@@ -201,10 +231,12 @@ def summarize(rows: list[dict], skipped: list[dict]) -> dict:
     ps = [r["p_chosen"] for r in rows]
     bias = position_bias_rate([v for vs in vote_lists for v in vs])
     agree = principle_agreement(vote_lists)
-    return {"pairs": len(rows), "skipped": reasons, "label_histogram": label_histogram(ps),
-            "mean_p_chosen": round(sum(ps) / len(ps), 4) if ps else None,
-            "position_bias_rate": None if bias is None else round(bias, 4),
-            "principle_agreement": None if agree is None else round(agree, 4)}
+    out = {"pairs": len(rows), "skipped": reasons, "label_histogram": label_histogram(ps),
+           "mean_p_chosen": round(sum(ps) / len(ps), 4) if ps else None,
+           "position_bias_rate": None if bias is None else round(bias, 4),
+           "principle_agreement": None if agree is None else round(agree, 4)}
+    refusals = refusal.summary(rows, skipped)
+    return {**out, "refusal": refusals} if refusals else out
 
 
 def labeler_engine(cfg: LabelConfig) -> tuple[Role, dict]:
@@ -246,7 +278,11 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
     helpful = [] if cfg.responses else helpful_sample(
         cfg.helpful_prompts, cfg.helpful_ratio, len(items), column=cfg.prompt_column,
         shard=cfg.shard, seed=cfg.seed)
-    items = items + helpful
+    refusals = [] if cfg.responses else helpful_sample(
+        cfg.refusal_prompts, cfg.refusal_ratio, len(items), column=cfg.prompt_column,
+        shard=cfg.shard, seed=cfg.seed, kind=refusal.KIND)
+    examples = refusal.check_reader(cfg.refusal_classifier, templates) if refusals else ()
+    items = items + helpful + refusals
     # helpful-kind records (sampled here, or `cai revise` output's helpful samples) are asked
     # the helpfulness questions
     if any(it.get("kind") == "helpful" for it in items):
@@ -276,12 +312,18 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
                         cfg.helpful_ratio, [p.id for p in pools["helpful"]]]}
            if helpful else {"helpful_pool": [p.id for p in pools["helpful"]]}
            if "helpful" in pools else {}),
+        **({"refusal": {"prompts": sources_id(cfg.refusal_prompts, cfg.prompt_column),
+                        "ratio": cfg.refusal_ratio, "samples": cfg.refusal_samples,
+                        **refusal.identity(cfg.refusal_classifier, templates, cfg.debias)}}
+           if refusals else {}),
     }
     with lock.hold(out):  # no second job appends to this folder meanwhile
         manifest = Manifest(out, "label", identity, as_dict(cfg))
         done = records.done_ids(out)
-        wanted = {it["id"]: pair_ids(it, len(it["responses"]) if cfg.responses else cfg.samples,
-                                     cfg) for it in items}
+        # a refusal prompt's one record (a pair, or the reason for none) has the prompt's id
+        wanted = {it["id"]: [it["id"]] if it.get("kind") == refusal.KIND else
+                  pair_ids(it, len(it["responses"]) if cfg.responses else cfg.samples, cfg)
+                  for it in items}
         todo = [it for it in items if not all(p in done for p in wanted[it["id"]])]
         manifest.expect(p for ids in wanted.values() for p in ids)
         manifest.save(status="running", total_prompts=len(items),
@@ -289,13 +331,19 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
         if not todo:
             print(f"cai label: all {len(items)} prompts already done in {out}")
             manifest.save(status=manifest.status(done))
-            return {"written": 0, "skipped": 0, "dropped": 0}
+            return {"written": 0, "skipped": 0, "dropped": 0,
+                    **({"refusal_pairs": 0} if refusals else {})}
 
+        # a classifier folder is read first: a bad one fails before the models load
+        reader = refusal.ClassifierReader(cfg.refusal_classifier) \
+            if refusals and cfg.refusal_classifier else None
         policy, labeler = make_engines(cfg, not cfg.responses, policy, labeler)
+        if refusals and reader is None:
+            reader = refusal.JudgeReader(labeler, templates, examples, cfg.debias)
         feedback = Feedback(constitution, templates, cfg.few_shot, cfg.cot, cfg.seed)
         engines = [labeler] if policy in (None, labeler) else [policy, labeler]
         start = [(g.stats.generated_tokens, g.stats.generation_seconds) for g in engines]
-        written = skipped = dropped = 0
+        written = skipped = dropped = refusal_pairs = 0
         bar = tqdm(total=len(todo), desc="label", unit="prompt", dynamic_ncols=True)
 
         def show(step: str) -> None:
@@ -306,8 +354,14 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
                     records.JsonlWriter(out / records.SKIPPED) as skip_writer:
                 for begin in range(0, len(todo), cfg.chunk_size):
                     chunk = todo[begin:begin + cfg.chunk_size]
-                    rows, skips = label_chunk(policy, labeler, feedback, chunk, pools, cfg, done,
-                                              names, show)
+                    asked = [it for it in chunk if it.get("kind") == refusal.KIND]
+                    others = [it for it in chunk if it.get("kind") != refusal.KIND]
+                    rows, skips = label_chunk(policy, labeler, feedback, others, pools, cfg,
+                                              done, names, show) if others else ([], [])
+                    if asked:
+                        more, fewer = refusal_chunk(policy, reader, asked, cfg, names, show)
+                        rows, skips = rows + more, skips + fewer
+                        refusal_pairs += len(more)
                     # Rows first: a kill before the skips are written leaves only skipped
                     # pairs to redo, on the same responses (seeded per prompt and sample).
                     writer.write(rows)
@@ -319,6 +373,7 @@ def run(cfg: LabelConfig, policy: Generator | None = None,
         finally:
             bar.close()
             run_stats = {"written": written, "skipped": skipped, "dropped": dropped,
+                         **({"refusal_pairs": refusal_pairs} if refusals else {}),
                          "generated_tokens": sum(g.stats.generated_tokens - s[0]
                                                  for g, s in zip(engines, start)),
                          "generation_seconds": round(sum(g.stats.generation_seconds - s[1]
