@@ -1,6 +1,6 @@
 """Every module imports, and the import directions of docs/architecture.md hold: the foundation,
 then the cores (generation, constitution, then scoring), then the jobs as peers (revise, label,
-eval, train: none imports another), then the pipeline, and the CLI on top."""
+contrast, eval, train: none imports another), then the pipeline, and the CLI on top."""
 
 import ast
 import importlib
@@ -12,7 +12,7 @@ import cai
 OPTIONAL = {"cai.generation.vllm"}  # imports fine; needs vllm only when an engine is built
 ROOT = Path(cai.__file__).parent
 
-JOBS = ("revise", "label", "eval", "train")
+JOBS = ("revise", "label", "contrast", "eval", "train")
 CORES = ("foundation", "generation", "constitution", "scoring")
 #: What each part of cai may import (besides `cai` itself and its own modules).
 ALLOWED = {
@@ -28,7 +28,8 @@ ALLOWED = {
 #: The modules that say what a job's options are: read by the schema generator and the
 #: pipeline, they import nothing of their job but each other (and the pure losses, torch alone,
 #: whose table a dpo section's loss_type is checked against when one is built).
-CONFIGS = ("cai.revise.config", "cai.label.config", "cai.eval.config", "cai.train.config",
+CONFIGS = ("cai.revise.config", "cai.label.config", "cai.contrast.config", "cai.eval.config",
+           "cai.train.config",
            "cai.train.ppo.config", "cai.pipeline.spec", "cai.train.losses")
 
 
