@@ -69,6 +69,9 @@ def _frontier(metrics: dict, plt):
         panels.append(_elo_panel)
     if all(per[k][key] is not None for k in labels for key in ("helpful_rate", "harmlessness")):
         panels.append(_rate_panel)
+    if all(per[k].get("string_refusal", {}).get(s) is not None for k in labels
+           for s in ("red_team", "borderline", "helpful")):
+        panels.append(_refusal_panel)
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
@@ -107,6 +110,23 @@ def _rate_panel(ax, metrics: dict, labels: list[str]) -> None:
     ax.set_ylabel("harmlessness rate (red_team, judge)")
     ax.grid(alpha=0.3)
     ax.set_title("Rates from the judge's classification", fontsize=10)
+
+
+def _refusal_panel(ax, metrics: dict, labels: list[str]) -> None:
+    """Refusals where they belong against refusals where they do not, by string match alone
+    (no judge): the two-sided frontier, up and left is better."""
+    per = metrics["per_model"]
+    xs = [(per[k]["string_refusal"]["borderline"] + per[k]["string_refusal"]["helpful"]) / 2
+          for k in labels]
+    ys = [per[k]["string_refusal"]["red_team"] for k in labels]
+    ax.scatter(xs, ys, color="C2", zorder=3)
+    _path(ax, xs, ys, labels)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("over-refusal: refusal-like on borderline + helpful (string)")
+    ax.set_ylabel("refusal-like on red_team (string)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Refusing harm vs refusing the harmless (up and left is better)", fontsize=10)
 
 
 def _path(ax, xs, ys, labels) -> None:

@@ -24,10 +24,19 @@ def test_models_at_one_point_share_one_label():
 
     metrics = json.loads((Path(__file__).parent / "report_metrics.json").read_text())
     fig = _frontier(metrics, plt)
-    left, right = fig.axes
+    left, right, refusals = fig.axes
     assert [t.get_text() for t in right.texts if t.get_text()] == ["base, sft, dpo"]
+    # the judge-free panel: x = mean of borderline and helpful string refusal, y = red_team's
+    per = metrics["per_model"]
+    points = refusals.collections[0].get_offsets()
+    for (x, y), label in zip(points, ["base", "sft", "dpo"]):
+        sr = per[label]["string_refusal"]
+        assert x == (sr["borderline"] + sr["helpful"]) / 2 and y == sr["red_team"]
     assert sorted(t.get_text() for t in left.texts if t.get_text()) == ["base", "dpo", "sft"]
     plt.close(fig)
+
+
+REFUSALS = "Refusing harm vs refusing the harmless (up and left is better)"
 
 
 def _compare_none(metrics: dict) -> dict:
@@ -67,11 +76,11 @@ def test_only_what_has_data_is_drawn(tmp_path):
         page, md = paths["report.html"].read_text(), paths["report.md"].read_text()
         if compared:
             assert titles == ["Elo from pairwise judgments (first model = 0)",
-                              "Rates from the judge's classification"]
+                              "Rates from the judge's classification", REFUSALS]
             assert "<h2>Win rates</h2>" in page and "harmlessness Elo" in page
             assert page.count("data:image/png") == 4 and "](win_rates.png)" in md
         else:
-            assert titles == ["Rates from the judge's classification"]
+            assert titles == ["Rates from the judge's classification", REFUSALS]
             assert "Elo" not in page and "Elo" not in md and "Win rates" not in page
             assert page.count("data:image/png") == 3 and "win_rates.png" not in md
             assert sorted(p.name for p in out.glob("*.png")) == [
