@@ -85,14 +85,16 @@ def job_schema(name: str) -> dict:
 def train_schema(algo: str) -> dict:
     """`cai train ALGO CONFIG`: the typed sections, the algorithm's own and `training:`."""
     from cai.train.config import COMMON, DPOSection, RMSection, SFTSection
-    from cai.train.ppo.config import PPOSection
+    from cai.train.ppo.config import GRPOSection, PPOSection
 
-    own = {"sft": SFTSection, "dpo": DPOSection, "rm": RMSection, "ppo": PPOSection}[algo]
+    own = {"sft": SFTSection, "dpo": DPOSection, "rm": RMSection, "ppo": PPOSection,
+           "grpo": GRPOSection}[algo]
+    key = "ppo" if algo == "grpo" else algo  # grpo is the PPO loop: its section is ppo:
     what = {"model": "the model to train", "data": "the training data",
             "lora": "the LoRA adapter", "quantization": "QLoRA: the 4-bit base model",
-            algo: f"the options of {algo}"}
+            key: f"the options of {algo}" + (" (the PPO loop's)" if key != algo else "")}
     sections = {name: dataclass_schema(cls, what[name]) for name, cls in
-                {**COMMON, algo: own}.items()}
+                {**COMMON, key: own}.items()}
     sections["training"] = {
         "type": "object",
         "description": "any transformers.TrainingArguments field (output_dir, learning_rate, "
@@ -140,7 +142,7 @@ SHIPPED = {
     **{f"{CONFIG_SCHEMAS}/{n}.schema.json": (lambda n=n: job_schema(n))
        for n in ("revise", "label", "eval")},
     **{f"{CONFIG_SCHEMAS}/{a}.schema.json": (lambda a=a: train_schema(a))
-       for a in ("sft", "dpo", "rm", "ppo")},
+       for a in ("sft", "dpo", "rm", "ppo", "grpo")},
     f"{CONFIG_SCHEMAS}/pipeline.schema.json": pipeline_schema,
 }
 

@@ -1,4 +1,4 @@
-"""`cai train sft|dpo|rm|ppo` (one handler for the four), and the commands on what a trainer
+"""`cai train sft|dpo|rm|ppo|grpo` (one handler for the five), and the commands on what a trainer
 wrote: `cai score` (a preference model's scores) and `cai export` (an adapter, or merged)."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ TRAINERS = {
     "dpo": ("direct preference optimization on preference pairs (`cai label` output)", "model"),
     "rm": ("a reward (preference) model on preference pairs", "reward model"),
     "ppo": ("PPO or RLOO on prompts (reward model, AI feedback, function)", "adapter"),
+    "grpo": ("GRPO on prompts: the PPO loop with group-relative advantages, no critic",
+             "adapter"),
 }
 
 
@@ -43,7 +45,7 @@ def _train_args(args, module):
 def _result(algo: str, m: dict) -> str:
     """What a trainer's final metrics say, in the line `cai train ALGO` prints."""
     nan = float("nan")
-    if algo == "ppo":
+    if algo in ("ppo", "grpo"):
         return (f"{m.get('train_steps', 0)} steps, reward {m.get('reward/mean', nan):.4f}, KL "
                 f"{m.get('kl', nan):.4f}"
                 + (f"; eval reward {m['eval/reward_mean_before']:.4f} -> "
@@ -112,7 +114,8 @@ def add_train(sub) -> None:
             "Overrides: --section.key value (e.g. --data.path FILE --training.max_steps 2 "
             "--training.output_dir DIR)"
             + (", or --key value when one section has that key." if algo == "sft" else ".")))
-        p.add_argument("config", help=f"YAML: model, data, lora, quantization, {algo}, training "
+        own = "ppo" if algo == "grpo" else algo  # grpo runs the PPO loop: its section is ppo
+        p.add_argument("config", help=f"YAML: model, data, lora, quantization, {own}, training "
                                       "sections")
         p.add_argument("--resume", action="store_true",
                        help="continue from the last checkpoint in training.output_dir")

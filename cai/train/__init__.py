@@ -1,12 +1,13 @@
 """Training: losses, data, and the trainers built on `transformers.Trainer`: `sft`, `dpo`, `rm`
-(the preference model) and `ppo/` (the hand-written PPO/RLOO loop), each with a
-`load_config(path, overrides)` and a `train(cfg, resume)`; `export` merges an adapter.
+(the preference model) and `ppo/` (the hand-written PPO/RLOO/GRPO loop; `grpo` is that loop with
+GRPO's defaults), each with a `load_config(path, overrides)` and a `train(cfg, resume)`;
+`export` merges an adapter.
 
 Nothing is imported at load time, so `cai.train.losses` loads with torch alone and
 `cai.train.config` with no torch at all.
 """
 
-ALGORITHMS = ("sft", "dpo", "rm", "ppo")
+ALGORITHMS = ("sft", "dpo", "rm", "ppo", "grpo")
 
 
 def trainer(algo: str):
@@ -19,6 +20,8 @@ def trainer(algo: str):
         from cai.train import rm as module
     elif algo == "ppo":
         from cai.train.ppo import loop as module
+    elif algo == "grpo":
+        from cai.train.ppo import grpo as module
     else:
         raise ValueError(f"no trainer '{algo}' (choose from {', '.join(ALGORITHMS)})")
     return module

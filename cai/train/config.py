@@ -1,9 +1,9 @@
-"""The configs of `cai train sft|dpo|rm|ppo`: their sections and how a YAML file and overrides
+"""The configs of `cai train sft|dpo|rm|ppo|grpo`: their sections and how a YAML file and overrides
 become one (no torch is imported here).
 
 A config is YAML with typed sections, each a dataclass below, plus the algorithm's own section
-(below too; PPO's is `cai.train.ppo.config`) and a `training:` mapping handed straight to
-`transformers.TrainingArguments`:
+(below too; PPO's is `cai.train.ppo.config`, which `cai train grpo` shares) and a `training:`
+mapping handed straight to `transformers.TrainingArguments`:
 
     model:        {name, dtype, attn_implementation, trust_remote_code}
     data:         {path, max_length, packing, ...}
@@ -197,6 +197,7 @@ class TrainConfig:
     options: typing.Any  # the algorithm's own section (e.g. SFTSection)
     training: dict = field(default_factory=dict)
     source: str = "options"
+    section: str = ""  # the algorithm's section name, when it is not `algo` (grpo: ppo)
 
     @property
     def output_dir(self) -> Path:
@@ -204,7 +205,7 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         out = {name: dataclasses.asdict(getattr(self, name)) for name in COMMON}
-        out[self.algo] = dataclasses.asdict(self.options)
+        out[self.section or self.algo] = dataclasses.asdict(self.options)
         out["training"] = dict(self.training)
         return out
 
@@ -234,12 +235,15 @@ def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def load(path: str | None, overrides: list[tuple[str, str]], algo: str, algo_cls) -> TrainConfig:
-    """The config in `path` (may be None) with `overrides` applied, validated."""
+def load(path: str | None, overrides: list[tuple[str, str]], algo: str, algo_cls,
+         section: str | None = None) -> TrainConfig:
+    """The config in `path` (may be None) with `overrides` applied, validated; the algorithm's
+    options are the section `section` (default: `algo`) of class `algo_cls`."""
     raw = read_yaml(path) if path else {}
     source = str(path or "options")
     lines = key_lines(path) if path else {}
-    sections = {**COMMON, algo: algo_cls}
+    own = section or algo
+    sections = {**COMMON, own: algo_cls}
     tfields = training_fields()
 
     def where(*keys) -> str:
@@ -287,6 +291,8 @@ def load(path: str | None, overrides: list[tuple[str, str]], algo: str, algo_cls
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for k, v in body.items():
+            if isinstance(v, str) and _accepts(hints[k], dict):  # a mapping on the command line
+                v = _coerce_training(v, dict | None, f"{where(name, k)}: '{name}.{k}'") or None
             kwargs[k] = coerce(v, hints[k], f"{where(name, k)}: '{name}.{k}'")
             check_minimum(fields[k].metadata.get("minimum"), kwargs[k],
                           f"{where(name, k)}: '{name}.{k}'")
@@ -306,8 +312,8 @@ def load(path: str | None, overrides: list[tuple[str, str]], algo: str, algo_cls
     if not built["data"].path:
         raise CaiError(f"{source}: missing data.path (a .jsonl, a `cai revise` folder or "
                        "dataset:NAME)")
-    return TrainConfig(algo=algo, options=built.pop(algo), training=training, source=source,
-                       **built)
+    return TrainConfig(algo=algo, options=built.pop(own), training=training, source=source,
+                       section="" if own == algo else own, **built)
 
 
 def _field_names(cls) -> list[str]:

@@ -336,20 +336,48 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     return loss, stats
 
 
+def _group_centred(rewards: torch.Tensor, name: str) -> torch.Tensor:
+    """r_i - mean_j r_j within each prompt's group of k samples: the one baseline that RLOO and
+    GRPO both start from. Shape: rewards (P, k), k >= 2; returns (P, k)."""
+    if rewards.size(-1) < 2:
+        raise ValueError(f"{name} needs at least 2 samples per prompt")
+    return rewards - rewards.mean(-1, keepdim=True)
+
+
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """REINFORCE leave-one-out advantages (Kool et al. 2019; Ahmadian et al. 2024).
 
         A_i = R_i - (1 / (k - 1)) sum_{j != i} R_j = (k / (k - 1)) (R_i - mean_j R_j)
 
-    for the k samples of one prompt; a sequence-level advantage, no critic.
+    for the k samples of one prompt; a sequence-level advantage, no critic. Computed as the
+    right-hand form: the group-centred rewards, rescaled (`_group_centred`, shared with GRPO).
 
     Shape: rewards (P, k) with k >= 2 samples per prompt; returns (P, k)
     """
     k = rewards.size(-1)
-    if k < 2:
-        raise ValueError("rloo needs at least 2 samples per prompt")
-    others = (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
-    return rewards - others
+    return _group_centred(rewards, "rloo") * (k / (k - 1))  # raises first when k < 2
+
+
+def grpo_advantages(rewards: torch.Tensor, scale_by_std: bool = True,
+                    eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages (GRPO: Shao et al. 2024, arXiv:2402.03300, section 4.1.2).
+
+        A_i = (R_i - mean_j R_j) / (std_j R_j + eps)      scale_by_std (GRPO)
+        A_i =  R_i - mean_j R_j                           otherwise (Dr. GRPO: Liu et al. 2025,
+                                                          arXiv:2503.20783)
+
+    over the k samples of one prompt; std is the Bessel-corrected standard deviation of the
+    group (as TRL computes it), and a group whose rewards are all equal gets 0 everywhere.
+    Dividing by the group's std weights prompts whose answers barely differ (nearly all right
+    or all wrong) as much as the others, the per-question bias Dr. GRPO removes; without it the
+    advantage is RLOO's up to the factor (k - 1) / k. A sequence-level advantage, no critic.
+
+    Shape: rewards (P, k) with k >= 2 samples per prompt; returns (P, k)
+    """
+    centred = _group_centred(rewards, "grpo")
+    if not scale_by_std:
+        return centred
+    return centred / (rewards.std(-1, keepdim=True) + eps)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from cai.train.losses import (
     dpo_loss,
     entropy_from_logits,
     gae,
+    grpo_advantages,
     kl_penalty,
     masked_whiten,
     ppo_policy_loss,
@@ -389,6 +390,29 @@ def test_rloo_advantages():
     assert torch.allclose(adv, torch.tensor([[-1.5, 0.0, 1.5], [0.0, 0.0, 0.0]]))
     with pytest.raises(ValueError):
         rloo_advantages(torch.ones(3, 1))
+
+
+def test_grpo_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0],    # mean 1/2, std sqrt(1/3) (Bessel)
+                            [2.0, 0.0, 1.0, 1.0],    # mean 1, std sqrt(2/3)
+                            [3.0, 3.0, 3.0, 3.0]])   # every answer alike: no signal
+    # GRPO: (r - mean) / std, here with eps 0: 0.5 / sqrt(1/3) = sqrt(3) / 2, 1 / sqrt(2/3)
+    h, s = math.sqrt(3) / 2, math.sqrt(1.5)
+    got = grpo_advantages(rewards, eps=0.0)
+    assert got[:2].tolist() == [pytest.approx([h, -h, -h, h]), pytest.approx([s, -s, 0, 0])]
+    # the default eps (1e-4) only keeps the all-equal group finite: 0 there, not nan
+    assert grpo_advantages(rewards).tolist() == [
+        pytest.approx([h, -h, -h, h], rel=1e-3), pytest.approx([s, -s, 0, 0], rel=1e-3),
+        [0.0, 0.0, 0.0, 0.0]]
+    # Dr. GRPO: r - mean, no division
+    assert grpo_advantages(rewards, scale_by_std=False).tolist() == [
+        [0.5, -0.5, -0.5, 0.5], [1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    # RLOO on the same rewards: r_i - mean of the other three = 4/3 (r_i - mean)
+    assert rloo_advantages(rewards).tolist() == [
+        pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3]), pytest.approx([4 / 3, -4 / 3, 0, 0]),
+        [0.0, 0.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="grpo needs at least 2 samples"):
+        grpo_advantages(torch.ones(3, 1))
 
 
 def test_entropy_and_adaptive_kl():

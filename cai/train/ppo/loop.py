@@ -14,12 +14,14 @@ Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"); the formul
    `reward_stats.json`), plus `no_eos_penalty` for an answer that never ended;
 3. log-probs of the answers under the policy and the reference (the same model with the LoRA
    adapter disabled: no second copy), the value head's values, and a per-token KL penalty
-   -kl_coef * KL_t (fixed, or Ziegler's adaptive coefficient);
+   -kl_coef * KL_t (fixed, or Ziegler's adaptive coefficient; `kl_in_loss` moves it to the loss);
 4. advantages: GAE over the per-token rewards (score on the last token), whitened over the
-   batch's tokens; or RLOO's leave-one-out baseline on the sequence reward (no critic), one
-   advantage per answer, scaled by their std but not re-centred (`advantages`);
+   batch's tokens; or, with no critic, one advantage per answer from the sequence reward and
+   its prompt's group: RLOO's leave-one-out baseline, scaled by their std but not re-centred,
+   or GRPO's group mean and std (`advantages`; `cai train grpo` is this loop with grpo);
 5. `ppo_epochs` passes of shuffled minibatches (per_device_train_batch_size x
-   gradient_accumulation_steps answers) of the clipped policy loss + vf_coef x value loss.
+   gradient_accumulation_steps answers) of the clipped policy loss + vf_coef x value loss
+   (+ kl_coef x the k3 KL to the reference, with `kl_in_loss`).
 
 The policy is LoRA (or QLoRA) on `model.name`; the value head is `nn.Linear(hidden, 1)` on the
 policy's last hidden state, fitted to the first rollout's returns before the first update
@@ -41,16 +43,13 @@ from cai.train import config as train_config
 from cai.train.config import TrainConfig
 from cai.train.losses import (
     adaptive_kl_coef,
-    gae,
     kl_penalty,
     masked_mean,
-    masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
-    rloo_advantages,
     token_logps,
 )
-from cai.train.ppo import checkpoint, critic, reward_stats, rewards
+from cai.train.ppo import advantage, checkpoint, critic, reward_stats, rewards
 from cai.train.ppo.config import PPOSection
 from cai.train.ppo.log import RunLog, eval_line, step_line
 from cai.train.ppo.rollout import Rollout, answer_forward, model_inputs, score_tokens, step_prompts
@@ -253,38 +252,8 @@ class PPOTrainer:
 
     def advantages(self, rollout: Rollout, final: torch.Tensor, kl: torch.Tensor):
         """(advantages (B, R), returns (B, R) or None) from the normalized scores `final` (B,)
-        and the per-token KL estimates `kl` (B, R).
-
-        gae: per-token rewards -kl_coef KL_t plus the score on the last token; GAE with the
-        rollout's values; with `whiten_advantages` whitened over the batch's answer tokens
-        (shift and scale: Huang et al. 2023). rloo: the sequence reward score - kl_coef sum_t
-        KL_t, leave-one-out over each prompt's samples, the same advantage on every token of an
-        answer; already centred per prompt, so `whiten_advantages` only divides by their std
-        over the answers (Ahmadian et al. 2024: no token-level re-centring, which would weight
-        long answers more and shift every advantage by a batch-dependent baseline).
-        """
-        opts, mask = self.opts, rollout.mask
-        if opts.advantage == "gae":
-            rewards_t = -self.kl_coef * kl                                         # (B, R)
-            last = mask.sum(-1) - 1                                                # (B,)
-            rewards_t[torch.arange(len(rollout)), last] += final
-            if not self.value_fitted:  # the critic's start (cai.train.ppo.critic)
-                targets = critic.reward_to_go(rewards_t, mask, opts.gamma)
-                rollout.values = critic.fit_head(self.value_head, rollout.hidden, targets, mask)
-                self.value_fitted = True
-                fit = critic.explained_variance(targets, rollout.values, mask)
-                self.log(f"critic warm-up: the value head explains {fit:.2f} of the first "
-                         "rollout's returns (in sample)" + (": its features hardly predict "
-                                                            "this reward" if fit < 0.1 else ""))
-            advantages, returns = gae(rewards_t, rollout.values, mask, opts.gamma, opts.lam)
-            if opts.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
-            return advantages, returns
-        sequence = final - self.kl_coef * kl.sum(-1)                               # (B,)
-        per_sample = rloo_advantages(sequence.view(-1, opts.samples_per_prompt)).view(-1)
-        if opts.whiten_advantages and len(per_sample) > 1:
-            per_sample = per_sample / (per_sample.std() + 1e-8)
-        return per_sample[:, None] * mask, None
+        and the per-token KL estimates `kl` (B, R): `cai.train.ppo.advantage.compute`."""
+        return advantage.compute(self, rollout, final, kl)
 
     # ----------------------------------------------------------------------------------------
     # One step
@@ -308,6 +277,8 @@ class PPOTrainer:
         final = final + opts.no_eos_penalty * (~rollout.ended).float()            # (B,)
         kl = kl_penalty(rollout.logps, rollout.ref_logps, opts.kl_estimator) * mask  # (B, R)
         kl_k1 = ((rollout.logps - rollout.ref_logps) * mask).sum(-1)             # (B,)
+        if opts.kl_in_loss:  # the KL is a loss term (`_micro_step`), not part of the reward
+            kl = torch.zeros_like(kl)
         advantages, returns = self.advantages(rollout, final, kl)
         if self.reward_critic is None:  # the reward-model critic's features serve the update
             rollout.hidden = None
@@ -384,6 +355,11 @@ class PPOTrainer:
         weight = (mask.sum() / n_tokens.to(dev)).item()  # token-mean over the minibatch
         parts = {"loss/policy": loss.item(), "policy/clip_frac": pstats["clip_frac"].item(),
                  "policy/approx_kl": pstats["approx_kl"].item()}
+        if self.opts.kl_in_loss:  # GRPO's form: k3 = exp(ref - logp) - (ref - logp) - 1
+            kl = masked_mean(kl_penalty(logps, rollout.ref_logps[part, :width].to(dev), "k3"),
+                             mask)
+            loss = loss + self.kl_coef * kl
+            parts["loss/kl"] = kl.item()
         if values is not None:
             vloss, vstats = ppo_value_loss(values, rollout.values[part, :width].to(dev),
                                            returns[part, :width].to(dev), mask,

@@ -30,8 +30,12 @@ def estimate(trainer) -> dict:
     from cai.foundation.model_store import fingerprint
 
     opts, n = trainer.opts, trainer.opts.reward_stats_samples
-    source = fingerprint(opts.reward_model) if opts.reward_model else \
-        opts.reward_function or f"labeler:{fingerprint(opts.labeler)}"
+    if opts.classifier:  # its heads (and backbone name) and the parts' weights
+        weights = json.dumps(opts.reward_weights, sort_keys=True)
+        source = f"classifier:{fingerprint(opts.classifier)}:{weights}"
+    else:
+        source = fingerprint(opts.reward_model) if opts.reward_model else \
+            opts.reward_function or f"labeler:{fingerprint(opts.labeler)}"
     key = hashlib.sha256(json.dumps([  # a retrained model in the same folder changes it
         fingerprint(trainer.cfg.model.name), source, opts.feedback_baseline, opts.max_new_tokens,
         opts.temperature, trainer.args.seed, n, [r["id"] for r in trainer.prompts]]).encode())

@@ -1,4 +1,5 @@
-"""Where PPO's rewards come from: a preference model, direct AI feedback, or a Python function.
+"""Where PPO's rewards come from: a preference model, direct AI feedback, a Python function, or
+a constitutional classifier.
 
 Every source is called the same way, once per rollout batch:
 
@@ -17,6 +18,9 @@ unique to the sample in the run (it seeds the feedback source's principle draw).
   (direct RLAIF, Lee et al. 2023, section 2.3).
 - `FunctionScore`: `module:function` (or `path/to/file.py:function`) called as
   `f(prompts: list[str], responses: list[str]) -> list[float]`, for experiments and tests.
+- `ClassifierScore`: the two-sided reward (`cai.scoring.rewards.two_sided_reward`) of a
+  constitutional classifier's P(decline | prompt) and P(refuses | prompt, answer): refusing
+  pays where the request is one to decline, answering pays elsewhere.
 """
 
 from __future__ import annotations
@@ -120,6 +124,36 @@ class FunctionScore:
         return values
 
 
+class ClassifierScore:
+    """r = two_sided_reward(P(decline | prompt), P(refuses | prompt, answer), weights), each
+    prompt's P(decline) computed once (the same prompts come back every pass)."""
+
+    needs_baseline = False
+
+    def __init__(self, folder: str, weights: dict | None = None):
+        from cai.scoring.classifier import Classifier
+        from cai.scoring.rewards import check_weights
+
+        self.weights = check_weights(weights, "ppo.reward_weights")
+        self.classifier = Classifier.load(folder)  # a one-line error if it is not one
+        missing = [k for k in ("request", "answer") if k not in self.classifier.heads]
+        if missing:
+            raise CaiError(f"ppo.classifier: {folder} has no {' and no '.join(missing)} head "
+                           "(the two-sided reward reads both)")
+        self.declines: dict[str, float] = {}  # prompt text -> P(decline)
+
+    def __call__(self, items: list[dict]) -> list[float]:
+        from cai.scoring.rewards import two_sided_reward
+
+        prompts = [it["prompt"] for it in items]
+        new = list(dict.fromkeys(p for p in prompts if p not in self.declines))
+        if new:
+            self.declines.update(zip(new, self.classifier.p_decline(new)))
+        refuses = self.classifier.p_refuses(prompts, [it["response"] for it in items])
+        return [two_sided_reward(self.declines[p], r, self.weights)
+                for p, r in zip(prompts, refuses)]
+
+
 def load_function(spec: str):
     """The callable named by `module:function` or `path/to/file.py:function`."""
     module_name, sep, name = spec.rpartition(":")
@@ -154,11 +188,13 @@ def load_function(spec: str):
 
 def make_source(opts, seed: int, device: str | None = None):
     """The reward source the `ppo:` section names (exactly one of reward_model, labeler,
-    reward_function; checked by the section)."""
+    reward_function, classifier; checked by the section)."""
     if opts.reward_model:
         return RewardModelScore(opts.reward_model, opts.generation_batch_size, device)
     if opts.reward_function:
         return FunctionScore(opts.reward_function)
+    if opts.classifier:
+        return ClassifierScore(opts.classifier, opts.reward_weights)
     return FeedbackScore(opts.labeler, constitution=opts.constitution,
                          principle_ids=opts.principle_ids, principles=opts.feedback_principles,
                          few_shot=opts.few_shot, prompts_dir=opts.prompts_dir,
