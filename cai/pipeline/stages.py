@@ -143,11 +143,12 @@ class Pipeline:
                 inputs.update(shared)
                 column = str(options.get("prompt_column", "prompt"))
                 inputs["prompts"] = self._input_key(options.get("prompts", PROMPTS), column)
-                helpful = options.get("helpful_prompts")
-                if helpful:  # one set keyed as before, as text or a one-item list
-                    keys = [self._input_key(h, column) for h in
-                            ([helpful] if isinstance(helpful, str) else helpful)]
-                    inputs["helpful_prompts"] = keys[0] if len(keys) == 1 else keys
+                for key in ("helpful_prompts", "refusal_prompts"):
+                    sets = options.get(key)
+                    if sets:  # one set keyed as before, as text or a one-item list
+                        keys = [self._input_key(h, column) for h in
+                                ([sets] if isinstance(sets, str) else sets)]
+                        inputs[key] = keys[0] if len(keys) == 1 else keys
             elif name in ALGORITHMS:
                 inputs["config"] = _digest(self._train_config_path(name))
                 inputs["files"] = self._named_files(name)
@@ -341,7 +342,7 @@ class Pipeline:
             return str(self._path(v)) if isinstance(v, str) and \
                 not v.startswith("dataset:") else v
 
-        for key in ("prompts", "responses", "helpful_prompts"):
+        for key in ("prompts", "responses", "helpful_prompts", "refusal_prompts"):
             if isinstance(options.get(key), list):
                 options[key] = [resolve(v) for v in options[key]]
             elif key in options:
