@@ -73,11 +73,14 @@ def _document(title: str, body: dict) -> dict:
 
 def job_schema(name: str) -> dict:
     """`cai revise|label|eval --config FILE`: the job's options."""
+    from cai.contrast.config import ContrastConfig
     from cai.eval.config import EvalConfig
     from cai.label.config import LabelConfig
     from cai.revise.config import ReviseConfig
+    from cai.train.classifier import ClassifierConfig
 
-    cls = {"revise": ReviseConfig, "label": LabelConfig, "eval": EvalConfig}[name]
+    cls = {"revise": ReviseConfig, "label": LabelConfig, "eval": EvalConfig,
+           "contrast": ContrastConfig, "classifier": ClassifierConfig}[name]
     return _document(f"cai {name} config", dataclass_schema(
         cls, f"options of `cai {name} --config FILE`: any of its command-line options"))
 
@@ -86,9 +89,10 @@ def train_schema(algo: str) -> dict:
     """`cai train ALGO CONFIG`: the typed sections, the algorithm's own and `training:`."""
     from cai.train.config import COMMON, DPOSection, RMSection, SFTSection
     from cai.train.ppo.config import GRPOSection, PPOSection
+    from cai.train.rs import RSSection
 
     own = {"sft": SFTSection, "dpo": DPOSection, "rm": RMSection, "ppo": PPOSection,
-           "grpo": GRPOSection}[algo]
+           "grpo": GRPOSection, "rs": RSSection}[algo]
     key = "ppo" if algo == "grpo" else algo  # grpo is the PPO loop: its section is ppo:
     what = {"model": "the model to train", "data": "the training data",
             "lora": "the LoRA adapter", "quantization": "QLoRA: the 4-bit base model",
@@ -105,11 +109,11 @@ def train_schema(algo: str) -> dict:
 
 def pipeline_schema() -> dict:
     """`cai pipeline run|status FILE`: the roles, and each stage's options."""
-    from cai.pipeline.spec import PipelineSpec
+    from cai.pipeline.spec import PREFERENCES, PipelineSpec
 
     body = dataclass_schema(PipelineSpec)
     props = body["properties"]
-    for name in ("revise", "label", "eval"):
+    for name in ("revise", "label", "eval", "classifier"):
         job = job_schema(name)
         props[name] = {**props[name], "type": ["object", "null"],
                        "properties": job["properties"], "additionalProperties": False}
@@ -117,16 +121,16 @@ def pipeline_schema() -> dict:
         "type": "array", "items": {"enum": ["base", "sft", "final"]}, "minItems": 2,
         "description": "which of the pipeline's models the evaluation compares (default: all "
                        "three; each model costs one judgment per evaluated answer)"}
-    for name in ("sft", "dpo", "rm", "ppo"):
+    for name in ("sft", "dpo", "rm", "ppo", "rs", "grpo"):
         stage = {"config": {"type": "string", "description": f"a `cai train {name}` config "
                                                              f"(default: configs/{name}.yaml)"},
                  "set": {"type": "object", "description": "section.key: value overrides, e.g. "
                                                           "training.max_steps: 96"}}
-        if name == "ppo":
+        if name in ("ppo", "grpo"):
             stage["prompts"] = {"type": "string", "description": "the prompts PPO answers"}
         props[name] = {**props[name], "type": ["object", "null"], "properties": stage,
                        "additionalProperties": False}
-    props["preference"]["enum"] = ["dpo", "ppo"]
+    props["preference"]["enum"] = list(PREFERENCES)
     return _document("cai pipeline", body)
 
 
@@ -140,9 +144,9 @@ def constitution_schema() -> dict:
 SHIPPED = {
     "constitutions/constitution.schema.json": constitution_schema,
     **{f"{CONFIG_SCHEMAS}/{n}.schema.json": (lambda n=n: job_schema(n))
-       for n in ("revise", "label", "eval")},
+       for n in ("revise", "label", "eval", "contrast", "classifier")},
     **{f"{CONFIG_SCHEMAS}/{a}.schema.json": (lambda a=a: train_schema(a))
-       for a in ("sft", "dpo", "rm", "ppo", "grpo")},
+       for a in ("sft", "dpo", "rm", "ppo", "grpo", "rs")},
     f"{CONFIG_SCHEMAS}/pipeline.schema.json": pipeline_schema,
 }
 

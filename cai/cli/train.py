@@ -17,6 +17,8 @@ TRAINERS = {
     "dpo": ("direct preference optimization on preference pairs (`cai label` output)", "model"),
     "rm": ("a reward (preference) model on preference pairs", "reward model"),
     "ppo": ("PPO or RLOO on prompts (reward model, AI feedback, function)", "adapter"),
+    "rs": ("rejection sampling: best of K answers by the two-sided classifier reward, then "
+           "SFT, for N rounds", "adapter"),
     "grpo": ("GRPO on prompts: the PPO loop with group-relative advantages, no critic",
              "adapter"),
 }
@@ -106,7 +108,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-def add_train(sub) -> None:
+def add_train(sub):
+    """`cai train ALGO`; returns its subparsers, where other groups add their trainers."""
     train = sub.add_parser("train", help="fine-tune a model (LoRA, QLoRA or full)")
     train_sub = train.add_subparsers(dest="algo", required=True)
     for algo, (text, _) in TRAINERS.items():
@@ -122,6 +125,7 @@ def add_train(sub) -> None:
         p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         p.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key value ...")
         p.set_defaults(func=cmd_train)
+    return train_sub
 
 
 def add_score(sub) -> None:

@@ -7,7 +7,7 @@ Nothing is imported at load time, so `cai.train.losses` loads with torch alone a
 `cai.train.config` with no torch at all.
 """
 
-ALGORITHMS = ("sft", "dpo", "rm", "ppo", "grpo")
+ALGORITHMS = ("sft", "dpo", "rm", "ppo", "rs", "grpo")
 
 
 def trainer(algo: str):
@@ -22,6 +22,8 @@ def trainer(algo: str):
         from cai.train.ppo import loop as module
     elif algo == "grpo":
         from cai.train.ppo import grpo as module
+    elif algo == "rs":
+        from cai.train import rs as module
     else:
         raise ValueError(f"no trainer '{algo}' (choose from {', '.join(ALGORITHMS)})")
     return module

@@ -309,7 +309,7 @@ def load(path: str | None, overrides: list[tuple[str, str]], algo: str, algo_cls
                                                               f"'training.{key}'")
     if not training.get("output_dir"):
         raise CaiError(f"{source}: missing training.output_dir (the run's folder)")
-    if not built["data"].path:
+    if not built["data"].path and algo != "rs":  # rs samples its own data (rs.prompts)
         raise CaiError(f"{source}: missing data.path (a .jsonl, a `cai revise` folder or "
                        "dataset:NAME)")
     return TrainConfig(algo=algo, options=built.pop(own), training=training, source=source,
