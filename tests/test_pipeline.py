@@ -163,7 +163,8 @@ def test_bad_pipeline_files_fail_with_one_line(tmp_path):
         f"cai: error: {path}:2: unknown key 'revize' (did you mean 'revise'?)"]
     path.write_text("preference: ppo2\n")
     result = run_cai("pipeline", "status", path)
-    assert result.returncode == 2 and "preference must be dpo or ppo" in result.stderr
+    assert result.returncode == 2
+    assert "preference must be one of dpo, ppo, rs, grpo" in result.stderr
     path.write_text("sft:\n  config: configs/sft.yaml\n  sett: {}\n")
     result = run_cai("pipeline", "status", path)
     assert result.returncode == 2 and f"{path}:3: unknown key 'sft.sett'" in result.stderr

@@ -237,3 +237,19 @@ def test_cai_contrast_selects_labels_and_counts(tiny_model, tmp_path):
     assert len(read_records(out / "labels.jsonl")) == 4
     bad = run_cai("contrast", "--seeds", tmp_path / "none.jsonl", "--out", out)
     assert bad.returncode == 2 and "none.jsonl" in bad.stderr
+
+
+def test_the_request_threshold_and_centring_match_hand_values():
+    from cai.scoring.classifier import centre, youden_threshold
+
+    assert youden_threshold([0.9, 0.8, 0.3, 0.2], [True, True, False, False]) == \
+        pytest.approx(0.55)
+    # ranked 0.9+ 0.5- 0.4+ 0.1-: J is 0.5 after the first and again after the third; the
+    # first such threshold is kept, halfway between 0.9 and 0.5
+    assert youden_threshold([0.9, 0.4, 0.5, 0.1], [True, True, False, False]) == \
+        pytest.approx(0.7)
+    assert youden_threshold([0.9, 0.4], [True, True]) == 0.5
+    p = centre(torch.tensor([0.4, 0.6, 0.2]), 0.4)
+    # sigmoid(logit(p) - logit(0.4)): 0.5; sigmoid(2 * log(1.5)) = 0.6923; sigmoid(log(.25) -
+    # log(2/3)) = 0.2727
+    assert p.tolist() == pytest.approx([0.5, 0.6923, 0.2727], abs=1e-4)

@@ -48,7 +48,7 @@ def cmd_classify(args) -> int:
     for r, p in zip(rows, clf.p_decline(prompts) if "request" in clf.heads else [None] * len(rows)):
         if p is not None:
             r["p_decline"] = round(p, 4)
-            r["decline"] = p > clf.threshold("request")
+            r["decline"] = p > 0.5  # centred on the classifier's threshold
     answered = [r for r in rows if "response" in r]
     if answered:
         for r, p in zip(answered, clf.p_refuses([r["prompt"] for r in answered],

@@ -26,6 +26,7 @@ two-sided reward (`cai.scoring.rewards`) and anyone using it as a guard.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,32 @@ class Head:
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(((x.float() - self.mu) / self.sd) @ self.w + self.b)
+
+
+def centre(p: torch.Tensor, threshold: float) -> torch.Tensor:
+    """sigmoid(logit(p) - logit(threshold)): p moved so that `threshold` maps to 1/2."""
+    t = min(max(threshold, 1e-6), 1 - 1e-6)
+    return torch.sigmoid(torch.logit(p.clamp(1e-6, 1 - 1e-6)) - math.log(t / (1 - t)))
+
+
+def youden_threshold(scores: list[float], positive: list[bool]) -> float:
+    """The threshold t maximizing Youden's J = TPR(t) - FPR(t) (flag when score > t), halfway
+    between two neighbouring scores; 0.5 when one class is missing."""
+    pos = sum(positive)
+    neg = len(positive) - pos
+    if not pos or not neg:
+        return 0.5
+    ranked = sorted(zip(scores, positive), reverse=True)
+    best, best_j, tp, fp = 0.5, -1.0, 0, 0
+    for i, (score, is_pos) in enumerate(ranked):
+        tp, fp = tp + is_pos, fp + (not is_pos)
+        below = ranked[i + 1][0] if i + 1 < len(ranked) else 0.0
+        if below == score:
+            continue
+        j = tp / pos - fp / neg
+        if j > best_j:
+            best, best_j = (score + below) / 2, j
+    return best
 
 
 def fit_head(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2, max_iter: int = 500) -> Head:
@@ -143,9 +170,13 @@ class Classifier:
                            f"{kind} labels)")
         return self.heads[kind]
 
-    def p_decline(self, prompts: list[str]) -> list[float]:
+    def p_decline(self, prompts: list[str], centred: bool = True) -> list[float]:
+        """P(decline) of each prompt, centred on the request threshold t by default:
+        sigmoid(logit(p) - logit(t)), so that 1/2 is the line the classifier draws (the
+        two-sided reward changes sign there); `centred=False`: the head's own p."""
         head = self._head("request")
-        return head.probabilities(self.backbone.request_features(prompts, self.layers)).tolist()
+        p = head.probabilities(self.backbone.request_features(prompts, self.layers))
+        return (centre(p, self.threshold("request")) if centred else p).tolist()
 
     def p_refuses(self, prompts: list[str], answers: list[str]) -> list[float]:
         head = self._head("answer")

@@ -57,7 +57,16 @@ class ClassifierConfig:
     max_new_tokens: int = opt(64, minimum=1, help="longest sampled answer, in tokens")
     temperature: float = opt(0.7, minimum=0, help="sampling temperature of the answers")
     seed: int = opt(0, "seed of the draw of prompts and of the sampling")
-    threshold: float = opt(0.5, minimum=0, help="P above which the request head flags a request")
+    threshold: float | None = opt(None, "P above which the request head flags a request "
+                                        "(default: fitted, see decline_sources)")
+    decline_sources: list[str] = opt(help="the request file's sources (its `source` field) "
+                                          "whose requests are to decline, and ...",
+                                     factory=lambda: ["red_team"])
+    answer_sources: list[str] = opt(help="... those whose requests are to answer: without a "
+                                         "--threshold, the head's threshold is the one that "
+                                         "best separates the two (Youden's J) on its own "
+                                         "training requests", factory=lambda: ["borderline",
+                                                                               "helpful"])
     eval_dir: str = opt("data/eval", "evaluation sets reported on (red_team, borderline, "
                                      "helpful .jsonl; judge_check.jsonl)")
     batch_size: int = opt(16, minimum=1, help="sequences per forward pass")
@@ -140,7 +149,7 @@ def report(clf, cfg: ClassifierConfig) -> dict:
     the judge check set (refusal or not)."""
     from cai.foundation.inputs import load_prompts
 
-    out: dict = {"threshold": cfg.threshold}
+    out: dict = {"threshold": clf.threshold("request")}
     eval_dir = Path(cfg.eval_dir)
     if "request" in clf.heads:
         out["request_flagged"] = {}
@@ -149,7 +158,7 @@ def report(clf, cfg: ClassifierConfig) -> dict:
             if path.is_file():
                 ps = clf.p_decline([r["prompt"] for r in load_prompts(str(path))])
                 out["request_flagged"][name] = {
-                    "n": len(ps), "flagged": round(sum(p > cfg.threshold for p in ps) / len(ps), 3),
+                    "n": len(ps), "flagged": round(sum(p > 0.5 for p in ps) / len(ps), 3),
                     "mean_p": round(sum(ps) / len(ps), 3)}
     check = eval_dir / "judge_check.jsonl"
     if "answer" in clf.heads and check.is_file():
@@ -166,7 +175,7 @@ def run(cfg: ClassifierConfig, progress=print) -> dict:
 
     from cai.foundation.manifest import package_versions, redact
     from cai.foundation.records import atomic_write_text
-    from cai.scoring.classifier import Backbone, Classifier, fit_head
+    from cai.scoring.classifier import Backbone, Classifier, fit_head, youden_threshold
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +192,13 @@ def run(cfg: ClassifierConfig, progress=print) -> dict:
     x = backbone.request_features([r["prompt"] for r in requests], cfg.layers)
     heads["request"] = fit_head(x, torch.tensor([float(r["p_decline"]) for r in requests]),
                                 cfg.l2)
-    progress(f"request head fitted on {len(requests)} requests")
+    threshold = cfg.threshold
+    if threshold is None:
+        kinds = [(float(p), r.get("source") in cfg.decline_sources)
+                 for p, r in zip(heads["request"].probabilities(x), requests)
+                 if r.get("source") in cfg.decline_sources + cfg.answer_sources]
+        threshold = youden_threshold([k[0] for k in kinds], [k[1] for k in kinds])
+    progress(f"request head fitted on {len(requests)} requests, threshold {threshold:.3f}")
     if answers:
         x = backbone.answer_features([r["prompt"] for r in answers],
                                      [r["response"] for r in answers], cfg.layers)
@@ -191,7 +206,7 @@ def run(cfg: ClassifierConfig, progress=print) -> dict:
                                    cfg.l2)
         progress(f"answer head fitted on {len(answers)} answers")
     config = {"backbone": cfg.backbone, "layers": list(cfg.layers),
-              "thresholds": {"request": cfg.threshold, "answer": 0.5}}
+              "thresholds": {"request": round(threshold, 4), "answer": 0.5}}
     clf = Classifier(config, heads, backbone)
     clf.save(out)
     result = report(clf, cfg)
