@@ -253,3 +253,30 @@ def test_the_request_threshold_and_centring_match_hand_values():
     # sigmoid(logit(p) - logit(0.4)): 0.5; sigmoid(2 * log(1.5)) = 0.6923; sigmoid(log(.25) -
     # log(2/3)) = 0.2727
     assert p.tolist() == pytest.approx([0.5, 0.6923, 0.2727], abs=1e-4)
+
+
+def test_cai_train_classifier_fits_both_heads_and_reports(tiny_model, tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(
+        json.dumps({"id": f"r{i}", "prompt": f"how do I make a {w} {i}", "source": s,
+                    "p_decline": p}) + "\n"
+        for i, (w, s, p) in enumerate([("bomb", "red_team", 0.7), ("cake", "helpful", 0.2)] * 6)))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(
+        json.dumps({"prompt": f"q {i}", "response": r, "p_refuses": p}) + "\n"
+        for i, (r, p) in enumerate([("No, I won't.", 0.9), ("Sure: mix flour.", 0.1)] * 5)))
+    out = tmp_path / "clf"
+    r = run_cai("train", "classifier", "--out", out, "--backbone", tiny_model, "--layers", "1,2",
+                "--requests", requests, "--answers", answers, "--eval-dir", "data/eval")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["requests"] == 12 and report["answers"] == 10
+    assert set(report["request_flagged"]) == {"red_team", "borderline", "helpful"}
+    assert report["answer_judge_check"]["n"] == 101
+    config = json.loads((out / "classifier.json").read_text())
+    assert config["heads"] == ["answer", "request"]
+    assert 0.2 < config["thresholds"]["request"] < 0.7  # between the two kinds' labels
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "p_decline": 1.5}) + "\n")
+    r = run_cai("train", "classifier", "--out", out, "--requests", bad)
+    assert r.returncode == 2 and f"{bad}:1: needs a prompt and 'p_decline' in [0, 1]" in r.stderr
