@@ -45,7 +45,7 @@ class ClassifierConfig:
                                                  "(the policy)")
     layers: list[int] = opt(help="hidden-state layers read (mean over the text and last token "
                                  "of each)", factory=lambda: [10, 20, 30])
-    l2: float = opt(1e-2, minimum=0, help="L2 penalty of the logistic heads")
+    l2: float = opt(0.1, minimum=0, help="L2 penalty of the logistic heads")
     requests: str = opt("data/contrast/data.jsonl", "requests labelled P(decline): .jsonl with "
                                                     "prompt and p_decline")
     answers: str | None = opt(None, "answers labelled P(refuses): .jsonl with prompt, response "
