@@ -8,7 +8,10 @@ P = Principle(id="x", critique="Critique it.", revision="Revise it.", question="
 VARIABLES = dict(principle=P, prompt="the prompt", response="the answer", critique="the critique",
                  conversation=[{"role": "user", "content": "hello"}], response_a="A text",
                  response_b="B text", question="Which is kinder?", reasoning="because",
-                 options=["complies", "refuses"])
+                 options=["complies", "refuses"], seed="the seed", description="the description",
+                 critiques=["Is it kind?"])
+#: Templates whose options are other readings than the judge's.
+OPTIONS = {"request_question.j2": ["decline", "answer"]}
 
 
 def test_every_shipped_template_renders():
@@ -17,7 +20,7 @@ def test_every_shipped_template_renders():
     assert {"critique.j2", "revision.j2", "feedback.j2", "feedback_cot.j2",
             "feedback_answer.j2", "judge_refusal.j2"} <= set(names)
     for name in names:
-        text = t.render(name, **VARIABLES)
+        text = t.render(name, **{**VARIABLES, "options": OPTIONS.get(name, VARIABLES["options"])})
         assert text and "{{" not in text and "{%" not in text
 
 
