@@ -126,7 +126,7 @@ def test_config_schemas_reject_what_the_loaders_reject(tmp_path):
     text = (ROOT / "configs/pipeline.yaml").read_text()
     assert "\n  limit: " in text  # the misspelling below must change the text
     assert not schema_accepts(pipeline, text.replace("\n  limit: ", "\n  limt: ", 1))
-    assert not schema_accepts(pipeline, text.replace("preference: rs", "preference: sgd"))
+    assert not schema_accepts(pipeline, text.replace("preference: dpo", "preference: sgd"))
 
 
 def test_dataclass_schema_by_hand():
