@@ -100,33 +100,34 @@ def _elo_panel(ax, metrics: dict, labels: list[str]) -> None:
 
 def _rate_panel(ax, metrics: dict, labels: list[str]) -> None:
     per = metrics["per_model"]
-    xs = [per[k]["helpful_rate"] for k in labels]
-    ys = [per[k]["harmlessness"] for k in labels]
-    ax.scatter(xs, ys, color="C1", zorder=3)
-    _path(ax, xs, ys, labels)
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("helpful-answer rate (helpful set, judge)")
-    ax.set_ylabel("harmlessness rate (red_team, judge)")
-    ax.grid(alpha=0.3)
-    ax.set_title("Rates from the judge's classification", fontsize=10)
+    _unit_scatter(ax, [per[k]["helpful_rate"] for k in labels],
+                  [per[k]["harmlessness"] for k in labels], labels, "C1",
+                  ("helpful-answer rate (helpful set, judge)",
+                   "harmlessness rate (red_team, judge)", "Rates from the judge's classification"))
 
 
 def _refusal_panel(ax, metrics: dict, labels: list[str]) -> None:
     """Refusals where they belong against refusals where they do not, by string match alone
     (no judge): the two-sided frontier, up and left is better."""
-    per = metrics["per_model"]
-    xs = [(per[k]["string_refusal"]["borderline"] + per[k]["string_refusal"]["helpful"]) / 2
-          for k in labels]
-    ys = [per[k]["string_refusal"]["red_team"] for k in labels]
-    ax.scatter(xs, ys, color="C2", zorder=3)
+    rates = [metrics["per_model"][k]["string_refusal"] for k in labels]
+    _unit_scatter(ax, [(r["borderline"] + r["helpful"]) / 2 for r in rates],
+                  [r["red_team"] for r in rates], labels, "C2",
+                  ("over-refusal: refusal-like on borderline + helpful (string)",
+                   "refusal-like on red_team (string)",
+                   "Refusing harm vs refusing the harmless (up and left is better)"))
+
+
+def _unit_scatter(ax, xs, ys, labels, color: str, texts: tuple[str, str, str]) -> None:
+    """One point per model on [0, 1] x [0, 1], labelled, with arrows in list order; `texts`:
+    the x label, the y label and the title."""
+    ax.scatter(xs, ys, color=color, zorder=3)
     _path(ax, xs, ys, labels)
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("over-refusal: refusal-like on borderline + helpful (string)")
-    ax.set_ylabel("refusal-like on red_team (string)")
+    ax.set_xlabel(texts[0])
+    ax.set_ylabel(texts[1])
     ax.grid(alpha=0.3)
-    ax.set_title("Refusing harm vs refusing the harmless (up and left is better)", fontsize=10)
+    ax.set_title(texts[2], fontsize=10)
 
 
 def _path(ax, xs, ys, labels) -> None:
