@@ -346,11 +346,11 @@ def test_a_full_fine_tuning_stage_counts_as_done(tiny_model, tmp_path):
         {"role": "user", "content": f"Question {i}?"},
         {"role": "assistant", "content": f"A careful answer {i}."}]}) + "\n" for i in range(4)))
     folder = pipe._begin("sft")
-    pipe._run_sft(folder)
+    pipe._train("sft", folder)
     results = folder / "model" / "train_results.json"
     stamp = results.stat().st_mtime_ns
     assert load_causal_lm(folder / "merged") is not None  # what label and dpo start from
-    pipe._run_sft(folder)  # done: not trained again
+    pipe._train("sft", folder)  # done: not trained again
     assert results.stat().st_mtime_ns == stamp
 
 

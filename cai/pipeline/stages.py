@@ -318,7 +318,8 @@ class Pipeline:
             print(f"[pipeline] {name}: {verb}", flush=True)
             folder = self._begin(name)
             start = time.perf_counter()
-            result = getattr(self, f"_run_{name}")(folder) or {}
+            job = getattr(self, f"_run_{name}", None)  # the training stages: self._train
+            result = (job(folder) if job else self._train(name, folder)) or {}
             gc.collect()
             seconds = round(time.perf_counter() - start, 1)
             self._write_state(name, done=True, seconds=seconds, result=result)
@@ -439,24 +440,6 @@ class Pipeline:
             else:  # full fine-tuning: the model folder already is the merged model
                 merged.symlink_to(output.name, target_is_directory=True)
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-
-    def _run_sft(self, folder: Path) -> dict:
-        return self._train("sft", folder)
-
-    def _run_dpo(self, folder: Path) -> dict:
-        return self._train("dpo", folder)
-
-    def _run_rm(self, folder: Path) -> dict:
-        return self._train("rm", folder)
-
-    def _run_ppo(self, folder: Path) -> dict:
-        return self._train("ppo", folder)
-
-    def _run_rs(self, folder: Path) -> dict:
-        return self._train("rs", folder)
-
-    def _run_grpo(self, folder: Path) -> dict:
-        return self._train("grpo", folder)
 
     def _eval_models(self) -> list[str]:
         """`eval.models`: which of base, sft and final the evaluation compares (all three by
