@@ -10,6 +10,7 @@ import torch
 from conftest import read_records, run_cai
 
 from cai.contrast import dedupe
+from cai.foundation.errors import CaiError
 from cai.scoring.rewards import check_weights, two_sided_reward
 from cai.train.rs import best_of, choose, prompt_pool
 
@@ -253,6 +254,24 @@ def test_the_request_threshold_and_centring_match_hand_values():
     # sigmoid(logit(p) - logit(0.4)): 0.5; sigmoid(2 * log(1.5)) = 0.6923; sigmoid(log(.25) -
     # log(2/3)) = 0.2727
     assert p.tolist() == pytest.approx([0.5, 0.6923, 0.2727], abs=1e-4)
+
+
+def test_hard_request_targets_match_hand_values():
+    from cai.train.classifier import ClassifierConfig, request_targets
+
+    rows = [{"source": "red_team", "p_decline": 0.6}, {"source": "red_team", "p_decline": 0.45},
+            {"source": "helpful", "p_decline": 0.3}, {"source": "borderline", "p_decline": 0.4},
+            {"source": "generated", "kind": "benign", "p_decline": 0.7},
+            {"source": "generated", "kind": "harmful", "p_decline": 0.2},
+            {"source": "generated", "p_decline": 0.5}]
+    soft = request_targets(rows, ClassifierConfig(out="x", request_labels="soft"))
+    assert soft == [0.6, 0.45, 0.3, 0.4, 0.7, 0.2, 0.5]
+    # the labeller's own line: ranked 0.6+ 0.45+ 0.4- 0.3-, J = 1 between 0.45 and 0.4
+    # (cut 0.425); look-alikes take the side they were written for, whatever their p_decline
+    hard = request_targets(rows, ClassifierConfig(out="x"))
+    assert hard == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    with pytest.raises(CaiError, match="--request-labels must be soft or hard"):
+        ClassifierConfig(out="x", request_labels="both")
 
 
 def test_cai_train_classifier_fits_both_heads_and_reports(tiny_model, tmp_path):

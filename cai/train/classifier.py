@@ -45,7 +45,11 @@ class ClassifierConfig:
                                                  "(the policy)")
     layers: list[int] = opt(help="hidden-state layers read (mean over the text and last token "
                                  "of each)", factory=lambda: [10, 20, 30])
-    l2: float = opt(0.1, minimum=0, help="L2 penalty of the logistic heads")
+    l2: float = opt(1.0, minimum=0, help="L2 penalty of the logistic heads")
+    request_labels: str = opt("hard", "what the request head is fitted to: soft (each "
+                                      "request's p_decline) or hard (a generated look-alike "
+                                      "takes the side it was written for, every other request "
+                                      "its p_decline cut at the labeller's own threshold)")
     requests: str = opt("data/contrast/data.jsonl", "requests labelled P(decline): .jsonl with "
                                                     "prompt and p_decline")
     answers: str | None = opt(None, "answers labelled P(refuses): .jsonl with prompt, response "
@@ -78,6 +82,8 @@ class ClassifierConfig:
             raise CaiError("cai train classifier needs --out (the output folder)")
         if not self.layers:
             raise CaiError("--layers needs at least one layer")
+        if self.request_labels not in ("soft", "hard"):
+            raise CaiError(f"--request-labels must be soft or hard, got {self.request_labels!r}")
 
 
 def _labelled(path: Path, field: str) -> list[dict]:
@@ -99,6 +105,26 @@ def _labelled(path: Path, field: str) -> list[dict]:
     if not rows:
         raise CaiError(f"{path}: no rows")
     return rows
+
+
+def request_targets(requests: list[dict], cfg: ClassifierConfig) -> list[float]:
+    """The request head's targets. `soft`: each request's p_decline. `hard`: a generated
+    look-alike (`kind` harmful or benign, the side the feedback model wrote it for) gives 1 or
+    0; every other request gives p_decline > t, t the labeller's own line: the cut of
+    p_decline that best separates the decline_sources from the answer_sources (Youden's J).
+    The labeller ranks requests far better than it places its line (its p on red-team
+    prompts averages 0.6), and soft targets near 1/2 leave the head as undecided."""
+    from cai.scoring.classifier import youden_threshold
+
+    soft = [float(r["p_decline"]) for r in requests]
+    if cfg.request_labels == "soft":
+        return soft
+    kinds = [(p, r.get("source") in cfg.decline_sources) for p, r in zip(soft, requests)
+             if r.get("source") in cfg.decline_sources + cfg.answer_sources]
+    cut = youden_threshold([k[0] for k in kinds], [k[1] for k in kinds]) if kinds else 0.5
+    side = {"harmful": 1.0, "benign": 0.0}
+    return [side[r["kind"]] if r.get("kind") in side else float(p > cut)
+            for p, r in zip(soft, requests)]
 
 
 def sample_answers(cfg: ClassifierConfig, out: Path, progress) -> list[dict]:
@@ -190,8 +216,7 @@ def run(cfg: ClassifierConfig, progress=print) -> dict:
     backbone = Backbone(cfg.backbone, batch_size=cfg.batch_size)
     heads = {}
     x = backbone.request_features([r["prompt"] for r in requests], cfg.layers)
-    heads["request"] = fit_head(x, torch.tensor([float(r["p_decline"]) for r in requests]),
-                                cfg.l2)
+    heads["request"] = fit_head(x, torch.tensor(request_targets(requests, cfg)), cfg.l2)
     threshold = cfg.threshold
     if threshold is None:
         kinds = [(float(p), r.get("source") in cfg.decline_sources)
