@@ -107,21 +107,26 @@ def _labelled(path: Path, field: str) -> list[dict]:
     return rows
 
 
+def kinds_cut(scores, requests: list[dict], cfg: ClassifierConfig) -> float:
+    """The cut of `scores` (one per request) that best separates the requests of
+    decline_sources from those of answer_sources (Youden's J; the others are not counted)."""
+    from cai.scoring.classifier import youden_threshold
+
+    kinds = [(float(p), r.get("source") in cfg.decline_sources) for p, r in zip(scores, requests)
+             if r.get("source") in cfg.decline_sources + cfg.answer_sources]
+    return youden_threshold([k[0] for k in kinds], [k[1] for k in kinds])
+
+
 def request_targets(requests: list[dict], cfg: ClassifierConfig) -> list[float]:
     """The request head's targets. `soft`: each request's p_decline. `hard`: a generated
     look-alike (`kind` harmful or benign, the side the feedback model wrote it for) gives 1 or
-    0; every other request gives p_decline > t, t the labeller's own line: the cut of
-    p_decline that best separates the decline_sources from the answer_sources (Youden's J).
-    The labeller ranks requests far better than it places its line (its p on red-team
-    prompts averages 0.6), and soft targets near 1/2 leave the head as undecided."""
-    from cai.scoring.classifier import youden_threshold
-
+    0; every other request gives p_decline > t, t the labeller's own line (`kinds_cut` of
+    p_decline). The labeller ranks requests far better than it places its line (its p on
+    red-team prompts averages 0.6), and soft targets near 1/2 leave the head as undecided."""
     soft = [float(r["p_decline"]) for r in requests]
     if cfg.request_labels == "soft":
         return soft
-    kinds = [(p, r.get("source") in cfg.decline_sources) for p, r in zip(soft, requests)
-             if r.get("source") in cfg.decline_sources + cfg.answer_sources]
-    cut = youden_threshold([k[0] for k in kinds], [k[1] for k in kinds]) if kinds else 0.5
+    cut = kinds_cut(soft, requests, cfg)
     side = {"harmful": 1.0, "benign": 0.0}
     return [side[r["kind"]] if r.get("kind") in side else float(p > cut)
             for p, r in zip(soft, requests)]
@@ -201,7 +206,7 @@ def run(cfg: ClassifierConfig, progress=print) -> dict:
 
     from cai.foundation.manifest import package_versions, redact
     from cai.foundation.records import atomic_write_text
-    from cai.scoring.classifier import Backbone, Classifier, fit_head, youden_threshold
+    from cai.scoring.classifier import Backbone, Classifier, fit_head
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -219,10 +224,7 @@ def run(cfg: ClassifierConfig, progress=print) -> dict:
     heads["request"] = fit_head(x, torch.tensor(request_targets(requests, cfg)), cfg.l2)
     threshold = cfg.threshold
     if threshold is None:
-        kinds = [(float(p), r.get("source") in cfg.decline_sources)
-                 for p, r in zip(heads["request"].probabilities(x), requests)
-                 if r.get("source") in cfg.decline_sources + cfg.answer_sources]
-        threshold = youden_threshold([k[0] for k in kinds], [k[1] for k in kinds])
+        threshold = kinds_cut(heads["request"].probabilities(x), requests, cfg)
     progress(f"request head fitted on {len(requests)} requests, threshold {threshold:.3f}")
     if answers:
         x = backbone.answer_features([r["prompt"] for r in answers],

@@ -101,6 +101,8 @@ def prompt_pool(entries: list[str], seed: int) -> list[dict]:
 def sample_and_grade(model: str, pool: list[dict], opts: RSSection, dtype: str, seed: int,
                      folder: Path, log) -> list[dict]:
     """Every prompt's K answers with their rewards, written to folder/samples.jsonl."""
+    from tqdm.auto import tqdm
+
     from cai.foundation.records import atomic_write_text
     from cai.generation import SamplingParams, item_seeds, make_generator
     from cai.scoring.classifier import Classifier
@@ -113,18 +115,17 @@ def sample_and_grade(model: str, pool: list[dict], opts: RSSection, dtype: str, 
             return rows
     k = opts.samples
     generator = make_generator("hf", model, dtype=dtype, batch_size=opts.generation_batch_size)
-    from tqdm.auto import tqdm
-
     keys = [f"{p['id']}:{j}" for p in pool for j in range(k)]
     chats = [[{"role": "user", "content": p["prompt"]}] for p in pool for _ in range(k)]
     answers: list[str] = []
     step = opts.generation_batch_size * 4
     with tqdm(total=len(chats), desc="rs: sampling", unit="answer") as bar:
         for b in range(0, len(chats), step):  # in slices, for the progress bar
-            answers += generator.chat(chats[b:b + step], SamplingParams(
+            part = chats[b:b + step]
+            answers += generator.chat(part, SamplingParams(
                 max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
                 top_p=opts.top_p, seeds=item_seeds(seed, keys[b:b + step])))
-            bar.update(len(chats[b:b + step]))
+            bar.update(len(part))
     generator.close()
     log(f"cai train rs: sampled {len(answers)} answers to {len(pool)} prompts")
     clf = Classifier.load(opts.classifier)
